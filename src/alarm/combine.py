@@ -1,0 +1,350 @@
+"""ALaRM's reward combination: the one place where holistic and aspect rewards become token rewards.
+
+DESIGN §2.2. For a response with z-normalised holistic reward h and aspect values r_k (each shaped by the
+logistic s), the aspect vector is a_t = Σ_k w_k·s(r_{k,t}) and the token reward vector is
+
+| mode           | r_t                                                      |
+|----------------|----------------------------------------------------------|
+| holistic_only  | w_h·h on the last token                                  |
+| aspect_only    | a_t                                                      |
+| weighted_sum   | a_t + w_h·h on the last token                            |
+| hierarchical   | holistic_only if h < ε, weighted_sum if h ≥ ε            |
+
+so the return is R = w_h·h + 1[h ≥ ε]·Σ_t a_t. With shaped (positive) aspect values and w_h > 0, every
+response with h ≥ ε out-earns every response with h < ε — the hierarchy guarantee; :func:`hierarchy_warnings`
+names each setting that breaks it. An empty response gets ``empty_penalty`` on its own last token instead.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from alarm.errors import AlarmError
+from alarm.placement import place
+from alarm.rewards.base import Dense, compute, is_dense, reward_name
+from alarm.rewards.normalize import Normalizer
+
+MODES = ("holistic_only", "aspect_only", "weighted_sum", "hierarchical")
+
+
+class HierarchyWarning(UserWarning):
+    """The configuration can break the hierarchy guarantee."""
+
+
+def logistic(v: float) -> float:
+    """s(v) = 1 / (1 + e^(−v)), computed without overflow."""
+    if v >= 0:
+        return 1.0 / (1.0 + math.exp(-v))
+    e = math.exp(v)
+    return e / (1.0 + e)
+
+
+@dataclass
+class CombineConfig:
+    """How rewards combine. Defaults are the paper's QA setting (w_h 5, ε 0.6); MT used w_h 3, ε 0.5."""
+
+    mode: str = "hierarchical"
+    holistic_weight: float = 5.0
+    epsilon: float = 0.6  # compared with the z-scored holistic reward
+    epsilon_quantile: float | None = None  # if set, ε = this quantile of h under the initial policy
+    aspect_weights: dict[str, float] = field(default_factory=dict)  # aspects not listed weigh 1.0
+    shape_aspects: bool = True  # logistic shaping of every aspect value (never of h)
+    unshaped: tuple[str, ...] = ()  # aspects exempted from shaping (can break the guarantee)
+    empty_penalty: float = -5.0  # return of an empty response, placed on its last token
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise AlarmError(f"combine mode {self.mode!r} is unknown; use one of {', '.join(MODES)}")
+        if self.epsilon_quantile is not None and not 0.0 < self.epsilon_quantile < 1.0:
+            raise AlarmError(f"epsilon_quantile must lie in (0, 1), got {self.epsilon_quantile}")
+        for key, v in [("holistic_weight", self.holistic_weight), ("epsilon", self.epsilon),
+                       ("empty_penalty", self.empty_penalty), *self.aspect_weights.items()]:
+            if not math.isfinite(float(v)):
+                raise AlarmError(f"combine setting {key!r} must be a finite number, got {v}")
+        self.unshaped = tuple(self.unshaped)
+
+    def weight(self, aspect: str) -> float:
+        return float(self.aspect_weights.get(aspect, 1.0))
+
+    def shaped(self, aspect: str) -> bool:
+        return self.shape_aspects and aspect not in self.unshaped
+
+
+def resolve_epsilon(config: CombineConfig, holistic_z: Sequence[float | None]) -> float:
+    """ε as a z value: the configured one, or the configured quantile of h under the initial policy."""
+    if config.epsilon_quantile is None:
+        return config.epsilon
+    xs = [float(v) for v in holistic_z if v is not None]
+    if not xs:
+        raise AlarmError("cannot resolve epsilon_quantile: no holistic scores of the initial policy")
+    return float(np.quantile(xs, config.epsilon_quantile))
+
+
+def hierarchy_warnings(config: CombineConfig, aspects: Sequence[str], nonnegative: Sequence[str] = ()) -> list[str]:
+    """Reasons why the hierarchy guarantee can fail under ``config`` (empty list: it holds).
+
+    ``nonnegative`` names aspects known never to emit negative values (they are safe unshaped).
+    """
+    if config.mode != "hierarchical":
+        return []
+    reasons = []
+    if config.holistic_weight <= 0:
+        reasons.append(f"holistic_weight is {config.holistic_weight}; it must be > 0 for the gate to rank by h")
+    for a in aspects:
+        if config.weight(a) < 0:
+            reasons.append(f"aspect {a!r} has negative weight {config.weight(a)}: it can pull gated responses down")
+        elif not config.shaped(a) and a not in nonnegative:
+            reasons.append(
+                f"aspect {a!r} is not shaped, so its negative values can pull a response with h ≥ ε below one "
+                "with h < ε; enable shape_aspects or remove it from `unshaped`"
+            )
+    return reasons
+
+
+@dataclass
+class Combined:
+    """Output of :func:`combine`: one token reward vector per response, plus what to log."""
+
+    token_rewards: list[torch.Tensor]
+    returns: list[float]
+    gate_open: list[bool]
+    empty: list[bool]
+    stats: dict[str, float]
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return float(sum(xs) / len(xs)) if xs else 0.0
+
+
+def combine(
+    config: CombineConfig,
+    completions: Sequence[str],
+    token_ends: Sequence[Sequence[int]],
+    holistic: Sequence[float | None] | None,
+    aspects: dict[str, Sequence[float | Dense | None]],
+    epsilon: float | None = None,
+) -> Combined:
+    """Token reward vectors for a batch.
+
+    ``token_ends[i]`` are the character ends of the generated tokens of response i
+    (:func:`alarm.placement.token_char_ends`); ``holistic`` is already z-normalised; ``aspects`` maps each
+    aspect name to its values (floats land on the last token, :class:`Dense` values at their positions).
+    """
+    n = len(completions)
+    if len(token_ends) != n:
+        raise AlarmError(f"combine: {len(token_ends)} token offset lists for {n} completions")
+    needs_h = config.mode != "aspect_only"
+    if needs_h and (holistic is None or len(holistic) != n):
+        raise AlarmError(f"combine mode {config.mode!r} needs one holistic reward per completion")
+    for k, vals in aspects.items():
+        if len(vals) != n:
+            raise AlarmError(f"combine: aspect {k!r} has {len(vals)} values for {n} completions")
+    eps = config.epsilon if epsilon is None else epsilon
+    w_h = config.holistic_weight
+
+    token_rewards, returns, gates, empties = [], [], [], []
+    aspect_sums = {k: [] for k in aspects}
+    for i in range(n):
+        ends = token_ends[i]
+        if len(ends) == 0:
+            raise AlarmError(f"completion {i} has no generated tokens; rewards need at least one token to land on")
+        r = torch.zeros(len(ends), dtype=torch.float64)
+        empty = completions[i].strip() == ""
+        h = holistic[i] if needs_h else None
+        if needs_h and h is None and not empty:
+            raise AlarmError(f"the holistic reward returned None for completion {i}; it must score every response")
+        if empty:
+            r[-1] = config.empty_penalty
+            gate = False
+        else:
+            gate = config.mode in ("aspect_only", "weighted_sum") or (config.mode == "hierarchical" and h >= eps)
+            if needs_h:
+                r[-1] += w_h * float(h)
+            for k, vals in aspects.items():
+                shape = logistic if config.shaped(k) else None
+                a_k = config.weight(k) * place(vals[i], ends, shape=shape)
+                aspect_sums[k].append(float(a_k.sum()))
+                if gate:
+                    r += a_k
+        token_rewards.append(r)
+        returns.append(float(r.sum()))
+        gates.append(gate)
+        empties.append(empty)
+
+    kept = [i for i in range(n) if not empties[i]]
+    stats: dict[str, float] = {
+        "return/mean": _mean(returns),
+        "gate_open_rate": _mean([float(gates[i]) for i in kept]),
+        "empty_rate": _mean([float(e) for e in empties]),
+        "length/tokens": _mean([len(e) for e in token_ends]),
+        "length/chars": _mean([len(c) for c in completions]),
+        "epsilon": float(eps),
+    }
+    if needs_h:
+        stats["rewards/holistic/mean"] = _mean([float(holistic[i]) for i in kept])
+    for k, vals in aspects.items():
+        emitted = [x for v in vals if v is not None for x in (v.values() if isinstance(v, Dense) else [float(v)])]
+        stats[f"rewards/{k}/mean"] = _mean(emitted)
+        stats[f"rewards/{k}/weighted_shaped_sum"] = _mean(aspect_sums[k])
+    if config.mode == "hierarchical" and kept:
+        open_r = [returns[i] for i in kept if gates[i]]
+        closed_r = [returns[i] for i in kept if not gates[i]]
+        stats["hierarchy/violated"] = float(bool(open_r and closed_r and min(open_r) <= max(closed_r)))
+    return Combined(token_rewards, returns, gates, empties, stats)
+
+
+class RewardSet:
+    """The rewards of a run — a holistic reward, named aspect rewards, their normalisers — and how they combine.
+
+    ``normalize`` names the rewards to z-normalise (the holistic one by default; sequence-level aspects may be
+    added). Call :meth:`fit` on samples of the initial policy before training, and keep :meth:`state` with the
+    run.
+    """
+
+    HOLISTIC = "holistic"
+
+    def __init__(self, config: CombineConfig, holistic: Any = None, aspects: dict[str, Any] | None = None,
+                 normalize: Sequence[str] = ("holistic",), nonnegative: Sequence[str] = ()):
+        self.config = config
+        self.holistic = holistic
+        self.aspects = dict(aspects or {})
+        if config.mode != "aspect_only" and holistic is None:
+            raise AlarmError(f"combine mode {config.mode!r} needs a holistic reward; configure one or use aspect_only")
+        if config.mode in ("aspect_only",) and not self.aspects:
+            raise AlarmError("combine mode 'aspect_only' needs at least one aspect reward")
+        unknown = set(normalize) - {self.HOLISTIC, *self.aspects}
+        if unknown:
+            raise AlarmError(f"cannot normalise unknown rewards {sorted(unknown)}; known: holistic, {sorted(self.aspects)}")
+        for k in normalize:
+            if k != self.HOLISTIC and is_dense(self.aspects[k]):
+                raise AlarmError(f"aspect {k!r} is dense; only sequence-level rewards can be z-normalised")
+        self.normalize = tuple(normalize)
+        self.normalizers: dict[str, Normalizer] = {}
+        self.epsilon = config.epsilon if config.epsilon_quantile is None else None
+        for reason in hierarchy_warnings(config, list(self.aspects), nonnegative):
+            warnings.warn(f"hierarchy guarantee can fail: {reason}", HierarchyWarning, stacklevel=2)
+
+    def names(self) -> list[str]:
+        return ([self.HOLISTIC] if self.holistic is not None else []) + list(self.aspects)
+
+    def raw_scores(self, prompts: Sequence[str], completions: Sequence[str], **columns) -> dict[str, list]:
+        """Every reward's raw values on a batch (``holistic`` first)."""
+        out = {}
+        if self.holistic is not None:
+            out[self.HOLISTIC] = compute(self.holistic, prompts, completions, **columns)
+        for k, fn in self.aspects.items():
+            out[k] = compute(fn, prompts, completions, **columns)
+        return out
+
+    def fit(self, prompts: Sequence[str], completions: Sequence[str], **columns) -> dict[str, list]:
+        """Fit normalisers (and ε from its quantile) on samples of the initial policy; return the raw scores."""
+        raw = self.raw_scores(prompts, completions, **columns)
+        self.normalizers = {k: Normalizer.fit(raw[k]) for k in self.normalize if k in raw}
+        if self.holistic is not None:
+            z = self.normalized(raw)[self.HOLISTIC]
+            self.epsilon = resolve_epsilon(self.config, z)
+        return raw
+
+    def normalized(self, raw: dict[str, list]) -> dict[str, list]:
+        return {k: [self.normalizers[k](v) for v in vals] if k in self.normalizers else list(vals)
+                for k, vals in raw.items()}
+
+    def _check_fitted(self):
+        missing = [k for k in self.normalize if k in self.names() and k not in self.normalizers]
+        if missing or self.epsilon is None:
+            raise AlarmError(
+                f"rewards {missing or ['epsilon']} are not fitted yet; call RewardSet.fit on samples of the "
+                "initial policy (or load a saved state) before combining"
+            )
+
+    def combine(self, prompts, completions, token_ends, **columns) -> tuple[Combined, dict[str, list]]:
+        """Score a batch and combine into token rewards. Returns ``(combined, raw_scores)``."""
+        self._check_fitted()
+        raw = self.raw_scores(prompts, completions, **columns)
+        norm = self.normalized(raw)
+        result = combine(self.config, completions, token_ends, norm.get(self.HOLISTIC),
+                         {k: norm[k] for k in self.aspects}, epsilon=self.epsilon)
+        if self.HOLISTIC in raw:
+            vals = [v for v in raw[self.HOLISTIC] if v is not None]
+            result.stats["rewards/holistic/raw_mean"] = _mean(vals)
+        return result, raw
+
+    def state(self) -> dict:
+        """What a run stores to reproduce the combination: normalisers and the resolved ε."""
+        return {"normalizers": {k: vars(v) for k, v in self.normalizers.items()}, "epsilon": self.epsilon}
+
+    def load_state(self, state: dict) -> None:
+        self.normalizers = {k: Normalizer(**v) for k, v in state["normalizers"].items()}
+        self.epsilon = state["epsilon"]
+
+    def sequence_rewards(self, prompts, completions, **columns) -> tuple[list[float], dict[str, float]]:
+        """One return per response (R = w_h·h + 1[h ≥ ε]·Σ a), for trainers that want a scalar per sequence.
+
+        Dense aspects that emit values at points are summed after shaping; token-level (span) aspects need the
+        generated token ids and so only work in alarm's own PPO trainer.
+        """
+        self._check_fitted()
+        raw = self.raw_scores(prompts, completions, **columns)
+        norm = self.normalized(raw)
+        for k in self.aspects:
+            if any(isinstance(v, Dense) and (v.spans or v.default is not None) for v in norm[k]):
+                raise AlarmError(
+                    f"aspect {k!r} is token-level; a sequence-level trainer cannot place it. Use `alarm train`"
+                )
+        one_token = [[len(c)] for c in completions]  # every emitted value lands on one pseudo-token
+        result = combine(self.config, completions, one_token, norm.get(self.HOLISTIC),
+                         {k: norm[k] for k in self.aspects}, epsilon=self.epsilon)
+        return result.returns, result.stats
+
+
+def as_trl_reward(reward_set: RewardSet, name: str = "alarm_hierarchical"):
+    """The combination as a TRL reward function ``f(prompts, completions, **kwargs) -> list[float]``.
+
+    TRL passes conversational completions as lists of messages; their last message's content is scored.
+    The latest component statistics are kept on ``fn.last_stats`` (see :class:`ComponentLogger`).
+    """
+
+    def reward_fn(prompts, completions, **kwargs):
+        prompts_t = [_as_text(p) for p in prompts]
+        completions_t = [_as_text(c) for c in completions]
+        columns = {k: v for k, v in kwargs.items() if isinstance(v, list) and len(v) == len(completions_t)}
+        returns, stats = reward_set.sequence_rewards(prompts_t, completions_t, **columns)
+        reward_fn.last_stats = stats
+        return returns
+
+    reward_fn.__name__ = name
+    reward_fn.last_stats = {}
+    return reward_fn
+
+
+def _as_text(x) -> str:
+    if isinstance(x, str):
+        return x
+    if isinstance(x, list) and x and isinstance(x[-1], dict) and "content" in x[-1]:
+        return str(x[-1]["content"])
+    raise AlarmError(f"cannot read text from a {type(x).__name__}; pass strings or chat message lists")
+
+
+def trl_component_logger(reward_fn):
+    """A transformers ``TrainerCallback`` adding ``reward_fn.last_stats`` (gate-open rate, each component) to logs."""
+    from transformers import TrainerCallback
+
+    class ComponentLogger(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs is not None:
+                logs.update({f"alarm/{k}": v for k, v in reward_fn.last_stats.items()})
+
+    return ComponentLogger()
+
+
+__all__ = [
+    "MODES", "CombineConfig", "Combined", "HierarchyWarning", "RewardSet", "as_trl_reward", "combine",
+    "hierarchy_warnings", "logistic", "resolve_epsilon", "reward_name", "trl_component_logger",
+]

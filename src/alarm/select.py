@@ -1,0 +1,509 @@
+"""Reward selection (DESIGN 2.3): which aspect rewards agree with the holistic reward on paired responses.
+
+For each pair i (two responses to one prompt) and each aspect, H = sign(h_a − h_b) and M = sign(m_a − m_b)
+(M flipped for lower-is-better aspects; differences within ``tie_tol`` count as ties). The paper's conflict
+rate is #{H≠0, M≠0, M≠H} / #{H≠0}. Because an aspect that always ties never conflicts, we also report the
+agreement among pairs where both are decisive, the aspect's tie rate, and rank correlations over single
+responses, and :func:`select_aspects` can refuse tie-heavy aspects (``min_decisive``).
+
+Undefined quantities (0/0, correlation of a constant) are ``None``, never NaN.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats as sps
+
+from alarm.errors import AlarmError
+
+__all__ = [
+    "AspectStats",
+    "Selection",
+    "aspect_stats",
+    "compute_stats",
+    "select_aspects",
+    "pair_up",
+    "pairs_from_samples",
+    "selection_to_json",
+    "selection_markdown",
+    "plot_selection",
+]
+
+
+@dataclass(frozen=True)
+class AspectStats:
+    """Consistency of one aspect reward with the holistic reward; every rate comes with its counts."""
+
+    conflict: float | None  # n_conflicts / n_holistic_decisive (the paper's rate)
+    agreement: float | None  # n_agreements / n_both_decisive
+    tie_rate: float | None  # n_aspect_ties / n_pairs
+    kendall_tau_b: float | None  # over single responses (both responses of every pair pooled)
+    spearman_rho: float | None
+    n_pairs: int  # pairs used (after dropping pairs where the aspect does not apply)
+    n_dropped: int  # pairs where m_a or m_b was None / NaN
+    n_holistic_decisive: int  # H != 0
+    n_both_decisive: int  # H != 0 and M != 0
+    n_conflicts: int  # H != 0, M != 0, M != H
+    n_agreements: int  # H == M != 0
+    n_aspect_ties: int  # M == 0, over all n_pairs
+    higher_is_better: bool = True
+    tie_tol: float = 0.0
+
+    @property
+    def decisive_rate(self) -> float | None:
+        """Share of pairs where the aspect prefers one response (1 − tie rate)."""
+        return None if self.tie_rate is None else 1.0 - self.tie_rate
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which aspects were kept, which dropped, and one sentence per aspect saying why, with the numbers."""
+
+    kept: list[str]
+    dropped: list[str]
+    reasons: dict[str, str]
+    max_conflict: float | None = None
+    top_k: int | None = None
+    min_decisive: float = 0.0
+    order: list[str] = field(default_factory=list)  # every aspect, by (conflict, name); undefined last
+
+    @property
+    def rule(self) -> str:
+        if self.max_conflict is not None:
+            return f"conflict ≤ {self.max_conflict:.2f}"
+        return f"the {self.top_k} lowest conflict rates"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Statistics
+
+
+def _to_floats(values: Sequence[Any], what: str) -> np.ndarray:
+    """None -> NaN; anything that is not a number is a user error, not a crash."""
+    out = np.empty(len(values), dtype=float)
+    for i, v in enumerate(values):
+        if v is None:
+            out[i] = np.nan
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise AlarmError(
+                f"{what}[{i}] is {v!r}; scores must be numbers (or None where the aspect does not apply)"
+            )
+        out[i] = float(v)
+    if np.isinf(out).any():
+        i = int(np.flatnonzero(np.isinf(out))[0])
+        raise AlarmError(
+            f"{what}[{i}] is infinite; scores must be finite numbers (or None where the aspect does not apply)"
+        )
+    return out
+
+
+def _sign(diff: np.ndarray, tie_tol: float) -> np.ndarray:
+    """-1, 0, +1 with |diff| ≤ tie_tol counted as a tie (tie_tol = 0: exact ties only)."""
+    return np.where(np.abs(diff) <= tie_tol, 0, np.sign(diff)).astype(int)
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return None if den == 0 else num / den
+
+
+def _rank_corr(fn, x: np.ndarray, y: np.ndarray) -> float | None:
+    """scipy correlation, or None where it is undefined (fewer than two points, a constant side)."""
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = float(fn(x, y)[0])
+    return None if math.isnan(value) else value
+
+
+def _check_tie_tol(tie_tol: float) -> None:
+    if not isinstance(tie_tol, (int, float)) or math.isnan(tie_tol) or tie_tol < 0:
+        raise AlarmError(f"tie_tol must be a number ≥ 0, got {tie_tol!r}")
+
+
+def _check_holistic(h_a: Sequence[Any], h_b: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    if len(h_a) != len(h_b):
+        raise AlarmError(f"h_a and h_b must have the same length (got {len(h_a)} and {len(h_b)})")
+    if len(h_a) == 0:
+        raise AlarmError("no pairs given: reward selection needs at least one pair of responses")
+    ha, hb = _to_floats(h_a, "h_a"), _to_floats(h_b, "h_b")
+    for name, h in (("h_a", ha), ("h_b", hb)):
+        if np.isnan(h).any():
+            i = int(np.flatnonzero(np.isnan(h))[0])
+            raise AlarmError(f"{name}[{i}] is missing or NaN; every pair needs both holistic scores")
+    return ha, hb
+
+
+def aspect_stats(
+    h_a: Sequence[float],
+    h_b: Sequence[float],
+    m_a: Sequence[float | None],
+    m_b: Sequence[float | None],
+    higher_is_better: bool = True,
+    tie_tol: float = 0.0,
+) -> AspectStats:
+    """Consistency of one aspect (m) with the holistic reward (h) over paired responses.
+
+    Pairs where either aspect score is None / NaN are dropped for this aspect and counted in ``n_dropped``.
+    ``tie_tol`` applies to both H and M; the rank correlations use the raw scores (scipy handles ties).
+    """
+    _check_tie_tol(tie_tol)
+    ha, hb = _check_holistic(h_a, h_b)
+    if not (len(m_a) == len(m_b) == len(ha)):
+        raise AlarmError(
+            f"h_a, h_b, m_a, m_b must have the same length (got {len(ha)}, {len(hb)}, {len(m_a)}, {len(m_b)})"
+        )
+    ma, mb = _to_floats(m_a, "m_a"), _to_floats(m_b, "m_b")
+    if not higher_is_better:  # orient so that "higher" means "better" for every comparison below
+        ma, mb = -ma, -mb
+
+    keep = ~(np.isnan(ma) | np.isnan(mb))
+    ha, hb, ma, mb = ha[keep], hb[keep], ma[keep], mb[keep]
+    H = _sign(ha - hb, tie_tol)
+    M = _sign(ma - mb, tie_tol)
+
+    n_pairs = int(keep.sum())
+    holistic_decisive = H != 0
+    both_decisive = holistic_decisive & (M != 0)
+    n_hd = int(holistic_decisive.sum())
+    n_bd = int(both_decisive.sum())
+    n_conflicts = int((both_decisive & (M != H)).sum())
+    n_agreements = n_bd - n_conflicts
+    n_ties = int((M == 0).sum())
+
+    h_single = np.concatenate([ha, hb])
+    m_single = np.concatenate([ma, mb])
+    return AspectStats(
+        conflict=_ratio(n_conflicts, n_hd),
+        agreement=_ratio(n_agreements, n_bd),
+        tie_rate=_ratio(n_ties, n_pairs),
+        kendall_tau_b=_rank_corr(lambda x, y: sps.kendalltau(x, y, variant="b"), m_single, h_single),
+        spearman_rho=_rank_corr(sps.spearmanr, m_single, h_single),
+        n_pairs=n_pairs,
+        n_dropped=int((~keep).sum()),
+        n_holistic_decisive=n_hd,
+        n_both_decisive=n_bd,
+        n_conflicts=n_conflicts,
+        n_agreements=n_agreements,
+        n_aspect_ties=n_ties,
+        higher_is_better=bool(higher_is_better),
+        tie_tol=float(tie_tol),
+    )
+
+
+def compute_stats(
+    h_a: Sequence[float],
+    h_b: Sequence[float],
+    m_a: Mapping[str, Sequence[float | None]],
+    m_b: Mapping[str, Sequence[float | None]],
+    higher_is_better: Mapping[str, bool] | None = None,
+    tie_tol: float = 0.0,
+) -> dict[str, AspectStats]:
+    """:func:`aspect_stats` for every aspect (e.g. the output of :func:`pair_up`), keyed by aspect name."""
+    if set(m_a) != set(m_b):
+        raise AlarmError(f"m_a and m_b name different aspects: {sorted(set(m_a) ^ set(m_b))}")
+    if not m_a:
+        raise AlarmError("no aspects given: pass at least one aspect's scores")
+    directions = dict(higher_is_better or {})
+    unknown = sorted(set(directions) - set(m_a))
+    if unknown:
+        raise AlarmError(f"higher_is_better names aspects without scores: {unknown} (known: {sorted(m_a)})")
+    return {
+        name: aspect_stats(h_a, h_b, m_a[name], m_b[name], directions.get(name, True), tie_tol)
+        for name in sorted(m_a)
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Selection
+
+
+def _fmt(value: float | None, s: AspectStats) -> str:
+    if value is not None:
+        return f"{value:.2f}"
+    return "undefined (no pairs)" if s.n_pairs == 0 else "undefined (all ties)"
+
+
+def _conflict_counts(s: AspectStats) -> str:
+    return f"({s.n_conflicts}/{s.n_holistic_decisive} holistic-decisive pairs)"
+
+
+def _details(s: AspectStats) -> str:
+    return f"agreement {_fmt(s.agreement, s)}, τ-b {_fmt(s.kendall_tau_b, s)}"
+
+
+def _order_key(item: tuple[str, AspectStats]) -> tuple[bool, float, str]:
+    name, s = item
+    return (s.conflict is None, s.conflict if s.conflict is not None else 0.0, name)
+
+
+def select_aspects(
+    stats: Mapping[str, AspectStats],
+    max_conflict: float | None = None,
+    top_k: int | None = None,
+    min_decisive: float = 0.0,
+) -> Selection:
+    """Keep the aspects that conflict least with the holistic reward: conflict ≤ ``max_conflict``, or the
+    ``top_k`` lowest. An aspect deciding fewer than ``min_decisive`` of its pairs is dropped whatever its
+    conflict, because ties never count as conflicts (DESIGN 2.3). Ties in conflict are broken by name.
+    """
+    if (max_conflict is None) == (top_k is None):
+        raise AlarmError("give exactly one selection rule: max_conflict=<rate in [0, 1]> or top_k=<count>")
+    if max_conflict is not None and not (0.0 <= max_conflict <= 1.0):
+        raise AlarmError(f"max_conflict must be in [0, 1], got {max_conflict}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise AlarmError(f"top_k must be a whole number ≥ 1, got {top_k!r}")
+    if not (0.0 <= min_decisive <= 1.0):
+        raise AlarmError(f"min_decisive must be in [0, 1], got {min_decisive}")
+    if not stats:
+        raise AlarmError("no aspects to select from: compute aspect statistics first")
+
+    ordered = sorted(stats.items(), key=_order_key)
+    reasons: dict[str, str] = {}
+    candidates: list[str] = []  # defined conflict and decisive enough, in (conflict, name) order
+    for name, s in ordered:
+        if s.conflict is None:
+            reasons[name] = f"dropped: conflict {_fmt(None, s)}: no holistic-decisive pairs among {s.n_pairs}"
+        elif s.decisive_rate is not None and s.decisive_rate < min_decisive:
+            reasons[name] = (
+                f"dropped: ties in {s.tie_rate:.0%} of pairs ({s.n_aspect_ties}/{s.n_pairs}), "
+                f"decisive rate {s.decisive_rate:.2f} < {min_decisive:.2f}, "
+                f"although conflict is {s.conflict:.2f} {_conflict_counts(s)}"
+            )
+        else:
+            candidates.append(name)
+
+    kept: list[str] = []
+    for rank, name in enumerate(candidates, start=1):
+        s = stats[name]
+        if max_conflict is not None:
+            ok = s.conflict <= max_conflict
+            rule = f"{s.conflict:.2f} {'≤' if ok else '>'} {max_conflict:.2f}"
+        else:
+            ok = rank <= top_k
+            rule = f"{s.conflict:.2f}, rank {rank} of {len(candidates)} " + (
+                f"(top {top_k})" if ok else f"(not in the top {top_k})"
+            )
+        reasons[name] = f"{'kept' if ok else 'dropped'}: conflict {rule} {_conflict_counts(s)}, {_details(s)}"
+        if ok:
+            kept.append(name)
+
+    order = [name for name, _ in ordered]
+    return Selection(
+        kept=kept,
+        dropped=[name for name in order if name not in kept],
+        reasons=reasons,
+        max_conflict=max_conflict,
+        top_k=top_k,
+        min_decisive=min_decisive,
+        order=order,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building pairs
+
+
+def pair_up(
+    scores_a: Mapping[Any, Mapping[str, float | None]],
+    scores_b: Mapping[Any, Mapping[str, float | None]],
+    holistic: str = "holistic",
+    aspects: Sequence[str] | None = None,
+) -> tuple[list[float], list[float], dict[str, list[float | None]], dict[str, list[float | None]]]:
+    """Align two sides (two systems, or sample 1 / sample 2 of one policy) by prompt id.
+
+    Returns ``(h_a, h_b, m_a, m_b)`` with ``m_*[aspect][i]``, in the prompt order of ``scores_a``. A prompt on
+    only one side is an error (nothing is silently lost); an aspect missing from a prompt's scores is None
+    (does not apply), so it is counted as dropped by :func:`aspect_stats`.
+    """
+    only_a = [p for p in scores_a if p not in scores_b]
+    only_b = [p for p in scores_b if p not in scores_a]
+    if only_a or only_b:
+        example = (only_a or only_b)[0]
+        raise AlarmError(
+            f"{len(only_a)} prompt id(s) only in side a and {len(only_b)} only in side b "
+            f"(e.g. {example!r}); both sides must score the same prompts"
+        )
+    if not scores_a:
+        raise AlarmError("no prompts given: both sides are empty")
+    for side, scores in (("a", scores_a), ("b", scores_b)):
+        missing = [p for p, s in scores.items() if s.get(holistic) is None]
+        if missing:
+            raise AlarmError(
+                f"{len(missing)} prompt(s) on side {side} lack the holistic score {holistic!r} (e.g. {missing[0]!r})"
+            )
+    seen = sorted({k for s in [*scores_a.values(), *scores_b.values()] for k in s} - {holistic})
+    if aspects is None:
+        aspects = seen
+    unknown = [a for a in aspects if a not in seen]
+    if unknown:
+        raise AlarmError(f"aspect(s) {unknown} appear in no scores (known: {seen})")
+    if not aspects:
+        raise AlarmError(f"no aspect scores found besides the holistic score {holistic!r}")
+
+    prompts = list(scores_a)
+    h_a = [scores_a[p][holistic] for p in prompts]
+    h_b = [scores_b[p][holistic] for p in prompts]
+    m_a = {k: [scores_a[p].get(k) for p in prompts] for k in aspects}
+    m_b = {k: [scores_b[p].get(k) for p in prompts] for k in aspects}
+    return h_a, h_b, m_a, m_b
+
+
+def _is_score(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def pairs_from_samples(
+    records: Sequence[Mapping[str, Any]],
+    holistic: str = "holistic",
+    aspects: Sequence[str] | None = None,
+    prompt_key: str = "prompt_id",
+) -> tuple[list[float], list[float], dict[str, list[float | None]], dict[str, list[float | None]]]:
+    """Pairs from exactly two scored samples per prompt (records in any order; the first seen is side a).
+
+    Without ``aspects``, every numeric (or None) field other than the prompt id and holistic score is an
+    aspect, so text fields such as the response can stay in the records.
+    """
+    groups: dict[Any, list[Mapping[str, Any]]] = {}
+    for i, r in enumerate(records):
+        if prompt_key not in r:
+            raise AlarmError(f"record {i} has no {prompt_key!r} field; every sample needs its prompt id")
+        groups.setdefault(r[prompt_key], []).append(r)
+    wrong = {p: len(g) for p, g in groups.items() if len(g) != 2}
+    if wrong:
+        example, count = next(iter(wrong.items()))
+        raise AlarmError(
+            f"{len(wrong)} prompt(s) do not have exactly two samples (e.g. {example!r} has {count}); "
+            "pair_up two systems instead, or keep two samples per prompt"
+        )
+    if aspects is None:
+        names = {k for r in records for k in r} - {prompt_key, holistic}
+        aspects = sorted(k for k in names if all(_is_score(r.get(k)) for r in records))
+
+    def scores(r: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: r.get(k) for k in [holistic, *aspects]}
+
+    scores_a = {p: scores(g[0]) for p, g in groups.items()}
+    scores_b = {p: scores(g[1]) for p, g in groups.items()}
+    return pair_up(scores_a, scores_b, holistic=holistic, aspects=aspects)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reports
+
+
+def selection_to_json(stats: Mapping[str, AspectStats], selection: Selection) -> dict:
+    """A JSON-ready record of the rule, the decision and every aspect's numbers (None stays null)."""
+    aspects = {}
+    for name in selection.order:
+        s = stats[name]
+        aspects[name] = {
+            **asdict(s),
+            "decisive_rate": s.decisive_rate,
+            "kept": name in selection.kept,
+            "reason": selection.reasons[name],
+        }
+    return {
+        "rule": {
+            "max_conflict": selection.max_conflict,
+            "top_k": selection.top_k,
+            "min_decisive": selection.min_decisive,
+        },
+        "kept": list(selection.kept),
+        "dropped": list(selection.dropped),
+        "aspects": aspects,
+    }
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def selection_markdown(stats: Mapping[str, AspectStats], selection: Selection) -> str:
+    """A Markdown table of every aspect's numbers and why it was kept or dropped."""
+    guard = f"; decisive rate ≥ {selection.min_decisive:.2f}" if selection.min_decisive > 0 else ""
+    lines = [
+        f"Reward selection: keep {selection.rule}{guard}. Kept: {', '.join(selection.kept) or 'none'}.",
+        "",
+        "| aspect | conflict | agreement | tie rate | τ-b | Spearman ρ | pairs | kept | reason |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in selection.order:
+        s = stats[name]
+        pairs = f"{s.n_pairs}" + (f" ({s.n_dropped} dropped)" if s.n_dropped else "")
+        cells = [
+            name,
+            _fmt(s.conflict, s),
+            _fmt(s.agreement, s),
+            _fmt(s.tie_rate, s),
+            _fmt(s.kendall_tau_b, s),
+            _fmt(s.spearman_rho, s),
+            pairs,
+            "yes" if name in selection.kept else "no",
+            selection.reasons[name],
+        ]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_selection(stats: Mapping[str, AspectStats], selection: Selection, path: str | Path) -> Path:
+    """PNG bar chart of conflict and tie rate per aspect, with the threshold line; kept aspects in bold.
+
+    Uses matplotlib's Agg canvas directly, so it never touches the global pyplot backend.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = selection.order
+    x = np.arange(len(names))
+    conflict = [stats[n].conflict or 0.0 for n in names]
+    ties = [stats[n].tie_rate or 0.0 for n in names]
+
+    fig = Figure(figsize=(max(4.0, 1.2 * len(names) + 2), 3.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    width = 0.38
+    ax.bar(x - width / 2, conflict, width, label="conflict", color="tab:red")
+    ax.bar(x + width / 2, ties, width, label="tie rate", color="tab:gray")
+    for i, n in enumerate(names):
+        if stats[n].conflict is None:
+            ax.text(i - width / 2, 0.01, "n/a", ha="center", va="bottom", fontsize=7)
+    if selection.max_conflict is not None:
+        ax.axhline(
+            selection.max_conflict,
+            color="black",
+            linestyle="--",
+            linewidth=1,
+            label=f"max conflict {selection.max_conflict:.2f}",
+        )
+    if selection.min_decisive > 0:
+        ax.axhline(
+            1 - selection.min_decisive,
+            color="tab:gray",
+            linestyle=":",
+            linewidth=1,
+            label=f"max tie rate {1 - selection.min_decisive:.2f}",
+        )
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=20, ha="right")
+    for label, n in zip(ax.get_xticklabels(), names):
+        if n in selection.kept:
+            label.set_fontweight("bold")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("rate over pairs")
+    ax.set_title(f"Reward selection (kept in bold): {selection.rule}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=100)
+    return path
