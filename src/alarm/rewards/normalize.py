@@ -54,9 +54,12 @@ def load_normalizers(path: str | os.PathLike) -> tuple[dict[str, Normalizer], di
     try:
         data = json.loads(Path(path).read_text())
         norms = {k: Normalizer(float(v["mean"]), float(v["std"]), int(v["count"])) for k, v in data["normalizers"].items()}
+        for k, n in norms.items():
+            if not (math.isfinite(n.mean) and math.isfinite(n.std) and n.std > 0):
+                raise ValueError(f"{k!r} needs a finite mean and a finite std > 0, got mean {n.mean}, std {n.std}")
     except FileNotFoundError:
         raise AlarmError(f"normalisation file {path} not found; fit it first (it is written by the sampling step)") from None
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, json.JSONDecodeError) as e:
         raise AlarmError(f"normalisation file {path} is malformed ({e}); delete it and fit again") from None
     extra = {k: v for k, v in data.items() if k != "normalizers"}
     return norms, extra

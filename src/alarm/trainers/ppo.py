@@ -215,7 +215,7 @@ _ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "q", "k", "v", "o", 
 def attention_projections(model: torch.nn.Module) -> list[str]:
     """Names of the attention projection layers of ``model`` (the default LoRA targets)."""
     names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-             if isinstance(m, torch.nn.Linear) and (".attn" in n or "attention" in n.lower() or "Attention" in n)}
+             if isinstance(m, torch.nn.Linear) and ("attn" in n.lower() or "attention" in n.lower())}
     found = sorted(n for n in names if n in _ATTENTION_NAMES)
     if not found:
         raise AlarmError("could not find attention projections for LoRA; set lora_target_modules in the config")
@@ -482,7 +482,7 @@ class PPOTrainer:
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 for k, v in zip(stats, (pg, vf, clipfrac, vf_clipfrac, approx_kl)):
-                    stats[k].append(float(v))
+                    stats[k].append(v.item())
                 epoch_kl.append(float(approx_kl))
             epochs_run += 1
             # Every rank must take the same decision, or the next collective op deadlocks.

@@ -1,0 +1,419 @@
+"""Reward backends that need no training: simple, embedding and Hugging Face model rewards."""
+
+import math
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification
+
+from alarm.errors import AlarmError
+from alarm.rewards.base import Dense, compute
+from alarm.rewards.embedding import GroundingReward, ReferenceSimilarityReward, RelevanceReward, load_encoder
+from alarm.rewards.hf_models import SequenceClassifierReward, SpanRewardModel, build_span_inputs
+from alarm.rewards.simple import LanguageConfidenceReward, LengthReward, ReadabilityReward
+
+PASSAGE = "The Eiffel Tower is a wrought-iron tower. It is located in Paris, France. It was completed in 1889."
+SIMPLE = "The cat sat on the mat. It was warm. The cat was glad."
+CONVOLUTED = (
+    "Notwithstanding considerable epistemological uncertainty, institutional stakeholders systematically "
+    "operationalized multidimensional accountability frameworks, thereby precipitating unprecedented "
+    "organizational transformations throughout interdependent administrative hierarchies."
+)
+
+
+# ---------------------------------------------------------------- tiny models
+
+
+def tiny_config(tokenizer, num_labels):
+    return BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128, num_labels=num_labels, initializer_range=0.5,
+    )
+
+
+@pytest.fixture(scope="module")
+def classifier(minilm_tokenizer):
+    torch.manual_seed(0)
+    return BertForSequenceClassification(tiny_config(minilm_tokenizer, 1)).eval()
+
+
+def token_classifier(tokenizer, error: bool):
+    """A tiny span model whose classifier bias forces every prediction to 'error' (label 1) or 'clean'."""
+    torch.manual_seed(0)
+    model = BertForTokenClassification(tiny_config(tokenizer, 2)).eval()
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([0.0, 100.0] if error else [100.0, 0.0]))
+    return model
+
+
+class FlagNextToken(torch.nn.Module):
+    """Token classifier stand-in: predicts 'error' at a position iff the *next* token is in ``bad_ids``.
+
+    With a separator in front of each sentence, this flags exactly the sentences starting with a bad word,
+    so the test sees whether predictions are read at the right separators (also across padded batches).
+    """
+
+    def __init__(self, bad_ids):
+        super().__init__()
+        self.config = BertConfig(num_labels=2, max_position_embeddings=128)
+        self.bad_ids = torch.tensor(sorted(bad_ids))
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        nxt = torch.roll(input_ids, -1, dims=1)
+        flag = torch.isin(nxt, self.bad_ids).float()
+        logits = torch.stack([torch.zeros_like(flag), 20 * flag - 10], dim=-1)
+        return type("Out", (), {"logits": logits})()
+
+
+# ---------------------------------------------------------------- bad input, every backend
+
+
+@pytest.fixture(scope="module")
+def backends(minilm, minilm_tokenizer, classifier):
+    return {
+        "length": (LengthReward(), {}),
+        "readability": (ReadabilityReward(), {}),
+        "language": (LanguageConfidenceReward(), {}),
+        "reference": (ReferenceSimilarityReward(minilm), {"reference": "ref"}),
+        "grounding": (GroundingReward(minilm), {"passages": PASSAGE}),
+        "relevance": (RelevanceReward(minilm), {}),
+        "holistic": (SequenceClassifierReward(classifier, minilm_tokenizer), {}),
+        "span": (SpanRewardModel(token_classifier(minilm_tokenizer, False), minilm_tokenizer), {}),
+    }
+
+
+NAMES = ["length", "readability", "language", "reference", "grounding", "relevance", "holistic", "span"]
+
+
+@pytest.mark.parametrize("which", NAMES)
+def test_every_backend_rejects_bad_batches(backends, which):
+    reward, col = backends[which]
+    cols = {k: [v] for k, v in col.items()}
+    with pytest.raises(AlarmError, match="empty list"):
+        reward([], [], **{k: [] for k in col})
+    with pytest.raises(AlarmError, match="2 prompts but 1 completions"):
+        reward(["a", "b"], ["x"], **cols)
+    with pytest.raises(AlarmError, match="completion 0 is float"):
+        reward(["a"], [math.nan], **cols)
+    with pytest.raises(AlarmError, match="not one string"):
+        reward("a", "x", **cols)
+
+
+@pytest.mark.parametrize("which", NAMES)
+def test_every_backend_returns_valid_values(backends, which):
+    reward, col = backends[which]
+    prompts = ["What is the Eiffel Tower?", "Where is it?"]
+    completions = ["The Eiffel Tower is located in Paris. It is made of iron.", ""]
+    cols = {k: [v, v] for k, v in col.items()}
+    values = compute(reward, prompts, completions, **cols)  # checks lengths, types, finiteness
+    assert len(values) == 2
+    assert all(isinstance(v, Dense) for v in values if v is not None) == reward.dense
+    assert isinstance(reward.name, str) and isinstance(reward.higher_is_better, bool)
+
+
+@pytest.mark.parametrize("which,column", [("reference", "reference"), ("grounding", "passages")])
+def test_missing_column_is_named(backends, which, column):
+    reward, _ = backends[which]
+    with pytest.raises(AlarmError, match=f"needs the column '{column}'"):
+        reward(["q"], ["a"])
+    with pytest.raises(AlarmError, match=f"column '{column}' must be a list with one entry per completion"):
+        reward(["q", "q"], ["a", "b"], **{column: ["only one"]})
+
+
+# ---------------------------------------------------------------- simple
+
+
+def test_length_units():
+    text = "One two three. Four five!"
+    assert LengthReward("words")(["p"], [text]) == [5.0]
+    assert LengthReward("chars")(["p"], [text]) == [float(len(text))]
+    assert LengthReward("sentences")(["p", "p"], [text, ""]) == [2.0, 0.0]
+    with pytest.raises(AlarmError, match="unknown unit 'tokens'"):
+        LengthReward("tokens")
+
+
+def test_readability_direction():
+    easier = ReadabilityReward()(["p", "p", "p"], [SIMPLE, CONVOLUTED, "  "])
+    assert easier[0] > easier[1]
+    assert easier[2] is None
+    harder = ReadabilityReward("harder")(["p", "p"], [SIMPLE, CONVOLUTED])
+    assert harder == [-easier[0], -easier[1]]
+    assert harder[1] > harder[0]
+    with pytest.raises(AlarmError, match="'easier' or 'harder'"):
+        ReadabilityReward("simpler")
+
+
+def test_language_confidence():
+    reward = LanguageConfidenceReward()
+    english = "The weather is lovely today, so we are going for a walk in the park."
+    spanish = "El tiempo es estupendo hoy, así que vamos a dar un paseo por el parque."
+    en, es, empty = reward(["p"] * 3, [english, spanish, ""])
+    assert en > 0.5 > es
+    assert 0.0 <= es <= en <= 1.0
+    assert empty is None
+    assert reward.detector() is reward.detector()  # built once
+    spanish_target = LanguageConfidenceReward(target="spanish")(["p", "p"], [english, spanish])
+    assert spanish_target[1] > 0.5 > spanish_target[0]
+
+
+def test_language_names_are_checked():
+    with pytest.raises(AlarmError, match="unknown language 'klingon'.*english"):
+        LanguageConfidenceReward(languages=("english", "klingon"))
+    with pytest.raises(AlarmError, match="at least two languages"):
+        LanguageConfidenceReward(target="english", languages=("english",))
+
+
+# ---------------------------------------------------------------- embedding
+
+
+def test_load_encoder_is_cached(minilm):
+    assert load_encoder() is minilm
+    assert load_encoder(None, "cpu") is minilm
+
+
+def test_load_encoder_bad_path(tmp_path):
+    with pytest.raises(AlarmError, match="could not load sentence encoder"):
+        load_encoder(str(tmp_path))
+
+
+class CountingEncoder:
+    """Wraps an encoder to count ``encode`` calls (every reward must embed a whole batch in one call)."""
+
+    def __init__(self, encoder):
+        self.encoder, self.calls = encoder, 0
+
+    def encode(self, texts, **kw):
+        self.calls += 1
+        return self.encoder.encode(texts, **kw)
+
+
+def test_reference_similarity(minilm):
+    enc = CountingEncoder(minilm)
+    reward = ReferenceSimilarityReward(enc)
+    same, other, best_of, none, empty = reward(
+        ["q"] * 5,
+        ["Paris is the capital of France.", "I like turtles.", "I like turtles.", "Paris.", ""],
+        reference=["Paris is the capital of France.", "The capital is Paris.",
+                   ["The capital is Paris.", "Turtles are what I like."], None, "Paris"],
+    )
+    assert enc.calls == 1
+    assert same == pytest.approx(1.0, abs=1e-4)
+    assert other < 0.5 < best_of
+    assert none is None
+    assert isinstance(empty, float) and math.isfinite(empty)
+
+
+def test_reference_similarity_bad_entry(minilm):
+    with pytest.raises(AlarmError, match="column 'reference' entry 0 is int"):
+        ReferenceSimilarityReward(minilm)(["q"], ["a"], reference=[3])
+
+
+def test_grounding_copied_vs_unrelated(minilm):
+    enc = CountingEncoder(minilm)
+    reward = GroundingReward(enc)
+    completion = "The Eiffel Tower is located in Paris. Bananas are rich in potassium."
+    qa_feedback_passages = [{"wikipage": "Eiffel Tower", "content": PASSAGE}]
+    a, b, empty, no_passages = reward(
+        ["q"] * 4, [completion, completion, "", completion],
+        passages=[[PASSAGE, "Another passage about nothing."], qa_feedback_passages, PASSAGE, []],
+    )
+    assert enc.calls == 1
+    first_end = completion.index(".") + 1
+    assert a == Dense(points=((first_end, 0.5), (len(completion), -0.5)), level="sentence")
+    assert b == a
+    assert empty == Dense(level="sentence") and empty.points == ()
+    assert no_passages is None
+
+
+def test_grounding_copied_sentence_from_later_passage(minilm):
+    completion = "It was completed in 1889."
+    (d,) = GroundingReward(minilm, value=0.25)(["q"], [completion], passages=[["Unrelated text.", PASSAGE]])
+    assert d.points == ((len(completion), 0.25),)
+
+
+@pytest.mark.parametrize("kw,match", [({"threshold": math.nan}, "threshold"), ({"threshold": 2.0}, "threshold"),
+                                      ({"value": -0.5}, "value"), ({"value": math.inf}, "value")])
+def test_embedding_reward_parameters_checked(minilm, kw, match):
+    with pytest.raises(AlarmError, match=match):
+        GroundingReward(minilm, **kw)
+    with pytest.raises(AlarmError, match=match):
+        RelevanceReward(minilm, **kw)
+
+
+def test_relevance_subsentences(minilm):
+    enc = CountingEncoder(minilm)
+    reward = RelevanceReward(enc)
+    completion = "The capital of France is Paris, and my cat likes to sleep on the sofa."
+    d, empty = reward(["What is the capital of France?"] * 2, [completion, ""])
+    assert enc.calls == 1
+    assert d == Dense(points=((completion.index(",") + 1, 0.3), (len(completion), -0.3)), level="subsentence")
+    assert empty.points == ()
+
+
+def test_relevance_question_column(minilm):
+    reward = RelevanceReward(minilm, column="question")
+    completion = "The capital of France is Paris."
+    (d,) = reward(["question: ... context: a very long prompt about cats"], [completion],
+                  question=["What is the capital of France?"])
+    assert d.points == ((len(completion), 0.3),)
+    with pytest.raises(AlarmError, match="needs the column 'question'"):
+        reward(["q"], [completion])
+    with pytest.raises(AlarmError, match="column 'question' entry 0 is list"):
+        reward(["q"], [completion], question=[["a"]])
+
+
+# ---------------------------------------------------------------- sequence classifier
+
+
+def test_classifier_default_max_length_capped_by_positions(classifier, minilm_tokenizer):
+    assert minilm_tokenizer.model_max_length == 512
+    assert SequenceClassifierReward(classifier, minilm_tokenizer).max_length == 128
+
+
+def test_classifier_batched_equals_single(classifier, minilm_tokenizer):
+    prompts = ["What is a tower?", "Where is Paris? " * 5, "Hi", "Tell me about iron.", "Why?"]
+    completions = ["A tall structure.", "In France.", "Hello there, how can I help you today?", "It rusts.", ""]
+    batched = SequenceClassifierReward(classifier, minilm_tokenizer, batch_size=3)(prompts, completions)
+    single = [SequenceClassifierReward(classifier, minilm_tokenizer, batch_size=1)([p], [c])[0]
+              for p, c in zip(prompts, completions)]
+    assert batched == pytest.approx(single, abs=1e-5)
+    assert len(set(round(v, 6) for v in batched)) == 5  # the inputs matter
+
+
+def test_classifier_truncates_prompt_not_completion(classifier, minilm_tokenizer):
+    reward = SequenceClassifierReward(classifier, minilm_tokenizer, max_length=32)
+    head = "the question is about towers " * 6  # 30 tokens: the limit falls inside it
+    completion = "The Eiffel Tower is in Paris."
+    a, b, c = reward([head + "and apples " * 30, head + "and rivers " * 30, head + "and apples " * 30],
+                     [completion, completion, "Bananas are yellow fruit."])
+    assert a == pytest.approx(b, abs=1e-5)  # prompt text beyond the limit was cut: identical inputs
+    assert abs(a - c) > 1e-3  # the completion was read
+    enc = minilm_tokenizer(head + "and apples " * 30, completion, truncation="only_first", max_length=32)
+    assert len(enc["input_ids"]) == 32
+    assert minilm_tokenizer.decode(enc["input_ids"]).endswith("the eiffel tower is in paris. [SEP]")
+
+
+def test_classifier_overlong_completion(classifier, minilm_tokenizer):
+    reward = SequenceClassifierReward(classifier, minilm_tokenizer, max_length=32)
+    with pytest.raises(AlarmError, match="completion 1 takes .* lower max_new_tokens or raise max_length"):
+        reward(["q", "q"], ["short", "word " * 40])
+
+
+def test_classifier_template(classifier, minilm_tokenizer):
+    templated = SequenceClassifierReward(classifier, minilm_tokenizer, template="Q: {prompt} A: {completion} END")
+    plain = SequenceClassifierReward(classifier, minilm_tokenizer)
+    assert templated(["Why?"], ["Because."]) == pytest.approx(plain(["Q: Why? A: "], ["Because. END"]), abs=1e-6)
+    with pytest.raises(AlarmError, match="template must contain"):
+        SequenceClassifierReward(classifier, minilm_tokenizer, template="{prompt}")
+
+
+def test_classifier_checks_arguments(classifier, minilm_tokenizer):
+    with pytest.raises(AlarmError, match="label_index 1 is out of range"):
+        SequenceClassifierReward(classifier, minilm_tokenizer, label_index=1)
+    with pytest.raises(AlarmError, match="batch_size"):
+        SequenceClassifierReward(classifier, minilm_tokenizer, batch_size=0)
+
+
+def test_classifier_restores_training_mode(minilm_tokenizer):
+    model = BertForSequenceClassification(tiny_config(minilm_tokenizer, 1)).train()
+    reward = SequenceClassifierReward(model, minilm_tokenizer)
+    assert reward(["q"], ["a"]) == reward(["q"], ["a"])  # dropout off while scoring
+    assert model.training
+
+
+def test_classifier_from_pretrained(tmp_path, classifier, minilm_tokenizer):
+    classifier.save_pretrained(tmp_path)
+    minilm_tokenizer.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    loaded = SequenceClassifierReward.from_pretrained(str(tmp_path), batch_size=2, name="rm")
+    assert loaded.name == "rm" and loaded.batch_size == 2
+    original = SequenceClassifierReward(classifier, minilm_tokenizer)
+    assert loaded(["q"], ["an answer"]) == pytest.approx(original(["q"], ["an answer"]), abs=1e-6)
+    with pytest.raises(AlarmError, match="could not load reward model"):
+        SequenceClassifierReward.from_pretrained(str(tmp_path / "missing"))
+
+
+# ---------------------------------------------------------------- span reward model
+
+
+def test_span_inputs_separators_and_pieces(minilm_tokenizer):
+    completion = "The sky is blue. It rains today."
+    inputs = build_span_inputs(minilm_tokenizer, "What is the weather?", completion, "sentence", None, 128)
+    ids = inputs.encoding["input_ids"]
+    assert inputs.piece_spans == [(0, 16), (17, 32)]
+    assert [ids[p] for p in inputs.sep_positions] == [minilm_tokenizer.sep_token_id] * 2
+    # the separator is followed by its piece's first token
+    assert [minilm_tokenizer.decode([ids[p + 1]]) for p in inputs.sep_positions] == ["the", "it"]
+    assert len(ids) == len(inputs.encoding["attention_mask"])
+
+
+def test_span_inputs_custom_separator(minilm_tokenizer):
+    inputs = build_span_inputs(minilm_tokenizer, "q", "A b. C d.", "sentence", "|", 64)
+    ids = inputs.encoding["input_ids"]
+    assert [ids[p] for p in inputs.sep_positions] == minilm_tokenizer.convert_tokens_to_ids(["|", "|"])
+    assert inputs.piece_spans == [(0, 4), (5, 9)]
+
+
+def test_span_inputs_truncate_prompt_only(minilm_tokenizer):
+    completion = "The sky is blue. It rains today."
+    inputs = build_span_inputs(minilm_tokenizer, "weather " * 200, completion, "sentence", None, 40)
+    ids = inputs.encoding["input_ids"]
+    assert len(ids) == 40
+    assert minilm_tokenizer.decode(ids).endswith("[SEP] the sky is blue. [SEP] it rains today. [SEP]")
+    assert len(inputs.sep_positions) == 2
+    with pytest.raises(AlarmError, match="lower max_new_tokens or raise max_length"):
+        build_span_inputs(minilm_tokenizer, "q", "Word word word. " * 20, "sentence", None, 40)
+
+
+@pytest.mark.parametrize("error,sign", [(True, -1), (False, 1)])
+def test_span_model_forced_predictions(minilm_tokenizer, error, sign):
+    reward = SpanRewardModel(token_classifier(minilm_tokenizer, error), minilm_tokenizer, value=0.5)
+    completion = "The sky is blue. It rains today."
+    d, empty = reward(["What is the weather?", "q"], [completion, ""])
+    assert d == Dense(points=((16, sign * 0.5), (32, sign * 0.5)), level="sentence")
+    assert empty == Dense(level="sentence")
+
+
+def test_span_model_reads_each_separator(minilm_tokenizer):
+    bad = set(minilm_tokenizer.convert_tokens_to_ids(["it", "cats"]))
+    reward = SpanRewardModel(FlagNextToken(bad), minilm_tokenizer, level="subsentence", value=0.3, batch_size=2)
+    completions = [
+        "The sky is blue, it rains today.",
+        "Dogs bark. Cats meow, birds sing; it is loud.",
+        "No errors here.",
+    ]
+    prompts = ["q", "a much longer prompt " * 10, "q"]
+    out = reward(prompts, completions)
+    assert out[0].points == ((16, 0.3), (32, -0.3))
+    assert out[1].points == ((10, 0.3), (21, -0.3), (33, 0.3), (45, -0.3))
+    assert out[2].points == ((15, 0.3),)
+    assert all(d.level == "subsentence" for d in out)
+    single = [reward([p], [c])[0] for p, c in zip(prompts, completions)]
+    assert single == out
+
+
+def test_span_model_overlong_completion(minilm_tokenizer):
+    reward = SpanRewardModel(token_classifier(minilm_tokenizer, False), minilm_tokenizer, max_length=40)
+    with pytest.raises(AlarmError, match="completion 1: .*lower max_new_tokens"):
+        reward(["q", "q"], ["Fine.", "Word word word. " * 20])
+
+
+def test_span_model_checks_arguments(minilm_tokenizer):
+    model = token_classifier(minilm_tokenizer, False)
+    with pytest.raises(AlarmError, match="level must be"):
+        SpanRewardModel(model, minilm_tokenizer, level="token")
+    with pytest.raises(AlarmError, match="error_label 2 is out of range"):
+        SpanRewardModel(model, minilm_tokenizer, error_label=2)
+    with pytest.raises(AlarmError, match="value must be"):
+        SpanRewardModel(model, minilm_tokenizer, value=math.nan)
+
+
+def test_span_model_from_pretrained(tmp_path, minilm_tokenizer):
+    model = token_classifier(minilm_tokenizer, True)
+    model.save_pretrained(tmp_path)
+    minilm_tokenizer.save_pretrained(tmp_path)
+    reward = SpanRewardModel.from_pretrained(str(tmp_path), level="subsentence", value=0.3)
+    (d,) = reward(["q"], ["Yes, it is."])
+    assert d.points == ((4, -0.3), (11, -0.3))

@@ -1,0 +1,284 @@
+"""PPO trainer: reward alignment, gradient flow, GAE/loss math, learning, seq2seq, resume, multi-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tiny
+from alarm.combine import CombineConfig, RewardSet
+from alarm.trainers.ppo import (
+    KLController, PPOConfig, PPOTrainer, gae, masked_whiten, policy_loss, response_mask, value_loss,
+)
+
+PROMPTS = [{"prompt": p} for p in ["The quick", "Paris is", "Water boils", "A question", "The answer", "Café"]]
+
+
+def e_rate(prompts, completions, **kw):
+    return [c.count("e") / (1 + len(c)) for c in completions]
+
+
+def nonempty(prompts, completions, **kw):
+    return [float(len(c) > 3) for c in completions]
+
+
+def reward_set(mode="hierarchical", **kw):
+    rs = RewardSet(CombineConfig(mode=mode, **kw), holistic=e_rate, aspects={"long": nonempty})
+    rs.fit(["a"] * 4, ["eee", "abc", "hello there", "x"])
+    return rs
+
+
+def trainer(tmp_path, model=None, rs=None, **cfg):
+    base = dict(max_new_tokens=8, rollout_batch_size=3, mini_batch_size=2, grad_accum_steps=1, steps=2,
+                learning_rate=1e-3)
+    base.update(cfg)
+    return PPOTrainer(PPOConfig(**base), model or tiny.causal_lm(), tiny.tokenizer(), rs or reward_set(), PROMPTS,
+                      tmp_path)
+
+
+# ---------------------------------------------------------------- rewards land where they were assigned
+
+
+def crafted_responses(tok, T=6):
+    """Row 0 ends with EOS mid-way then padding; row 1 hits max length without EOS; row 2 is empty (EOS only)."""
+    ids = tok("the answer is here")["input_ids"]
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    rows = [ids[:3] + [eos] + [pad] * (T - 4), (ids * 3)[:T], [eos] + [pad] * (T - 1)]
+    return torch.tensor(rows)
+
+
+@pytest.mark.parametrize("mode", ["hierarchical", "weighted_sum", "holistic_only", "aspect_only"])
+def test_rewards_reaching_gae_sum_to_what_combination_assigned(tmp_path, mode):
+    tr = trainer(tmp_path, rs=reward_set(mode=mode, epsilon=-10.0))
+    tr.kl.value = 0.37
+    records = PROMPTS[:3]
+    batch = tr.encode_prompts(records)
+    responses = crafted_responses(tr.tokenizer)
+    exp, info = tr.make_experience(records, batch, responses)
+    lengths = exp["mask"].sum(1).long().tolist()
+    assert lengths == [4, 6, 1]
+    combined = info["combined"]
+    assert combined.empty == [False, False, True]
+    kl = exp["old_logprobs"] - exp["ref_logprobs"]
+    reached = (exp["rewards"] + tr.kl.value * kl * exp["mask"]).sum(1)
+    assigned = torch.tensor([float(r.sum()) for r in combined.token_rewards], dtype=torch.float64)
+    torch.testing.assert_close(reached.double(), assigned, atol=1e-5, rtol=0)
+    # The sequence-level part sits on each response's own last generated token, never on padding.
+    for i, n in enumerate(lengths):
+        assert torch.all(exp["scores"][i, n:] == 0)
+        assert float(exp["scores"][i, n - 1]) == pytest.approx(float(combined.token_rewards[i][-1]), abs=1e-6)
+    assert float(exp["scores"][2, 0]) == pytest.approx(CombineConfig().empty_penalty)
+    assert info["texts"][2] == ""
+
+
+def test_response_mask_stops_after_first_eos():
+    r = torch.tensor([[5, 6, 1, 1, 1], [1, 0, 0, 0, 0], [5, 6, 7, 8, 9]])
+    assert response_mask(r, 1).tolist() == [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]]
+    assert response_mask(r, [9, 6]).tolist() == [[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
+
+
+# ---------------------------------------------------------------- gradient flow
+
+
+def test_first_token_gets_gradient_and_padding_none(tmp_path):
+    tr = trainer(tmp_path, lora=False)
+    records = PROMPTS[:3]
+    batch = tr.encode_prompts(records)
+    exp, _ = tr.make_experience(records, batch, crafted_responses(tr.tokenizer))
+    policy = tr.unwrapped
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+
+    def grad_norm(adv):
+        policy.zero_grad()
+        logits, _ = policy(exp)
+        from alarm.trainers.ppo import logprobs_from_logits
+        lp = logprobs_from_logits(logits, exp["responses"])
+        loss, _, _ = policy_loss(lp, exp["old_logprobs"], adv, exp["mask"], 0.2)
+        loss.backward()
+        return sum(float(p.grad.abs().sum()) for p in params if p.grad is not None)
+
+    first_only = torch.zeros_like(exp["advantages"])
+    first_only[:, 0] = 1.0
+    assert grad_norm(first_only) > 0
+    padding_only = torch.zeros_like(exp["advantages"])
+    padding_only[0, 4:] = 1.0  # row 0 ends at position 3 (its EOS)
+    padding_only[2, 1:] = 1.0
+    assert grad_norm(padding_only) == 0.0
+
+
+# ---------------------------------------------------------------- math against loop references
+
+
+def gae_reference(rewards, values, mask, gamma, lam):
+    B, T = rewards.shape
+    adv = torch.zeros(B, T, dtype=torch.float64)
+    for b in range(B):
+        n = int(mask[b].sum())
+        last = 0.0
+        for t in reversed(range(n)):
+            next_v = float(values[b, t + 1]) if t + 1 < n else 0.0
+            delta = float(rewards[b, t]) + gamma * next_v - float(values[b, t])
+            last = delta + gamma * lam * last
+            adv[b, t] = last
+    return adv, (adv + values.double()) * mask.double()
+
+
+lengths_st = st.lists(st.integers(1, 7), min_size=1, max_size=4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=lengths_st, gamma=st.floats(0.5, 1.0), lam=st.floats(0.0, 1.0), seed=st.integers(0, 10_000))
+def test_gae_matches_loop_reference(lengths, gamma, lam, seed):
+    g = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    mask = torch.tensor([[1.0] * n + [0.0] * (T - n) for n in lengths], dtype=torch.float64)
+    rewards = torch.randn(len(lengths), T, generator=g, dtype=torch.float64) * mask
+    values = torch.randn(len(lengths), T, generator=g, dtype=torch.float64) * mask
+    adv, ret = gae(rewards, values, mask, gamma, lam)
+    ref_adv, ref_ret = gae_reference(rewards, values, mask, gamma, lam)
+    torch.testing.assert_close(adv, ref_adv)
+    torch.testing.assert_close(ret, ref_ret)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=lengths_st, clip=st.floats(0.05, 0.5), seed=st.integers(0, 10_000))
+def test_losses_match_loop_reference(lengths, clip, seed):
+    g = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    B = len(lengths)
+    mask = torch.tensor([[1.0] * n + [0.0] * (T - n) for n in lengths], dtype=torch.float64)
+    new, old = torch.randn(B, T, generator=g, dtype=torch.float64), torch.randn(B, T, generator=g, dtype=torch.float64)
+    adv = torch.randn(B, T, generator=g, dtype=torch.float64)
+    v, v_old, ret = (torch.randn(B, T, generator=g, dtype=torch.float64) for _ in range(3))
+    pg, _, kl = policy_loss(new, old, adv, mask, clip)
+    vf, _ = value_loss(v, v_old, ret, mask, clip)
+    pg_terms, vf_terms, kl_terms = [], [], []
+    import math
+    for b in range(B):
+        for t in range(lengths[b]):
+            ratio = math.exp(float(new[b, t] - old[b, t]))
+            a = float(adv[b, t])
+            pg_terms.append(max(-a * ratio, -a * min(max(ratio, 1 - clip), 1 + clip)))
+            vc = float(v_old[b, t]) + min(max(float(v[b, t] - v_old[b, t]), -clip), clip)
+            vf_terms.append(0.5 * max((float(v[b, t]) - float(ret[b, t])) ** 2, (vc - float(ret[b, t])) ** 2))
+            kl_terms.append(ratio - 1 - math.log(ratio))
+    assert float(pg) == pytest.approx(sum(pg_terms) / len(pg_terms), rel=1e-9, abs=1e-9)
+    assert float(vf) == pytest.approx(sum(vf_terms) / len(vf_terms), rel=1e-9, abs=1e-9)
+    assert float(kl) == pytest.approx(sum(kl_terms) / len(kl_terms), rel=1e-9, abs=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(lengths=lengths_st, seed=st.integers(0, 10_000))
+def test_masked_whiten_uses_only_masked_entries(lengths, seed):
+    g = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    mask = torch.tensor([[1.0] * n + [0.0] * (T - n) for n in lengths], dtype=torch.float64)
+    x = torch.randn(len(lengths), T, generator=g, dtype=torch.float64) * 3 + 1
+    x_noisy = x + (1 - mask) * 1e6  # garbage on padding must not matter
+    w = masked_whiten(x_noisy, mask)
+    assert torch.all(w[mask == 0] == 0)
+    vals = x[mask == 1]
+    if vals.numel() > 1:
+        expected = (vals - vals.mean()) / torch.sqrt(vals.var() + 1e-8)
+        torch.testing.assert_close(w[mask == 1], expected)
+
+
+def test_adaptive_kl_controller_follows_formula():
+    c = KLController(0.2, True, target=6.0, horizon=10_000)
+    c.update(kl=12.0, n=8)  # error clipped to +0.2
+    assert c.value == pytest.approx(0.2 * (1 + 0.2 * 8 / 10_000))
+    c2 = KLController(0.2, True, 6.0, 10_000)
+    c2.update(kl=5.4, n=100)  # error −0.1
+    assert c2.value == pytest.approx(0.2 * (1 - 0.1 * 100 / 10_000))
+    fixed = KLController(0.2, False)
+    fixed.update(100.0, 8)
+    assert fixed.value == 0.2
+
+
+# ---------------------------------------------------------------- learning and both architectures
+
+
+def test_policy_learns_to_emit_a_rewarded_token(tmp_path):
+    """Reward = share of 'e' characters; a tiny policy's mean reward must rise clearly."""
+    rs = RewardSet(CombineConfig(mode="holistic_only", holistic_weight=1.0), holistic=e_rate)
+    rs.fit(["a"] * 4, ["eee", "abc", "hello there", "x"])
+    tr = trainer(tmp_path, rs=rs, lora=False, learning_rate=1e-2, rollout_batch_size=8, mini_batch_size=4,
+                 max_new_tokens=6, kl_coef=0.0, steps=25, ppo_epochs=4, seed=1)
+    hist = tr.train(progress=False)
+    first = sum(m["rewards/holistic/mean"] for m in hist[:5]) / 5
+    last = sum(m["rewards/holistic/mean"] for m in hist[-5:]) / 5
+    assert last > first + 0.8, (first, last)
+
+
+@pytest.mark.parametrize("kind", ["causal", "seq2seq"])
+def test_full_step_changes_parameters(tmp_path, kind):
+    model = tiny.causal_lm() if kind == "causal" else tiny.seq2seq_lm()
+    tr = trainer(tmp_path, model=model, steps=1)
+    before = {n: p.detach().clone() for n, p in tr.unwrapped.named_parameters() if p.requires_grad}
+    m = tr.train(progress=False)[0]
+    after = dict(tr.unwrapped.named_parameters())
+    changed = [n for n in before if not torch.equal(before[n], after[n].detach())]
+    assert any("lora" in n for n in changed) and any("value_head" in n for n in changed)
+    frozen = [n for n, p in after.items() if not p.requires_grad and "lora" in n]
+    assert not frozen
+    for key in ("kl", "beta", "ppo/pg_loss", "ppo/vf_loss", "ppo/clipfrac", "entropy", "gate_open_rate",
+                "rewards/holistic/mean", "rewards/long/mean", "length/tokens", "time/generate", "time/update"):
+        assert key in m
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["step"] == 1
+
+
+# ---------------------------------------------------------------- checkpoints and resume
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+    keys = ("return/mean", "kl", "ppo/pg_loss", "ppo/vf_loss", "beta")
+    full = trainer(tmp_path / "full", steps=4).train(progress=False)
+
+    first = trainer(tmp_path / "split", steps=4, save_every=2)
+    first.train(steps=2, progress=False)
+    resumed = trainer(tmp_path / "split", steps=4)
+    assert resumed.resume() == 2
+    rest = resumed.train(progress=False)
+    assert [m["step"] for m in rest] == [3, 4]
+    for a, b in zip(full[2:], rest):
+        for k in keys:
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), k
+
+
+def test_checkpoint_is_atomic_and_complete(tmp_path):
+    tr = trainer(tmp_path, steps=1)
+    tr.train(progress=False)
+    ckpt = PPOTrainer.latest_checkpoint(tmp_path)
+    assert ckpt is not None and ckpt.name == "step-000001"
+    names = {p.name for p in ckpt.iterdir()}
+    assert {"model", "value_head.safetensors", "optimizer.pt", "trainer_state.json", "rng_0.pt"} <= names
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+# ---------------------------------------------------------------- two processes stay in sync
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo multi-process test runs on Linux")
+def test_two_processes_keep_identical_parameters(tmp_path):
+    script = Path(__file__).with_name("ppo_two_ranks.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           str(script), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = torch.load(tmp_path / "params_0.pt")
+    b = torch.load(tmp_path / "params_1.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    init = tiny.causal_lm().state_dict()
+    assert any(not torch.equal(a[f"model.{k}"], v) for k, v in init.items() if f"model.{k}" in a)
