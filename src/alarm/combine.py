@@ -301,6 +301,7 @@ class RewardSet:
         one_token = [[len(c)] for c in completions]  # every emitted value lands on one pseudo-token
         result = combine(self.config, completions, one_token, norm.get(self.HOLISTIC),
                          {k: norm[k] for k in self.aspects}, epsilon=self.epsilon)
+        result.stats.pop("length/tokens")  # one pseudo-token per response here: not a token count
         return result.returns, result.stats
 
 
@@ -317,6 +318,10 @@ def as_trl_reward(reward_set: RewardSet, name: str = "alarm_hierarchical"):
         columns = {k: v for k, v in kwargs.items() if isinstance(v, list) and len(v) == len(completions_t)}
         returns, stats = reward_set.sequence_rewards(prompts_t, completions_t, **columns)
         reward_fn.last_stats = stats
+        log_metric = kwargs.get("log_metric")  # TRL ≥ 1.x: averaged per logging step, seen by every logger
+        if callable(log_metric):
+            for k, v in stats.items():
+                log_metric(f"alarm/{k}", float(v))
         return returns
 
     reward_fn.__name__ = name
@@ -338,8 +343,14 @@ def trl_component_logger(reward_fn):
 
     class ComponentLogger(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kw):
-            if logs is not None:
-                logs.update({f"alarm/{k}": v for k, v in reward_fn.last_stats.items()})
+            if logs is None:
+                return
+            extra = {f"alarm/{k}": v for k, v in reward_fn.last_stats.items() if f"alarm/{k}" not in logs}
+            logs.update(extra)
+            # Trainer.log appends a copy of `logs` to the history before callbacks run: update that entry too.
+            if state.log_history and all(state.log_history[-1].get(k) == v for k, v in logs.items()
+                                         if not k.startswith("alarm/")):
+                state.log_history[-1].update(extra)
 
     return ComponentLogger()
 

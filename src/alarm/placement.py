@@ -82,8 +82,12 @@ def place(value: float | Dense | None, ends: Sequence[int], shape=None) -> torch
         token_value: list[float | None] = [value.default] * n
         starts = [0] + list(ends[:-1])
         for s, e, v in value.spans:
+            if e <= s:
+                continue  # an empty span covers no character
             for t in range(n):
-                if starts[t] < e and ends[t] > s:  # token's characters overlap the span
+                # the token completes a character of the span; tokens completing none (partial multi-byte
+                # pieces, EOS) own no character and keep the default, like points never land on them
+                if starts[t] < ends[t] and starts[t] < e and ends[t] > s:
                     token_value[t] = v
         for t, v in enumerate(token_value):
             if v is not None:

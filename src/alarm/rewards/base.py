@@ -29,8 +29,8 @@ class Dense:
     character ``char_end - 1`` (the character ending a sentence / sub-sentence). ``char_end`` is in
     ``[0, len(completion)]``; 0 (an empty completion) lands on the last generated token.
 
-    ``spans``: ``(start, end, value)`` triples for token-level rewards; every generated token overlapping
-    ``[start, end)`` gets ``value`` (a later span overrides an earlier one on the same token). With
+    ``spans``: ``(start, end, value)`` triples for token-level rewards; every generated token that completes a
+    character inside ``[start, end)`` gets ``value`` (a later span overrides an earlier one on the same token). With
     ``default`` set, every other generated token gets ``default``; with ``default=None`` they get nothing.
     """
 

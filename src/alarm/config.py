@@ -1,0 +1,231 @@
+"""Recipes: one YAML file per experiment, validated, with ``key=value`` overrides from the command line.
+
+Unknown keys and wrong types fail with one line naming the key (``ppo.learnig_rate: unknown setting``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from alarm.combine import CombineConfig, RewardSet
+from alarm.errors import AlarmError
+from alarm.trainers.ppo import PPOConfig
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+class ModelSpec(BaseModel):
+    model_config = _STRICT
+    name: str = "smollm2-135m-instruct"  # alias for the offline SmolLM2, a local path, or a hub id
+    trust_remote_code: bool = False
+
+
+class DataSpec(BaseModel):
+    model_config = _STRICT
+    path: str | None = None  # QA JSONL; None = the packaged quickstart set
+    train_split: str = "train"
+    test_split: str = "test"
+    max_train_prompts: int | None = Field(None, ge=1)
+    system_prompt: str | None = None
+
+
+class RewardsSpec(BaseModel):
+    """Rewards by type; each entry is ``{type: <kind>, <constructor settings>...}``."""
+
+    model_config = _STRICT
+    encoder: str | None = None  # sentence-transformers model for embedding rewards; None = packaged MiniLM
+    holistic: dict[str, Any] | None = None
+    aspects: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    normalize: list[str] = Field(default_factory=lambda: ["holistic"])
+
+
+class SelectionSpec(BaseModel):
+    model_config = _STRICT
+    enabled: bool = True
+    max_conflict: float | None = Field(0.4, ge=0, le=1)
+    top_k: int | None = Field(None, ge=1)
+    min_decisive: float = Field(0.0, ge=0, le=1)
+    apply: bool = True  # train only on the kept aspects
+
+
+class SampleSpec(BaseModel):
+    """Sampling from the initial policy to fit normalisation (and to pair responses for selection)."""
+
+    model_config = _STRICT
+    prompts: int = Field(16, ge=1)
+    samples_per_prompt: int = Field(2, ge=2)
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1)
+
+
+class EvalSpec(BaseModel):
+    model_config = _STRICT
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1)
+    max_prompts: int | None = Field(None, ge=1)
+
+
+class Recipe(BaseModel):
+    model_config = _STRICT
+    name: str = "run"
+    output_dir: str | None = None  # default runs/<name>
+    seed: int = 42
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    rewards: RewardsSpec = Field(default_factory=RewardsSpec)
+    combine: dict[str, Any] = Field(default_factory=dict)  # CombineConfig settings
+    sample: SampleSpec = Field(default_factory=SampleSpec)
+    selection: SelectionSpec = Field(default_factory=SelectionSpec)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+
+    def combine_config(self) -> CombineConfig:
+        return build_dataclass(CombineConfig, self.combine, "combine")
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or f"runs/{self.name}")
+
+
+def build_dataclass(cls, settings: dict, where: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        raise AlarmError(f"{where}.{unknown[0]}: unknown setting (valid: {', '.join(sorted(names))})")
+    return cls(**settings)
+
+
+def _format_validation_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"]) or "config"
+    if err["type"] == "extra_forbidden":
+        return f"{loc}: unknown setting; check its spelling against the documented keys"
+    return f"{loc}: {err['msg']} (got {err.get('input')!r})"
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["ppo.steps=3", "combine.mode=weighted_sum"]`` → nested dict (values parsed as YAML scalars)."""
+    out: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise AlarmError(f"override {pair!r} must look like key=value (e.g. ppo.steps=10)")
+        key, raw = pair.split("=", 1)
+        value = yaml.safe_load(raw) if raw else None
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise AlarmError(f"override {pair!r} conflicts with another override of {p!r}")
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise AlarmError(f"recipe {p} not found; give a YAML file path (see recipes/)")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise AlarmError(f"recipe {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise AlarmError(f"recipe {p} must be a mapping of settings at the top level")
+    data = _merge(data, parse_overrides(overrides or []))
+    return validate_recipe(data)
+
+
+def validate_recipe(data: dict) -> Recipe:
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        raise AlarmError(_format_validation_error(e)) from None
+    recipe.combine_config()  # validate now, not mid-run
+    for where, spec in _reward_specs(recipe.rewards):
+        _check_reward_spec(where, spec)
+    return recipe
+
+
+# ---------------------------------------------------------------------------------------- reward building
+
+
+def _reward_classes() -> dict[str, Any]:
+    from alarm.rewards.embedding import GroundingReward, ReferenceSimilarityReward, RelevanceReward
+    from alarm.rewards.hf_models import SequenceClassifierReward, SpanRewardModel
+    from alarm.rewards.simple import LanguageConfidenceReward, LengthReward, ReadabilityReward
+
+    return {
+        "length": LengthReward,
+        "readability": ReadabilityReward,
+        "language_confidence": LanguageConfidenceReward,
+        "reference_similarity": ReferenceSimilarityReward,
+        "grounding": GroundingReward,
+        "relevance": RelevanceReward,
+        "sequence_classifier": SequenceClassifierReward.from_pretrained,
+        "span_model": SpanRewardModel.from_pretrained,
+    }
+
+
+_ENCODER_TYPES = {"reference_similarity", "grounding", "relevance"}
+
+
+def _reward_specs(spec: RewardsSpec):
+    if spec.holistic is not None:
+        yield "rewards.holistic", spec.holistic
+    for k, v in spec.aspects.items():
+        yield f"rewards.aspects.{k}", v
+
+
+def _check_reward_spec(where: str, spec: dict) -> None:
+    classes = _reward_classes()
+    kind = spec.get("type")
+    if kind not in classes:
+        raise AlarmError(f"{where}.type: {kind!r} is not a reward type (valid: {', '.join(classes)})")
+    params = inspect.signature(classes[kind]).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = set(params) - {"self", "encoder"}
+    for key in spec:
+        if key != "type" and key not in allowed:
+            raise AlarmError(f"{where}.{key}: unknown setting for {kind} (valid: {', '.join(sorted(allowed))})")
+
+
+def build_reward(where: str, spec: dict, encoder_name: str | None, default_name: str):
+    _check_reward_spec(where, spec)
+    kwargs = {k: v for k, v in spec.items() if k != "type"}
+    kind = spec["type"]
+    if kind in _ENCODER_TYPES:
+        from alarm.rewards.embedding import load_encoder
+
+        kwargs["encoder"] = load_encoder(encoder_name)
+    if kind in ("sequence_classifier", "span_model"):
+        kwargs.setdefault("name", default_name)
+    reward = _reward_classes()[kind](**kwargs)
+    if kind not in ("sequence_classifier", "span_model") and "name" not in spec:
+        reward.name = default_name
+    return reward
+
+
+def build_reward_set(recipe: Recipe, aspects: list[str] | None = None) -> RewardSet:
+    """The recipe's rewards as a :class:`RewardSet` (only ``aspects`` if given, e.g. after selection)."""
+    spec = recipe.rewards
+    holistic = build_reward("rewards.holistic", spec.holistic, spec.encoder, "holistic") if spec.holistic else None
+    names = list(spec.aspects) if aspects is None else aspects
+    built = {k: build_reward(f"rewards.aspects.{k}", spec.aspects[k], spec.encoder, k) for k in names}
+    normalize = [k for k in spec.normalize if k == "holistic" or k in built]
+    return RewardSet(recipe.combine_config(), holistic=holistic, aspects=built, normalize=normalize)
+
