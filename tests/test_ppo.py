@@ -9,14 +9,21 @@ import sys
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import tiny
 from alarm.combine import CombineConfig, RewardSet
 from alarm.trainers.ppo import (
-    KLController, PPOConfig, PPOTrainer, gae, masked_whiten, policy_loss, response_mask, value_loss,
+    KLController,
+    PPOConfig,
+    PPOTrainer,
+    gae,
+    masked_whiten,
+    policy_loss,
+    response_mask,
+    value_loss,
 )
 
 PROMPTS = [{"prompt": p} for p in ["The quick", "Paris is", "Water boils", "A question", "The answer", "Café"]]

@@ -143,3 +143,13 @@ class FunctionReward:
 
     def __call__(self, prompts, completions, **columns):
         return self.fn(prompts, completions, **columns)
+
+
+def summarize(value: float | Dense | None) -> float | None:
+    """One number per response: the value itself, or the mean of a dense reward's emitted values."""
+    if value is None:
+        return None
+    if isinstance(value, Dense):
+        vals = value.values()
+        return sum(vals) / len(vals) if vals else None
+    return float(value)
