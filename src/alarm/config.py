@@ -165,6 +165,7 @@ def validate_recipe(data: dict) -> Recipe:
 
 def _reward_classes() -> dict[str, Any]:
     from alarm.rewards.embedding import GroundingReward, ReferenceSimilarityReward, RelevanceReward
+    from alarm.rewards.grammar import GrammarReward
     from alarm.rewards.hf_models import SequenceClassifierReward, SpanRewardModel
     from alarm.rewards.simple import LanguageConfidenceReward, LengthReward, ReadabilityReward
 
@@ -175,6 +176,7 @@ def _reward_classes() -> dict[str, Any]:
         "reference_similarity": ReferenceSimilarityReward,
         "grounding": GroundingReward,
         "relevance": RelevanceReward,
+        "grammar": GrammarReward,
         "sequence_classifier": SequenceClassifierReward.from_pretrained,
         "span_model": SpanRewardModel.from_pretrained,
     }

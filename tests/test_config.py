@@ -1,0 +1,66 @@
+"""Recipes: validation names the bad key in one line; overrides; every shipped recipe validates."""
+
+from pathlib import Path
+
+import pytest
+
+from alarm.cli import main
+from alarm.config import load_recipe, parse_overrides
+from alarm.errors import AlarmError
+
+# PPO recipes; the VCB recipes have their own schema and test (test_vcb.py).
+RECIPES = sorted(p for p in (Path(__file__).parents[1] / "src" / "alarm" / "recipes").glob("*.yaml")
+                 if not p.name.startswith("vcb"))
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("ppo.learnig_rate=1e-4", "ppo.learnig_rate"),
+    ("ppo.steps=many", "ppo.steps"),
+    ("ppo.mini_batch_size=0", "ppo.mini_batch_size"),
+    ("combine.mod=hierarchical", "combine.mod"),
+    ("combine.mode=gated", "gated"),
+    ("rewards.aspects.g={type: grounding, treshold: 0.5}", "rewards.aspects.g.treshold"),
+    ("rewards.aspects.g={type: nope}", "rewards.aspects.g.type"),
+    ("colour=blue", "colour"),
+])
+def test_bad_settings_fail_with_one_line_naming_the_key(override, key):
+    with pytest.raises(AlarmError) as e:
+        load_recipe(None, [override])
+    msg = str(e.value)
+    assert key in msg and "\n" not in msg
+
+
+def test_overrides_nest_and_parse_yaml_scalars():
+    assert parse_overrides(["ppo.steps=3", "ppo.lora=false", "name=x"]) == {
+        "ppo": {"steps": 3, "lora": False}, "name": "x"}
+    r = load_recipe(None, ["ppo.steps=3", "combine.mode=weighted_sum"])
+    assert r.ppo.steps == 3 and r.combine_config().mode == "weighted_sum"
+    with pytest.raises(AlarmError, match="key=value"):
+        parse_overrides(["ppo.steps"])
+
+
+def test_mini_batch_larger_than_rollout_is_rejected():
+    with pytest.raises(AlarmError, match="mini_batch_size"):
+        load_recipe(None, ["ppo.rollout_batch_size=2", "ppo.mini_batch_size=4"])
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_shipped_recipes_validate(path):
+    load_recipe(path)
+
+
+def test_quickstart_recipe_keeps_the_papers_gate():
+    r = load_recipe(Path(__file__).parents[1] / "recipes" / "quickstart.yaml")
+    c = r.combine_config()
+    assert (c.mode, c.holistic_weight, c.epsilon) == ("hierarchical", 5.0, 0.6)
+    assert r.ppo.lora and r.ppo.lora_r == 16
+
+
+def test_cli_prints_one_line_error_and_exit_code_2(tmp_path, capsys):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("ppo:\n  stepz: 3\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("alarm: error: ppo.stepz") and "\n" not in err
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -1,0 +1,49 @@
+"""The whole recipe flow (sample → fit → select → train → evaluate → report) on a tiny saved model."""
+
+import json
+
+import pytest
+
+import tiny
+from alarm.config import load_recipe
+from alarm.pipeline import run, win_rate
+
+
+def test_win_rate_counts_ties_and_direction():
+    assert win_rate([3, 1, 2, None], [1, 2, 2, 5]) == {"win_rate": 0.5, "wins": 1, "losses": 1, "ties": 1,
+                                                       "missing": 1}
+    assert win_rate([1, 1], [2, 2], higher_is_better=False)["win_rate"] == 1.0
+    assert win_rate([1], [1])["win_rate"] is None
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny_policy")
+    tiny.causal_lm().save_pretrained(d)
+    tiny.tokenizer().save_pretrained(d)
+    return d
+
+
+def test_recipe_runs_end_to_end(tmp_path, tiny_model_dir, minilm):
+    recipe = load_recipe(None, [
+        f"model.name={tiny_model_dir}", f"output_dir={tmp_path}", "name=tiny",
+        "rewards.holistic={type: reference_similarity}",
+        "rewards.aspects={relevance: {type: relevance}, words: {type: length}}",
+        "sample.prompts=4", "sample.max_new_tokens=8", "ppo.steps=2", "ppo.rollout_batch_size=4",
+        "ppo.mini_batch_size=2", "ppo.max_new_tokens=8", "eval.max_new_tokens=8", "eval.max_prompts=4",
+        "selection.max_conflict=1.0",
+    ])
+    result = run(recipe)
+    for name in ("config.yaml", "initial_samples.jsonl", "reward_state.json", "selection.json", "selection.png",
+                 "metrics.jsonl", "training.png", "eval.json", "before_after.png", "report.md"):
+        assert (tmp_path / name).exists(), name
+    samples = [json.loads(x) for x in (tmp_path / "initial_samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 8 and {"holistic", "relevance", "words"} <= set(samples[0])
+    state = json.loads((tmp_path / "reward_state.json").read_text())
+    assert state["normalizers"]["holistic"]["count"] == 8
+    metrics = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert set(result["means"]) == {"initial", "trained"} and result["n_prompts"] == 4
+    assert "holistic" in result["win_rates"]
+    report = (tmp_path / "report.md").read_text()
+    assert "Reward selection" in report and "win rate" in report
