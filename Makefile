@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-integration lint clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# The LLM-judge test against a real llama.cpp server (llama-cpp-python builds from source: minutes, once).
+test-integration: $(STAMP)
+	$(BIN)/pip install -q 'llama-cpp-python[server]'
+	$(BIN)/python -m pytest tests/integration -m integration
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -13,11 +13,14 @@ from alarm.errors import AlarmError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from alarm import pipeline
+    from alarm import pipeline, sft
+    from alarm.evaluation import commands as evaluation
 
     parser = argparse.ArgumentParser(prog="alarm", description="Align language models with hierarchical rewards.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     pipeline.add_commands(sub)
+    evaluation.add_commands(sub)
+    sft.add_commands(sub)
     return parser
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -28,7 +28,8 @@ class ModelSpec(BaseModel):
 
 class DataSpec(BaseModel):
     model_config = _STRICT
-    path: str | None = None  # QA JSONL; None = the packaged quickstart set
+    task: Literal["qa", "mt"] = "qa"  # qa: QA JSONL (alarm.datasets); mt: parallel pairs (alarm.mt)
+    path: str | None = None  # qa: None = the packaged quickstart set; mt: a JSONL/TSV file or "europarl"
     train_split: str = "train"
     test_split: str = "test"
     max_train_prompts: int | None = Field(None, ge=1)

@@ -43,8 +43,15 @@ def load_policy(recipe: Recipe):
     return load(path, trust_remote_code=recipe.model.trust_remote_code), tokenizer
 
 
-def prompt_records(recipe: Recipe, tokenizer, split: str) -> list[dict]:
-    """The recipe's QA records of one split as policy inputs plus the columns rewards read."""
+def prompt_records(recipe: Recipe, tokenizer, split: str, seq2seq: bool = False) -> list[dict]:
+    """The recipe's records of one split as policy inputs (``prompt``) plus the columns rewards read."""
+    if recipe.data.task == "mt":
+        from alarm import mt
+
+        splits = mt.load_splits(recipe.data.path)
+        if split not in splits:
+            raise AlarmError(f"the MT data has no split {split!r} (has {', '.join(splits)}); check data.*_split")
+        return mt.prompt_records(splits[split], tokenizer, seq2seq=seq2seq)
     from alarm.datasets import format_prompt, load_qa_jsonl, split_records
 
     records = split_records(load_qa_jsonl(recipe.data.path), split)
@@ -55,7 +62,8 @@ def prompt_records(recipe: Recipe, tokenizer, split: str) -> list[dict]:
 
 
 def _columns(records: list[dict]) -> dict[str, list]:
-    return {k: [r[k] for r in records] for k in ("passages", "reference")}
+    """Every column of the records except the policy input, one entry per record, for the rewards."""
+    return {k: [r[k] for r in records] for k in records[0] if k not in ("id", "prompt")}
 
 
 def write_json(path: Path, data) -> None:
@@ -286,7 +294,8 @@ def run(recipe: Recipe, steps: tuple[str, ...] = ("sample", "select", "train", "
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     model, tokenizer = load_policy(recipe)
-    train_records = prompt_records(recipe, tokenizer, recipe.data.train_split)
+    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    train_records = prompt_records(recipe, tokenizer, recipe.data.train_split, seq2seq)
     if recipe.data.max_train_prompts:
         train_records = train_records[: recipe.data.max_train_prompts]
     reward_set = build_reward_set(recipe)
@@ -324,7 +333,7 @@ def run(recipe: Recipe, steps: tuple[str, ...] = ("sample", "select", "train", "
     if "eval" in steps:
         t0 = time.perf_counter()
         console.print("[bold](d)[/bold] evaluating initial and trained policies on the test prompts")
-        test_records = prompt_records(recipe, tokenizer, recipe.data.test_split)
+        test_records = prompt_records(recipe, tokenizer, recipe.data.test_split, seq2seq)
         policy = trainer.unwrapped.model if trainer else model
         systems = {"initial": (policy.disable_adapter if trainer and recipe.ppo.lora else nullcontext)}
         if trainer:

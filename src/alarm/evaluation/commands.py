@@ -1,0 +1,687 @@
+"""`alarm generate`, `alarm score`, `alarm select`, `alarm compare`: the evaluation loop on a user's own files.
+
+File formats (JSONL, one object per line):
+- **generations**: ``{"prompt_id", "sample", "prompt", "completion", ...the prompt record's other columns}``;
+  a sidecar ``<file>.meta.json`` records how they were made (policy, decoding) so a resume cannot mix settings.
+- **scored generations**: the same records plus ``"scores": {metric: value}``. Sequence rewards give ``<name>``
+  (raw) and ``<name>.z`` (normalised, when normalisers are given or fitted); dense rewards are summarised per
+  response as ``<name>.mean_emitted`` (mean of the values it emitted) and ``<name>.share_positive`` (share of
+  those values > 0). The sidecar names each metric's direction (higher or lower is better).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from alarm.errors import AlarmError
+
+RESERVED = ("prompt_id", "sample", "prompt", "completion", "scores")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# JSONL helpers
+
+
+def read_jsonl(path: str | os.PathLike, what: str = "file") -> list[dict]:
+    p = Path(path)
+    if not p.exists():
+        raise AlarmError(f"{what} {p} not found")
+    out = []
+    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise AlarmError(f"{p} line {lineno}: invalid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise AlarmError(f"{p} line {lineno}: each line must be a JSON object")
+        out.append(obj)
+    return out
+
+
+def write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def meta_path(path: str | os.PathLike) -> Path:
+    return Path(str(path) + ".meta.json")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
+def _csv(value: str | None) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+def _info(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# generate
+
+
+def load_policy(spec: str, base_model: str | None = None):
+    """(model, tokenizer, description) for a model path / hub id / alias, or a PPO run's checkpoint.
+
+    A checkpoint is a directory with ``trainer_state.json``; a run directory (with ``checkpoints/latest``) means
+    its latest checkpoint. The base model is ``base_model``, else the adapter's recorded base, else SmolLM2.
+    """
+    from alarm.models import SMOLLM2, load_causal_lm, load_seq2seq_lm, load_tokenizer, resolve_model_path
+
+    path = Path(spec).expanduser()
+    ckpt = None
+    if (path / "trainer_state.json").exists():
+        ckpt = path
+    elif (path / "checkpoints" / "latest").exists():
+        from alarm.trainers.ppo import PPOTrainer
+
+        ckpt = PPOTrainer.latest_checkpoint(path)
+        if ckpt is None:
+            raise AlarmError(f"{path}/checkpoints/latest points to a missing checkpoint; give a checkpoint directory")
+    if ckpt is not None:
+        from alarm.trainers.ppo import load_trained_policy
+
+        if base_model is None:
+            adapter = ckpt / "model" / "adapter_config.json"
+            recorded = json.loads(adapter.read_text()).get("base_model_name_or_path") if adapter.exists() else None
+            base_model = recorded if recorded and Path(recorded).exists() else SMOLLM2
+        model, tokenizer = _load_base(base_model, load_causal_lm, load_seq2seq_lm, load_tokenizer, resolve_model_path)
+        try:
+            model = load_trained_policy(ckpt, model)
+        except (OSError, ValueError, RuntimeError, KeyError) as e:
+            raise AlarmError(f"cannot load checkpoint {ckpt} onto base model {base_model!r} "
+                             f"({str(e).splitlines()[0][:200]}); pass the run's base model with --base-model") from None
+        return model, tokenizer, f"checkpoint {ckpt} on {base_model}"
+    model, tokenizer = _load_base(spec, load_causal_lm, load_seq2seq_lm, load_tokenizer, resolve_model_path)
+    return model, tokenizer, spec
+
+
+def _load_base(spec, load_causal_lm, load_seq2seq_lm, load_tokenizer, resolve_model_path):
+    from transformers import AutoConfig
+
+    resolved = resolve_model_path(spec)
+    try:
+        config = AutoConfig.from_pretrained(resolved)
+    except (OSError, ValueError) as e:
+        raise AlarmError(f"model {spec} not found or unreadable ({str(e).splitlines()[0][:160]}); give a local "
+                         "path, a hub id (needs network), a run's checkpoint directory or 'smollm2-135m-instruct'") from None
+    seq2seq = bool(getattr(config, "is_encoder_decoder", False))
+    model = (load_seq2seq_lm if seq2seq else load_causal_lm)(resolved)
+    tokenizer = load_tokenizer(resolved, padding_side="right" if seq2seq else "left")
+    return model, tokenizer
+
+
+def load_prompt_set(path: str | None, tokenizer, split: str = "test", system: str | None = None,
+                    chat: bool = False) -> list[dict]:
+    """Prompt records ``{"id", "prompt", ...columns}`` from a QA JSONL (alarm.datasets format; the prompt is built
+    with the model's chat template) or a plain JSONL of ``{"id", "prompt", ...}`` (used as is, or wrapped in the
+    chat template with ``chat=True``). None = the packaged quickstart set."""
+    from alarm.datasets import format_prompt, load_qa_jsonl
+
+    first = None
+    if path is not None:
+        for rec in read_jsonl(path, "prompt file")[:1]:
+            first = rec
+        if first is None:
+            raise AlarmError(f"prompt file {path} has no records")
+    if path is None or "question" in first:
+        records = load_qa_jsonl(path)
+        if split != "all":
+            records = [r for r in records if r.split == split]
+            if not records:
+                raise AlarmError(f"no prompts in split {split!r}; use --split train, test or all")
+        return [{"id": r.id, "prompt": format_prompt(tokenizer, r.question, r.passages, system),
+                 "question": r.question, "passages": r.passages, "reference": r.reference, "split": r.split}
+                for r in records]
+    out, seen = [], set()
+    for i, r in enumerate(read_jsonl(path, "prompt file"), start=1):
+        if "id" not in r or not isinstance(r.get("prompt"), str) or not r["prompt"]:
+            raise AlarmError(f"{path} record {i}: needs an 'id' and a non-empty string 'prompt' "
+                             "(or use the QA format with 'question' and 'passages')")
+        clash = [k for k in RESERVED if k in r and k != "prompt"]
+        if clash:
+            raise AlarmError(f"{path} record {i}: field {clash[0]!r} is reserved for generation files; rename it")
+        pid = str(r["id"])
+        if pid in seen:
+            raise AlarmError(f"{path} record {i}: duplicate id {pid!r}")
+        seen.add(pid)
+        prompt = r["prompt"]
+        if chat:
+            if not getattr(tokenizer, "chat_template", None):
+                raise AlarmError("--chat needs a tokenizer with a chat template; drop --chat for plain prompts")
+            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+            prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        out.append({**{k: v for k, v in r.items() if k not in ("id", "prompt")}, "id": pid, "prompt": prompt})
+    return out
+
+
+def _read_existing_generations(out: Path, num_samples: int) -> tuple[list[dict], set[str]]:
+    """Records already written (a cut-off last line is dropped) and the prompt ids with all their samples."""
+    if not out.exists():
+        return [], set()
+    records, lines = [], out.read_text(encoding="utf-8").splitlines()
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if lineno == len(lines):  # interrupted mid-write
+                break
+            raise AlarmError(f"{out} line {lineno}: invalid JSON; fix or delete the file (or use --overwrite)") from None
+    counts: dict[str, set[int]] = {}
+    for r in records:
+        counts.setdefault(str(r["prompt_id"]), set()).add(int(r["sample"]))
+    done = {p for p, s in counts.items() if s == set(range(num_samples))}
+    return [r for r in records if str(r["prompt_id"]) in done], done
+
+
+def generate(args: argparse.Namespace) -> int:
+    import torch
+    from rich.progress import Progress
+
+    from alarm.generation import generate_texts
+
+    out = Path(args.out)
+    settings = {"policy": args.policy, "base_model": args.base_model, "prompts": args.prompts, "split": args.split,
+                "system": args.system, "chat": args.chat, "max_new_tokens": args.max_new_tokens,
+                "do_sample": args.sample, "num_samples": args.num_samples, "seed": args.seed,
+                **({"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k} if args.sample else {})}
+    if args.num_samples > 1 and not args.sample:
+        raise AlarmError("--num-samples > 1 with greedy decoding gives identical samples; add --sample")
+    kept: list[dict] = []
+    done: set[str] = set()
+    if out.exists() and not args.overwrite:
+        if not args.resume:
+            raise AlarmError(f"{out} exists; pass --resume to continue it or --overwrite to start again")
+        old = json.loads(meta_path(out).read_text()) if meta_path(out).exists() else {}
+        differ = sorted(k for k in settings if old.get(k) != settings[k])
+        if differ:
+            raise AlarmError(f"{out} was written with different settings ({', '.join(differ)}); use the same "
+                             "settings to resume, or --overwrite, or another --out")
+        kept, done = _read_existing_generations(out, args.num_samples)
+    model, tokenizer, described = load_policy(args.policy, args.base_model)
+    prompts = load_prompt_set(args.prompts, tokenizer, args.split, args.system, args.chat)
+    if args.max_prompts:
+        prompts = prompts[: args.max_prompts]
+    todo = [p for p in prompts if p["id"] not in done]
+    _info(f"generate: {described}; {len(prompts)} prompts, {len(prompts) - len(todo)} already in {out}, "
+          f"{len(todo)} to go ({'sampling' if args.sample else 'greedy'}, {args.num_samples} per prompt)")
+    write_jsonl_atomic(out, kept)  # drops a cut-off line or a half-written prompt before appending
+    _write_json(meta_path(out), settings)
+    torch.manual_seed(args.seed)
+    chunk = max(1, args.batch_size // args.num_samples)
+    with Progress(transient=True, disable=not sys.stderr.isatty()) as bar, out.open("a", encoding="utf-8") as f:
+        task = bar.add_task("generating", total=len(todo))
+        for i in range(0, len(todo), chunk):
+            batch = todo[i : i + chunk]
+            texts = generate_texts(model, tokenizer, [p["prompt"] for p in batch], max_new_tokens=args.max_new_tokens,
+                                   do_sample=args.sample, num_samples=args.num_samples, temperature=args.temperature,
+                                   top_p=args.top_p, top_k=args.top_k, batch_size=args.batch_size)
+            for p, samples in zip(batch, texts):
+                columns = {k: v for k, v in p.items() if k not in ("id", "prompt")}
+                for s, completion in enumerate(samples):
+                    f.write(json.dumps({"prompt_id": p["id"], "sample": s, "prompt": p["prompt"],
+                                        "completion": completion, **columns}, ensure_ascii=False) + "\n")
+            f.flush()
+            bar.update(task, advance=len(batch))
+    _info(f"generate: wrote {out} ({len(prompts) * args.num_samples} responses)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# score
+
+
+_RECIPE_KEYS = {"name", "output_dir", "seed", "model", "data", "rewards", "combine", "sample", "selection", "ppo", "eval"}
+
+
+def load_reward_set(path: str, overrides: Sequence[str] = ()):
+    """The rewards of a recipe, or of a rewards-only YAML (the recipe's ``rewards:`` block), validated the same way."""
+    import yaml
+
+    from alarm.config import build_reward_set, load_recipe, parse_overrides, validate_recipe
+
+    p = Path(path)
+    if not p.exists():
+        raise AlarmError(f"rewards config {p} not found; give a recipe or a rewards YAML")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise AlarmError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise AlarmError(f"{p} must be a mapping (a recipe, or the rewards block: holistic / aspects / normalize)")
+    if set(data) & _RECIPE_KEYS:
+        recipe = load_recipe(p, list(overrides))
+    else:
+        recipe = validate_recipe({"rewards": data, **parse_overrides(list(overrides))})
+    if recipe.rewards.holistic is None and not recipe.rewards.aspects:
+        raise AlarmError(f"{p} configures no rewards; add rewards.holistic and/or rewards.aspects")
+    if recipe.rewards.holistic is None:  # scoring does not combine: any mode that needs no holistic will do
+        recipe = recipe.model_copy(update={"combine": {**recipe.combine, "mode": "aspect_only"}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # hierarchy warnings concern training, not scoring
+        return build_reward_set(recipe)
+
+
+def summarize_dense(value, completion: str) -> tuple[float | None, float | None]:
+    """(mean emitted value, share of emitted values > 0) of one dense reward on one response.
+
+    Points count once each; spans (and ``default``) count per character they cover, so a token-level reward is
+    weighted by how much of the text each value covers. (None, None) when nothing was emitted.
+    """
+    values = [v for _, v in value.points]
+    if value.spans or value.default is not None:
+        per_char: list[float | None] = [value.default] * len(completion)
+        for start, end, v in value.spans:
+            for c in range(max(0, start), min(end, len(completion))):
+                per_char[c] = v
+        values += [v for v in per_char if v is not None]
+    if not values:
+        return None, None
+    return sum(values) / len(values), sum(v > 0 for v in values) / len(values)
+
+
+def load_normalizer_file(path: str):
+    """Normalisers from a normalizers JSON, or from a PPO checkpoint's trainer_state.json."""
+    from alarm.rewards.normalize import Normalizer, load_normalizers
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise AlarmError(f"normalisation file {path} not found") from None
+    except json.JSONDecodeError as e:
+        raise AlarmError(f"normalisation file {path} is not JSON ({e.msg})") from None
+    if isinstance(data, dict) and "normalizers" not in data and isinstance(data.get("rewards"), dict):
+        return {k: Normalizer(**v) for k, v in data["rewards"].get("normalizers", {}).items()}
+    return load_normalizers(path)[0]
+
+
+def score_records(reward_set, records: list[dict], batch_size: int = 64, progress: bool = False) -> tuple[list[dict], dict[str, dict]]:
+    """Raw scores of every reward for every record, and each metric's description (direction, kind).
+
+    Dense rewards are summarised per response (see :func:`summarize_dense`).
+    """
+    from rich.progress import Progress
+
+    from alarm.rewards.base import Dense, is_dense
+
+    rewards = ({"holistic": reward_set.holistic} if reward_set.holistic is not None else {}) | reward_set.aspects
+    columns_keys = sorted({k for r in records for k in r} - set(RESERVED))
+    scores: list[dict] = [{} for _ in records]
+    described: dict[str, dict] = {}
+    with Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task("scoring", total=len(records))
+        for i in range(0, len(records), batch_size):
+            batch = records[i : i + batch_size]
+            cols = {k: [r.get(k) for r in batch] for k in columns_keys}
+            raw = reward_set.raw_scores([r["prompt"] for r in batch], [r["completion"] for r in batch], **cols)
+            for name, vals in raw.items():
+                hib = bool(getattr(rewards[name], "higher_is_better", True))
+                dense = is_dense(rewards[name]) or any(isinstance(v, Dense) for v in vals)
+                for j, v in enumerate(vals):
+                    if dense:
+                        mean, pos = (None, None) if v is None else summarize_dense(v, batch[j]["completion"])
+                        scores[i + j][f"{name}.mean_emitted"] = mean
+                        scores[i + j][f"{name}.share_positive"] = pos
+                    else:
+                        scores[i + j][name] = v
+                if dense:
+                    described[f"{name}.mean_emitted"] = {"reward": name, "kind": "dense mean of emitted values",
+                                                         "higher_is_better": hib}
+                    described[f"{name}.share_positive"] = {"reward": name, "kind": "dense share of values > 0",
+                                                           "higher_is_better": hib}
+                else:
+                    described[name] = {"reward": name, "kind": "raw", "higher_is_better": hib}
+            bar.update(task, advance=len(batch))
+    return scores, described
+
+
+def score(args: argparse.Namespace) -> int:
+    from alarm.rewards.normalize import Normalizer, save_normalizers
+
+    if args.out and len(args.files) != 1:
+        raise AlarmError("--out names one output; with several input files use --out-dir")
+    if args.fit and args.normalizers:
+        raise AlarmError("give either --normalizers FILE (fitted before) or --fit (fit on these files), not both")
+    reward_set = load_reward_set(args.rewards, args.set or [])
+    inputs = {f: read_jsonl(f, "generation file") for f in args.files}
+    for f, recs in inputs.items():
+        for i, r in enumerate(recs, start=1):
+            if not isinstance(r.get("prompt"), str) or not isinstance(r.get("completion"), str):
+                raise AlarmError(f"{f} record {i}: needs string 'prompt' and 'completion' (write it with alarm generate)")
+    results = {}
+    for f, recs in inputs.items():
+        _info(f"score: {f} ({len(recs)} responses, rewards: {', '.join(reward_set.names())})")
+        results[f] = score_records(reward_set, recs, args.batch_size, progress=sys.stderr.isatty())
+    normalizers: dict[str, Normalizer] = {}
+    norm_source = None
+    if args.fit:
+        sequence_level = {d["reward"] for _, desc in results.values() for d in desc.values() if d["kind"] == "raw"}
+        for name in reward_set.normalize:
+            if name not in sequence_level:  # dense rewards are summarised, not z-normalised
+                continue
+            normalizers[name] = Normalizer.fit([s.get(name) for scores, _ in results.values() for s in scores])
+        norm_source = Path(args.save_normalizers or Path(args.out_dir or Path(args.files[0]).parent) / "normalizers.json")
+        save_normalizers(norm_source, normalizers, fitted_on=[str(f) for f in args.files])
+        _info(f"score: fitted normalisers for {', '.join(normalizers) or 'nothing'} on {sum(len(v) for v in inputs.values())} "
+              f"responses; saved to {norm_source}")
+    elif args.normalizers:
+        normalizers = load_normalizer_file(args.normalizers)
+        norm_source = Path(args.normalizers)
+    else:
+        _info("score: no --normalizers / --fit given: writing raw values only")
+    for f, (scores, described) in results.items():
+        described = dict(described)
+        for name, n in normalizers.items():
+            if name not in described or described[name]["kind"] != "raw":
+                continue
+            for s in scores:
+                s[f"{name}.z"] = n(s.get(name))
+            described[f"{name}.z"] = {**described[name], "kind": f"z-normalised (mean {n.mean:.4g}, std {n.std:.4g})"}
+        target = Path(args.out) if args.out else Path(args.out_dir or Path(f).parent) / (_stem(f) + ".scored.jsonl")
+        write_jsonl_atomic(target, [{**r, "scores": s} for r, s in zip(inputs[f], scores)])
+        _write_json(meta_path(target), {"source": str(f), "rewards_config": str(args.rewards),
+                                        "normalizers": str(norm_source) if norm_source else None,
+                                        "metrics": described})
+        _info(f"score: wrote {target} ({len(scores)} responses, {len(described)} metrics)")
+    return 0
+
+
+def _stem(path: str | os.PathLike) -> str:
+    name = Path(path).name
+    for suffix in (".scored.jsonl", ".jsonl"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem
+
+
+# ---------------------------------------------------------------------------------------------------------
+# select
+
+
+def read_scored(path: str) -> tuple[list[dict], dict[str, bool]]:
+    """Scored records and each metric's direction (from the sidecar written by `alarm score`, if any)."""
+    records = read_jsonl(path, "scored file")
+    for i, r in enumerate(records, start=1):
+        if not isinstance(r.get("scores"), dict) or "prompt_id" not in r:
+            raise AlarmError(f"{path} record {i}: needs 'prompt_id' and a 'scores' object; run alarm score first")
+    directions = {}
+    if meta_path(path).exists():
+        meta = json.loads(meta_path(path).read_text())
+        directions = {k: bool(v.get("higher_is_better", True)) for k, v in meta.get("metrics", {}).items()}
+    return records, directions
+
+
+def _directions(per_file: Sequence[dict[str, bool]], lower: Sequence[str]) -> dict[str, bool]:
+    out: dict[str, bool] = {}
+    for d in per_file:
+        for k, v in d.items():
+            if k in out and out[k] != v:
+                raise AlarmError(f"the input files disagree on whether {k!r} is higher- or lower-is-better")
+            out[k] = v
+    for k in lower:
+        out[k] = False
+    return out
+
+
+def _by_prompt(records: list[dict], sample: int, where: str) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for r in records:
+        if int(r.get("sample", 0)) != sample:
+            continue
+        pid = str(r["prompt_id"])
+        if pid in out:
+            raise AlarmError(f"{where}: prompt {pid!r} has two records with sample {sample}")
+        out[pid] = r["scores"]
+    if not out:
+        raise AlarmError(f"{where}: no records with sample {sample}")
+    return out
+
+
+def default_aspects(names: Iterable[str], holistic: str) -> list[str]:
+    """Every metric except the holistic one (and its normalised copy) and normalised copies of raw metrics
+    (a z-score has the same pair signs and ranks as its raw value)."""
+    names = set(names)
+    base = holistic[:-2] if holistic.endswith(".z") else holistic
+    return sorted(n for n in names if n not in (base, f"{base}.z")
+                  and not (n.endswith(".z") and n[:-2] in names))
+
+
+def select(args: argparse.Namespace) -> int:
+    from alarm.select import (
+        compute_stats,
+        pair_up,
+        plot_selection,
+        select_aspects,
+        selection_markdown,
+        selection_to_json,
+    )
+
+    if args.top_k is None and args.max_conflict is None:
+        args.max_conflict = 0.4
+    if len(args.files) == 1:
+        records, directions = read_scored(args.files[0])
+        s0, s1 = (int(x) for x in (_csv(args.samples) or ["0", "1"]))
+        a = _by_prompt(records, s0, f"{args.files[0]} sample {s0}")
+        b = _by_prompt(records, s1, f"{args.files[0]} sample {s1}")
+        source = f"{args.files[0]}, samples {s0} and {s1} of each prompt"
+        dirs = _directions([directions], _csv(args.lower_is_better))
+    elif len(args.files) == 2:
+        (ra, da), (rb, db) = read_scored(args.files[0]), read_scored(args.files[1])
+        a = _by_prompt(ra, args.sample, args.files[0])
+        b = _by_prompt(rb, args.sample, args.files[1])
+        source = f"{args.files[0]} vs {args.files[1]} (sample {args.sample})"
+        dirs = _directions([da, db], _csv(args.lower_is_better))
+    else:
+        raise AlarmError("select takes one scored file (two samples per prompt) or two (two systems)")
+    names = {k for s in [*a.values(), *b.values()] for k in s}
+    if args.holistic not in names:
+        raise AlarmError(f"no holistic score {args.holistic!r} in the scores (found: {', '.join(sorted(names))}); "
+                         "name it with --holistic")
+    aspects = _csv(args.aspects) or default_aspects(names, args.holistic)
+    h_a, h_b, m_a, m_b = pair_up(a, b, holistic=args.holistic, aspects=aspects)
+    stats = compute_stats(h_a, h_b, m_a, m_b, {k: dirs[k] for k in aspects if k in dirs}, args.tie_tol)
+    selection = select_aspects(stats, max_conflict=args.max_conflict, top_k=args.top_k, min_decisive=args.min_decisive)
+    out = Path(args.out_dir)
+    _write_json(out / "selection.json", {"source": source, "holistic": args.holistic, "n_pairs": len(h_a),
+                                         **selection_to_json(stats, selection)})
+    md = f"# Reward selection\n\nPairs: {len(h_a)} from {source}; holistic reward: `{args.holistic}`.\n\n"
+    md += selection_markdown(stats, selection) + "\n![selection](selection.png)\n"
+    (out / "selection.md").write_text(md)
+    plot_selection(stats, selection, out / "selection.png")
+    print(selection_markdown(stats, selection))
+    _info(f"select: kept {', '.join(selection.kept) or 'none'}; wrote {out}/selection.json, selection.md, selection.png")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# compare
+
+
+def judge_config_from_args(args: argparse.Namespace, out: Path):
+    from alarm.evaluation.judge import JudgeConfig
+
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.judge_api_key_env or ""):
+        # never echo the value: a key pasted here by mistake must not reach the terminal or the logs
+        raise AlarmError("--judge-api-key-env takes the NAME of an environment variable (e.g. OPENAI_API_KEY), "
+                         "not the key itself; export the key in that variable")
+
+    if not args.judge_model:
+        raise AlarmError("--judge-url needs --judge-model (the model name the endpoint serves)")
+    return JudgeConfig(base_url=args.judge_url, model=args.judge_model, api_key_env=args.judge_api_key_env,
+                       temperature=args.judge_temperature, max_tokens=args.judge_max_tokens,
+                       concurrency=args.judge_concurrency, max_retries=args.judge_retries, timeout=args.judge_timeout,
+                       cache_path=str(args.judge_cache or out / "judge_cache.jsonl"),
+                       failures_path=str(out / "judge_unparsed.jsonl"))
+
+
+def compare(args: argparse.Namespace) -> int:
+    from alarm.evaluation.compare import (
+        align_systems,
+        compare_systems,
+        judge_systems,
+        plot_means,
+        plot_win_rates,
+        report_markdown,
+    )
+
+    names = _csv(args.names) or [_stem(f) for f in args.files]
+    if len(names) != len(args.files):
+        raise AlarmError(f"--names gives {len(names)} names for {len(args.files)} files")
+    if len(set(names)) != len(names):
+        raise AlarmError(f"system names must differ (got {names}); set them with --names")
+    systems, dirs = {}, []
+    for n, f in zip(names, args.files):
+        records = read_jsonl(f, "generation file")
+        systems[n] = records
+        dirs.append(json.loads(meta_path(f).read_text()).get("metrics", {}) if meta_path(f).exists() else {})
+    directions = _directions([{k: bool(v.get("higher_is_better", True)) for k, v in d.items()} for d in dirs],
+                             _csv(args.lower_is_better))
+    al = align_systems(systems, sample=args.sample, allow_missing=args.allow_missing)
+    if any(al.missing.values()):
+        _info("compare: --allow-missing: comparing the " + str(len(al.prompt_ids)) + " common prompts; left out: "
+              + ", ".join(f"{s} {len(v)}" for s, v in al.excluded.items()))
+    per_system = [{k for p in al.prompt_ids for k in (al.records[s][p].get("scores") or {})} for s in names]
+    common = set.intersection(*per_system)
+    metrics = _csv(args.metrics) or sorted(common)
+    unknown = [m for m in metrics if m not in common]
+    if unknown:
+        raise AlarmError(f"metric {unknown[0]!r} is not scored for every system (common: {', '.join(sorted(common)) or 'none'})")
+    if not metrics and not args.judge_url:
+        raise AlarmError("nothing to compare: the files have no common scores (run alarm score) and no --judge-url")
+    result = compare_systems(al, metrics, directions, args.ci, args.confidence, args.tie_tol, args.n_boot, args.seed)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    judge_result = None
+    if args.judge_url:
+        from alarm.evaluation.judge import Judge
+
+        judge = Judge(judge_config_from_args(args, out))
+        if not os.environ.get(args.judge_api_key_env):
+            _info(f"compare: ${args.judge_api_key_env} is not set; calling the judge without an API key")
+        _info(f"compare: judge {args.judge_model} at {args.judge_url}; {len(judge.cache)} verdicts already cached")
+        judge_result = judge_systems(judge, al, args.judge_max_prompts, progress=sys.stderr.isatty())
+        judge_result["model"] = args.judge_model
+        judge_result["requests"] = judge.requests_made
+        judge_result["unparsed_replies"] = judge.unparsed
+        _info(f"compare: judge made {judge.requests_made} requests; {judge.unparsed} replies never parsed "
+              f"(logged in {out / 'judge_unparsed.jsonl'})")
+    plots = [plot_means(result, out / "means.png")] if metrics else []
+    if result["pairs"] and (metrics or judge_result):
+        plots.append(plot_win_rates(result, out / "win_rates.png", judge_result))
+    _write_json(out / "compare.json", {**result, "files": dict(zip(names, args.files)),
+                                       "excluded_prompt_ids": al.excluded, "judge": judge_result})
+    (out / "report.md").write_text(report_markdown(result, judge_result, [str(p) for p in plots]))
+    _info(f"compare: wrote {out}/report.md, compare.json and {len(plots)} plot(s)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# argparse
+
+
+def add_commands(subparsers) -> None:
+    p = subparsers.add_parser("generate", allow_abbrev=False, help="generate responses from a policy for a prompt set",
+                              description="Generate responses (greedy by default) to a JSONL of prompts; resumable.")
+    p.add_argument("--policy", default="smollm2-135m-instruct",
+                   help="model path, hub id, 'smollm2-135m-instruct', a PPO checkpoint dir or a run dir")
+    p.add_argument("--base-model", default=None, help="base model of a checkpoint (default: the one it records, else SmolLM2)")
+    p.add_argument("--prompts", default=None, help="QA JSONL (alarm.datasets format) or JSONL of {id, prompt}; default: quickstart")
+    p.add_argument("--split", default="test", help="QA split to use: train, test or all (default test)")
+    p.add_argument("--system", default=None, help="system prompt (QA default: the quickstart instruction)")
+    p.add_argument("--chat", action="store_true", help="wrap plain prompts in the model's chat template")
+    p.add_argument("--out", required=True, help="generations JSONL to write")
+    p.add_argument("--max-prompts", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--num-samples", type=int, default=1, help="responses per prompt (needs --sample when > 1)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per generate call")
+    p.add_argument("--seed", type=int, default=0)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue an existing output (same settings)")
+    g.add_argument("--overwrite", action="store_true", help="start the output again")
+    p.set_defaults(handler=generate)
+
+    p = subparsers.add_parser("score", allow_abbrev=False, help="score generation files with configured rewards",
+                              description="Apply a recipe's rewards (or a rewards-only YAML) to generation files.")
+    p.add_argument("files", nargs="+", help="generation JSONL files")
+    p.add_argument("--rewards", required=True, help="recipe YAML, or a YAML of the rewards block alone")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe setting (repeatable)")
+    p.add_argument("--normalizers", default=None, help="normalisers JSON (or a PPO checkpoint's trainer_state.json)")
+    p.add_argument("--fit", action="store_true", help="fit normalisers on these files (the initial policy's samples)")
+    p.add_argument("--save-normalizers", default=None, help="where --fit saves them (default <out dir>/normalizers.json)")
+    p.add_argument("--out", default=None, help="scored output for a single input file")
+    p.add_argument("--out-dir", default=None, help="directory for <name>.scored.jsonl (default: beside each input)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(handler=score)
+
+    p = subparsers.add_parser("select", allow_abbrev=False, help="choose the aspect rewards that agree with the holistic reward",
+                              description="Conflict rate, agreement, tie rate, Kendall τ-b and Spearman ρ of each "
+                                          "aspect against the holistic reward on paired responses; select and explain.")
+    p.add_argument("files", nargs="+", help="one scored file with two samples per prompt, or two systems' scored files")
+    p.add_argument("--holistic", default="holistic", help="the holistic metric's name (default holistic)")
+    p.add_argument("--aspects", default=None, help="comma-separated aspects (default: every other metric)")
+    rule = p.add_mutually_exclusive_group()
+    rule.add_argument("--max-conflict", type=float, default=None, help="keep conflict ≤ this (default 0.4)")
+    rule.add_argument("--top-k", type=int, default=None, help="keep the k lowest conflict rates")
+    p.add_argument("--min-decisive", type=float, default=0.0, help="drop aspects deciding fewer pairs than this share")
+    p.add_argument("--tie-tol", type=float, default=0.0, help="differences within this count as ties")
+    p.add_argument("--samples", default=None, help="one file: the two sample numbers to pair (default 0,1)")
+    p.add_argument("--sample", type=int, default=0, help="two files: the sample number to use (default 0)")
+    p.add_argument("--lower-is-better", default=None, help="comma-separated metrics where lower is better")
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(handler=select)
+
+    p = subparsers.add_parser("compare", allow_abbrev=False, help="compare systems: means with CIs, win rates, optional LLM judge",
+                              description="Align systems' scored files by prompt id; means with confidence intervals, "
+                                          "pairwise win rates by every reward, an optional LLM judge; Markdown + PNG report.")
+    p.add_argument("files", nargs="+", help="scored (or plain generation) JSONL files, one per system")
+    p.add_argument("--names", default=None, help="comma-separated system names (default: file names)")
+    p.add_argument("--metrics", default=None, help="comma-separated metrics (default: every common score)")
+    p.add_argument("--lower-is-better", default=None, help="comma-separated metrics where lower is better")
+    p.add_argument("--sample", type=int, default=0, help="which sample of each prompt to compare (default 0)")
+    p.add_argument("--allow-missing", action="store_true", help="compare only prompts every system answered; report counts")
+    p.add_argument("--ci", choices=("t", "bootstrap"), default="t", help="confidence interval of means (default t)")
+    p.add_argument("--confidence", type=float, default=0.95)
+    p.add_argument("--n-boot", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tie-tol", type=float, default=0.0)
+    p.add_argument("--out-dir", required=True)
+    j = p.add_argument_group("LLM judge (any OpenAI-compatible chat endpoint)")
+    j.add_argument("--judge-url", default=None, help="base URL, e.g. http://127.0.0.1:8080/v1")
+    j.add_argument("--judge-model", default=None)
+    j.add_argument("--judge-api-key-env", default="OPENAI_API_KEY",
+                   help="NAME of the environment variable holding the API key (the key is never a flag)")
+    j.add_argument("--judge-concurrency", type=int, default=4)
+    j.add_argument("--judge-retries", type=int, default=4, help="retries per request with exponential backoff")
+    j.add_argument("--judge-timeout", type=float, default=120.0)
+    j.add_argument("--judge-temperature", type=float, default=0.0)
+    j.add_argument("--judge-max-tokens", type=int, default=128)
+    j.add_argument("--judge-max-prompts", type=int, default=None, help="judge only the first N common prompts")
+    j.add_argument("--judge-cache", default=None, help="verdict cache JSONL (default <out-dir>/judge_cache.jsonl)")
+    p.set_defaults(handler=compare)
+

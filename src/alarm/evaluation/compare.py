@@ -1,0 +1,373 @@
+"""Compare systems on the same prompts: per-metric means with confidence intervals, pairwise win rates by every
+reward, an optional LLM judge, and a report (JSON + Markdown + PNG).
+
+Statistics, precisely:
+- **Mean and CI** over prompts, per system and metric. ``method="t"`` (default): mean ± t_{(1+c)/2, n−1}·s/√n with
+  s the sample standard deviation (n − 1). ``method="bootstrap"``: percentile interval of the mean over
+  ``n_boot`` resamples of the prompts (seeded). Responses where a reward does not apply (None) are left out of
+  that metric and counted.
+- **Win rate** of X over Y by a metric: on prompts where both have a value, a win when X is better by more than
+  ``tie_tol`` (for lower-is-better metrics "better" is lower), a loss when Y is, else a tie.
+  win rate = wins / (wins + losses) — ties are excluded; None when every pair ties. Reported with the counts and
+  a Wilson interval.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats as sps
+
+from alarm.errors import AlarmError
+
+__all__ = ["MeanCI", "WinCounts", "Alignment", "mean_ci", "wilson_interval", "win_counts", "align_systems",
+           "compare_systems", "judge_systems", "report_markdown", "plot_means", "plot_win_rates"]
+
+
+@dataclass(frozen=True)
+class MeanCI:
+    mean: float | None
+    low: float | None
+    high: float | None
+    n: int  # values used
+    n_missing: int  # None values left out
+    method: str
+    confidence: float
+
+
+@dataclass(frozen=True)
+class WinCounts:
+    wins: int
+    losses: int
+    ties: int
+    n_missing: int  # prompts where either side has no value
+    win_rate: float | None  # wins / (wins + losses)
+    low: float | None  # Wilson interval of the win rate
+    high: float | None
+
+
+def _values(values: Sequence[float | None]) -> tuple[np.ndarray, int]:
+    kept = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return np.asarray(kept, dtype=float), len(values) - len(kept)
+
+
+def mean_ci(values: Sequence[float | None], method: str = "t", confidence: float = 0.95, n_boot: int = 2000,
+            seed: int = 0) -> MeanCI:
+    """Mean with a t-based or percentile-bootstrap confidence interval (None values left out and counted)."""
+    if method not in ("t", "bootstrap"):
+        raise AlarmError(f"confidence interval method {method!r} is unknown; use 't' or 'bootstrap'")
+    if not 0 < confidence < 1:
+        raise AlarmError(f"confidence must be in (0, 1), got {confidence}")
+    x, missing = _values(values)
+    n = len(x)
+    if n == 0:
+        return MeanCI(None, None, None, 0, missing, method, confidence)
+    mean = float(x.mean())
+    if n == 1:
+        return MeanCI(mean, None, None, 1, missing, method, confidence)
+    if method == "t":
+        half = float(sps.t.ppf((1 + confidence) / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
+        return MeanCI(mean, mean - half, mean + half, n, missing, method, confidence)
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return MeanCI(mean, float(low), float(high), n, missing, method, confidence)
+
+
+def wilson_interval(wins: int, n: int, confidence: float = 0.95) -> tuple[float | None, float | None]:
+    """Wilson score interval of a proportion wins / n (None, None when n = 0)."""
+    if n == 0:
+        return None, None
+    z = float(sps.norm.ppf((1 + confidence) / 2))
+    p = wins / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def win_counts(x: Sequence[float | None], y: Sequence[float | None], higher_is_better: bool = True,
+               tie_tol: float = 0.0, confidence: float = 0.95) -> WinCounts:
+    """X against Y prompt by prompt; ties excluded from the win rate; lower-is-better metrics flipped."""
+    if len(x) != len(y):
+        raise AlarmError(f"win counts need aligned values: got {len(x)} and {len(y)}")
+    if tie_tol < 0:
+        raise AlarmError(f"tie_tol must be ≥ 0, got {tie_tol}")
+    wins = losses = ties = missing = 0
+    sign = 1.0 if higher_is_better else -1.0
+    for a, b in zip(x, y):
+        if a is None or b is None or (isinstance(a, float) and math.isnan(a)) or (isinstance(b, float) and math.isnan(b)):
+            missing += 1
+            continue
+        d = sign * (float(a) - float(b))
+        if abs(d) <= tie_tol:
+            ties += 1
+        elif d > 0:
+            wins += 1
+        else:
+            losses += 1
+    decided = wins + losses
+    low, high = wilson_interval(wins, decided, confidence)
+    return WinCounts(wins, losses, ties, missing, wins / decided if decided else None, low, high)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Aligning systems by prompt id
+
+
+@dataclass
+class Alignment:
+    prompt_ids: list[str]  # prompts every system answered, in the first system's order
+    records: dict[str, dict[str, dict]]  # system -> prompt id -> record
+    excluded: dict[str, list[str]]  # system -> prompt ids it has that were left out (others lack them)
+    missing: dict[str, list[str]]  # system -> prompt ids other systems have that it lacks
+
+
+def align_systems(systems: Mapping[str, Sequence[Mapping[str, Any]]], sample: int = 0,
+                  allow_missing: bool = False) -> Alignment:
+    """One record per (system, prompt) — sample number ``sample`` — aligned by ``prompt_id``.
+
+    Prompts that not every system answered are an error unless ``allow_missing``; then they are left out of
+    every comparison and listed per system in the result (nothing is lost silently).
+    """
+    if len(systems) < 2:
+        raise AlarmError(f"compare needs at least two systems, got {len(systems)}")
+    by_system: dict[str, dict[str, dict]] = {}
+    for name, records in systems.items():
+        chosen: dict[str, dict] = {}
+        for i, r in enumerate(records):
+            if "prompt_id" not in r:
+                raise AlarmError(f"system {name!r}: record {i} has no 'prompt_id'; compare reads generation files")
+            if int(r.get("sample", 0)) != sample:
+                continue
+            pid = str(r["prompt_id"])
+            if pid in chosen:
+                raise AlarmError(f"system {name!r}: prompt {pid!r} appears twice with sample {sample}")
+            chosen[pid] = dict(r)
+        if not chosen:
+            raise AlarmError(f"system {name!r} has no records with sample {sample}; choose another --sample")
+        by_system[name] = chosen
+    union: dict[str, None] = {}
+    for chosen in by_system.values():
+        union.update(dict.fromkeys(chosen))
+    common = [p for p in union if all(p in c for c in by_system.values())]
+    missing = {n: [p for p in union if p not in c] for n, c in by_system.items()}
+    excluded = {n: [p for p in c if p not in set(common)] for n, c in by_system.items()}
+    if any(missing.values()) and not allow_missing:
+        counts = ", ".join(f"{n} lacks {len(m)}" for n, m in missing.items() if m)
+        example = next(m[0] for m in missing.values() if m)
+        raise AlarmError(
+            f"systems answered different prompts ({counts}; e.g. {example!r}); generate the missing prompts "
+            "or pass --allow-missing to compare only the prompts every system answered"
+        )
+    if not common:
+        raise AlarmError("no prompt was answered by every system; nothing to compare")
+    first = next(iter(by_system.values()))
+    order = [p for p in first if p in set(common)]
+    return Alignment(order, by_system, excluded, missing)
+
+
+def _metric_values(al: Alignment, system: str, metric: str) -> list[float | None]:
+    return [(al.records[system][p].get("scores") or {}).get(metric) for p in al.prompt_ids]
+
+
+def compare_systems(al: Alignment, metrics: Sequence[str], higher_is_better: Mapping[str, bool] | None = None,
+                    method: str = "t", confidence: float = 0.95, tie_tol: float = 0.0, n_boot: int = 2000,
+                    seed: int = 0) -> dict[str, Any]:
+    """Means + CIs per system and metric, and win counts for every ordered-once pair of systems and metric."""
+    directions = {m: True for m in metrics} | dict(higher_is_better or {})
+    systems = list(al.records)
+    means = {s: {m: asdict(mean_ci(_metric_values(al, s, m), method, confidence, n_boot, seed)) for m in metrics}
+             for s in systems}
+    pairs = {}
+    for x, y in combinations(systems, 2):
+        pairs[f"{x} vs {y}"] = {
+            "x": x, "y": y,
+            "metrics": {m: asdict(win_counts(_metric_values(al, x, m), _metric_values(al, y, m),
+                                             directions[m], tie_tol, confidence)) for m in metrics},
+        }
+    return {
+        "systems": systems,
+        "metrics": list(metrics),
+        "higher_is_better": {m: directions[m] for m in metrics},
+        "n_prompts": len(al.prompt_ids),
+        "excluded_prompts": {s: len(v) for s, v in al.excluded.items()},
+        "missing_prompts": {s: len(v) for s, v in al.missing.items()},
+        "ci": {"method": method, "confidence": confidence, **({"n_boot": n_boot, "seed": seed} if method == "bootstrap" else {})},
+        "tie_tol": tie_tol,
+        "means": means,
+        "pairs": pairs,
+    }
+
+
+def judge_question(record: Mapping[str, Any]) -> str:
+    """What the judge is shown as the request: question + passages for QA records, else the prompt text."""
+    question = record.get("question")
+    if isinstance(question, str) and question.strip():
+        passages = record.get("passages")
+        if isinstance(passages, list) and passages:
+            numbered = "\n".join(f"[{i}] {p}" for i, p in enumerate(passages, start=1))
+            return f"Passages:\n{numbered}\n\nQuestion: {question}"
+        return question
+    return str(record.get("prompt", ""))
+
+
+def judge_systems(judge, al: Alignment, max_prompts: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """The judge on every pair of systems (both orders each); outcomes are for the first system of a pair."""
+    from alarm.evaluation.judge import summarize_outcomes
+
+    prompts = al.prompt_ids[:max_prompts] if max_prompts else al.prompt_ids
+    systems = list(al.records)
+    out = {}
+    for x, y in combinations(systems, 2):
+        items = [(judge_question(al.records[x][p]), al.records[x][p]["completion"], al.records[y][p]["completion"])
+                 for p in prompts]
+        outcomes = judge.judge_many(items, progress=f"judge {x} vs {y}" if progress else None)
+        out[f"{x} vs {y}"] = {"x": x, "y": y, **summarize_outcomes(outcomes),
+                              "outcomes": {p: o.outcome for p, o in zip(prompts, outcomes)}}
+    return {"n_prompts": len(prompts), "pairs": out}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Report
+
+
+def _f(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def report_markdown(result: Mapping[str, Any], judge: Mapping[str, Any] | None = None,
+                    plots: Sequence[str] = ()) -> str:
+    ci = result["ci"]
+    how = ("Student-t interval (mean ± t·s/√n)" if ci["method"] == "t"
+           else f"percentile bootstrap over prompts ({ci['n_boot']} resamples, seed {ci['seed']})")
+    lines = [f"# Comparison of {', '.join(result['systems'])}", "",
+             f"{result['n_prompts']} prompts answered by every system. Means with {ci['confidence']:.0%} "
+             f"confidence intervals: {how}.", ""]
+    if any(result["excluded_prompts"].values()):
+        lines += ["Prompts left out because another system lacks them (--allow-missing): "
+                  + ", ".join(f"{s}: {n}" for s, n in result["excluded_prompts"].items()) + ".",
+                  "Prompts each system lacks: "
+                  + ", ".join(f"{s}: {n}" for s, n in result["missing_prompts"].items()) + ".", ""]
+    metrics = result["metrics"]
+    if metrics:
+        lines += ["## Means", "", "| metric | better | " + " | ".join(result["systems"]) + " |",
+                  "|---|---|" + "---|" * len(result["systems"])]
+        for m in metrics:
+            cells = []
+            for s in result["systems"]:
+                c = result["means"][s][m]
+                cell = f"{_f(c['mean'])} [{_f(c['low'])}, {_f(c['high'])}]"
+                if c["n_missing"]:
+                    cell += f" (n={c['n']}, {c['n_missing']} n/a)"
+                cells.append(cell)
+            better = "higher" if result["higher_is_better"][m] else "lower"
+            lines.append(f"| {m} | {better} | " + " | ".join(cells) + " |")
+        lines += ["", "## Win rates by reward", "",
+                  "Win rate of the first system = wins / (wins + losses); ties excluded; lower-is-better metrics "
+                  f"flipped; ties within {result['tie_tol']:g}. Interval: Wilson {ci['confidence']:.0%}.", ""]
+        for label, pair in result["pairs"].items():
+            lines += [f"### {label}", "", "| metric | win rate | interval | wins | losses | ties | n/a |",
+                      "|---|---|---|---|---|---|---|"]
+            for m in metrics:
+                w = pair["metrics"][m]
+                lines.append(f"| {m} | {_f(w['win_rate'])} | [{_f(w['low'])}, {_f(w['high'])}] | {w['wins']} | "
+                             f"{w['losses']} | {w['ties']} | {w['n_missing']} |")
+            lines.append("")
+    if judge:
+        lines += ["## LLM judge", "",
+                  f"Judge {judge.get('model', '?')} on {judge['n_prompts']} prompts, each pair in both orders: a win "
+                  "counts only when both orders agree, anything else is a tie; an unreadable reply (after a re-ask) "
+                  "is a tie and is logged. Win rate = wins / (wins + losses).", "",
+                  "| pair | win rate | wins | losses | ties (disagree / both tie / unparsed) | verdicts parsed | "
+                  "position consistency |", "|---|---|---|---|---|---|---|"]
+        for label, j in judge["pairs"].items():
+            r = j["ties_by_reason"]
+            lines.append(f"| {label} | {_f(j['win_rate'])} | {j['wins']} | {j['losses']} | {j['ties']} "
+                         f"({r['disagree']} / {r['both_tie']} / {r['unparsed']}) | "
+                         f"{j['verdicts_parsed']}/{j['verdicts']} | {_f(j['position_consistency'], 2)} |")
+        lines.append("")
+    for p in plots:
+        lines += [f"![{Path(p).stem}]({Path(p).name})", ""]
+    return "\n".join(lines)
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_means(result: Mapping[str, Any], path: str | Path) -> Path:
+    """One panel per metric: each system's mean with its confidence interval."""
+    metrics, systems = result["metrics"], result["systems"]
+    cols = min(3, max(1, len(metrics)))
+    rows = max(1, math.ceil(len(metrics) / cols))
+    fig = _figure(3.6 * cols, 2.8 * rows)
+    for k, m in enumerate(metrics):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        for i, s in enumerate(systems):
+            c = result["means"][s][m]
+            if c["mean"] is None:
+                continue
+            err = None if c["low"] is None else [[c["mean"] - c["low"]], [c["high"] - c["mean"]]]
+            ax.bar(i, c["mean"], yerr=err, capsize=4, color=f"C{i}")
+        ax.set_xticks(range(len(systems)))
+        ax.set_xticklabels(systems, rotation=15, ha="right", fontsize=8)
+        ax.set_title(f"{m} ({'↑' if result['higher_is_better'][m] else '↓'} better)", fontsize=9)
+    fig.suptitle(f"Means, {result['ci']['confidence']:.0%} CI ({result['ci']['method']})", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=100)
+    return path
+
+
+def plot_win_rates(result: Mapping[str, Any], path: str | Path, judge: Mapping[str, Any] | None = None) -> Path:
+    """One panel per pair of systems: the first system's win rate by each metric (and the judge), 0.5 marked."""
+    pairs = list(result["pairs"])
+    fig = _figure(6.0, max(2.2, 0.35 * (len(result["metrics"]) + 2)) * len(pairs))
+    for k, label in enumerate(pairs):
+        ax = fig.add_subplot(len(pairs), 1, k + 1)
+        names, rates, lows, highs = [], [], [], []
+        for m in result["metrics"]:
+            w = result["pairs"][label]["metrics"][m]
+            names.append(m)
+            rates.append(w["win_rate"])
+            lows.append(w["low"])
+            highs.append(w["high"])
+        if judge and label in judge["pairs"]:
+            j = judge["pairs"][label]
+            names.append("LLM judge")
+            rates.append(j["win_rate"])
+            low, high = wilson_interval(j["wins"], j["wins"] + j["losses"])
+            lows.append(low)
+            highs.append(high)
+        y = np.arange(len(names))
+        for i, (r, lo, hi) in enumerate(zip(rates, lows, highs)):
+            if r is None:
+                ax.text(0.5, i, "all ties", ha="center", va="center", fontsize=7)
+                continue
+            ax.barh(i, r, xerr=[[r - lo], [hi - r]], capsize=3, color="tab:blue" if names[i] != "LLM judge" else "tab:orange")
+        ax.axvline(0.5, color="black", linestyle="--", linewidth=1)
+        ax.invert_yaxis()  # first metric on top, as in the table
+        ax.set_yticks(y)
+        ax.set_yticklabels(names, fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_title(f"win rate of {result['pairs'][label]['x']} over {result['pairs'][label]['y']} (ties excluded)",
+                     fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=100)
+    return path

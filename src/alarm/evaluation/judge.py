@@ -1,0 +1,376 @@
+"""An LLM judge on any OpenAI-compatible chat endpoint, judged in both orders, with a verdict cache on disk.
+
+Why each rule (the original script broke all of them):
+- **Both orders.** Small and large judges prefer a position; a pair is a win for X only when the judge prefers
+  X with X shown first *and* with X shown second. Any disagreement is a tie.
+- **No stale verdicts.** A reply that does not parse is retried (with a reminder of the format); if it still
+  does not parse, that order counts as a tie and the reply is logged. An earlier verdict is never reused.
+- **The key stays secret.** It is read from an environment variable whose *name* is configurable; it is never
+  accepted as an argument, never logged, never written to the cache.
+- **Pay once.** Every finished judgment is appended to a JSONL cache keyed by a hash of
+  (model, instructions, question, response shown as A, response shown as B); a rerun, or a compare that was
+  interrupted, reads the cache and only asks for what is missing.
+- **Fail clearly.** Transport errors and 5xx / 429 replies are retried with exponential backoff, a bounded
+  number of times; then an :class:`AlarmError` names the endpoint and what to check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from alarm.errors import AlarmError
+
+log = logging.getLogger("alarm.judge")
+
+__all__ = ["JudgeConfig", "Judgment", "PairOutcome", "Judge", "parse_verdict", "combine_orders",
+           "summarize_outcomes"]
+
+SYSTEM_PROMPT = (
+    "You are an impartial judge. You compare two responses to the same user request and decide which one is "
+    "better: more correct, more helpful, better grounded in any given passages, and clearer. Ignore which "
+    "response comes first and ignore length unless it hurts quality. End your reply with your verdict in "
+    "exactly this format: [[A]] if response A is better, [[B]] if response B is better, [[C]] for a tie."
+)
+
+USER_TEMPLATE = (
+    "[User request]\n{question}\n\n"
+    "[Response A]\n{a}\n[End of response A]\n\n"
+    "[Response B]\n{b}\n[End of response B]\n\n"
+    "Which response is better? Give one short sentence of reasoning, then the verdict: [[A]], [[B]] or [[C]]."
+)
+
+REMINDER = "Your reply had no verdict I could read. Reply with exactly one of: [[A]], [[B]] or [[C]]."
+
+# The verdict a judge gives for one order: which displayed position won (or a tie).
+A, B, TIE = "A", "B", "tie"
+_TEMPLATE_VERSION = hashlib.sha256((SYSTEM_PROMPT + USER_TEMPLATE + REMINDER).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """Where the judge lives and how hard to try. The API key is only read from ``os.environ[api_key_env]``."""
+
+    base_url: str  # e.g. http://127.0.0.1:8080/v1 ("/chat/completions" is appended)
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float = 0.0
+    max_tokens: int = 128
+    concurrency: int = 4  # requests in flight at once
+    max_retries: int = 4  # transport / 5xx / 429 retries per request, then AlarmError
+    backoff: float = 1.0  # seconds before the first retry; doubles each time (capped at max_backoff)
+    max_backoff: float = 30.0
+    parse_retries: int = 1  # re-asks (with a format reminder) when a reply has no readable verdict
+    timeout: float = 120.0  # seconds per request
+    cache_path: str | None = None  # JSONL verdict cache; None = no cache
+    failures_path: str | None = None  # JSONL log of replies that never parsed
+
+    def __post_init__(self):
+        if not self.base_url.startswith(("http://", "https://")):
+            raise AlarmError(f"judge URL {self.base_url!r} must start with http:// or https:// (e.g. http://127.0.0.1:8080/v1)")
+        if not self.model:
+            raise AlarmError("give the judge's model name (the name the endpoint serves)")
+        if self.concurrency < 1 or self.max_retries < 0 or self.parse_retries < 0:
+            raise AlarmError("judge concurrency must be ≥ 1 and retries ≥ 0")
+
+
+_BRACKET = re.compile(r"\[\[?\s*([ABC])\s*\]\]?", re.IGNORECASE)
+_LABELLED = re.compile(r"\b(?:verdict|winner|better response|final answer|answer is)\s*(?:is)?\s*[:\-]?\s*\**\s*"
+                       r"(?:response\s+|answer\s+)?\[?\s*([ABC]|tie)\b", re.IGNORECASE)
+_BARE = re.compile(r"^\W*(?:response\s+|answer\s+)?([ABC]|tie)\W*$", re.IGNORECASE)
+
+
+def parse_verdict(reply: str | None) -> str | None:
+    """'A', 'B', 'tie', or None when the reply names no verdict or names conflicting ones.
+
+    Accepted: ``[[A]]`` / ``[[B]]`` / ``[[C]]`` (C = tie; small models often write ``[A]``), ``Verdict: A`` /
+    ``The answer is: B``, or a reply that is just ``A`` / ``B`` / ``Tie`` (optionally "Response A"). Anything else
+    is unparsed — never guessed.
+    """
+    if not reply:
+        return None
+
+    def norm(x: str) -> str:
+        x = x.upper()
+        return TIE if x in ("C", "TIE") else x
+
+    for pattern in (_BRACKET, _LABELLED):
+        found = {norm(m) for m in pattern.findall(reply)}
+        if len(found) == 1:
+            return found.pop()
+        if len(found) > 1:
+            return None  # conflicting verdicts in one reply: do not pick one
+    m = _BARE.match(reply.strip())
+    return norm(m.group(1)) if m else None
+
+
+def combine_orders(first: str | None, second: str | None) -> str:
+    """Outcome for system X from two verdicts: ``first`` shows X as A, ``second`` shows X as B.
+
+    'win' only when both prefer X, 'loss' only when both prefer the other, otherwise 'tie' (including an
+    unparsed verdict, None).
+    """
+    x_first = {A: "x", B: "y"}.get(first or "")
+    x_second = {A: "y", B: "x"}.get(second or "")
+    if x_first == x_second == "x":
+        return "win"
+    if x_first == x_second == "y":
+        return "loss"
+    return "tie"
+
+
+@dataclass
+class Judgment:
+    """One request (one order) and what came of it."""
+
+    key: str
+    verdict: str | None  # A / B / tie, or None when the reply never parsed
+    replies: list[str]
+    attempts: int  # HTTP requests made (0 when read from the cache)
+    cached: bool = False
+
+
+@dataclass
+class PairOutcome:
+    """Both orders of one pair: X shown first, then X shown second."""
+
+    outcome: str  # win / loss / tie for X
+    first: Judgment
+    second: Judgment
+
+    @property
+    def reason(self) -> str:
+        v1, v2 = self.first.verdict, self.second.verdict
+        if self.outcome != "tie":
+            return "agree"
+        if v1 is None or v2 is None:
+            return "unparsed"
+        if v1 == TIE and v2 == TIE:
+            return "both_tie"
+        return "disagree"
+
+
+def summarize_outcomes(outcomes: Sequence[PairOutcome]) -> dict[str, Any]:
+    """Counts and win rate = wins / (wins + losses) (None when every pair tied)."""
+    wins = sum(o.outcome == "win" for o in outcomes)
+    losses = sum(o.outcome == "loss" for o in outcomes)
+    ties = len(outcomes) - wins - losses
+    reasons = {r: sum(o.reason == r for o in outcomes) for r in ("disagree", "both_tie", "unparsed")}
+    replies = [j for o in outcomes for j in (o.first, o.second)]
+    return {
+        "pairs": len(outcomes),
+        "wins": wins,
+        "losses": losses,
+        "ties": ties,
+        "win_rate": wins / (wins + losses) if wins + losses else None,
+        "ties_by_reason": reasons,
+        "verdicts": len(replies),
+        "verdicts_parsed": sum(j.verdict is not None for j in replies),
+        "position_consistency": (sum(o.reason in ("agree", "both_tie") for o in outcomes) / len(outcomes))
+        if outcomes else None,
+    }
+
+
+class _Transient(Exception):
+    """A failure worth retrying (connection refused, timeout, 5xx, 429)."""
+
+
+class Judge:
+    """Judges pairs of responses; thread-safe; every finished judgment goes to the cache at once."""
+
+    def __init__(self, config: JudgeConfig, session: Any = None, sleep: Callable[[float], None] = time.sleep):
+        self.config = config
+        self.url = config.base_url.rstrip("/") + "/chat/completions"
+        self._session = session  # injected (tests) or one requests.Session per thread
+        self._local = threading.local()
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self.cache: dict[str, dict] = {}
+        self.requests_made = 0
+        self.unparsed = 0
+        if config.cache_path:
+            self.cache = self._read_cache(Path(config.cache_path))
+
+    # -- cache ----------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _read_cache(path: Path) -> dict[str, dict]:
+        cache: dict[str, dict] = {}
+        if not path.exists():
+            return cache
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                cache[entry["key"]] = entry
+            except (json.JSONDecodeError, KeyError, TypeError):
+                # a line cut short by an interrupted run: ignore it, that judgment is asked again
+                log.warning("judge cache %s line %d is incomplete; that judgment will be asked again", path, lineno)
+        return cache
+
+    def _append(self, path: str | None, entry: dict) -> None:
+        if not path:
+            return
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock, p.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def key(self, question: str, shown_a: str, shown_b: str) -> str:
+        """Hash of model + instructions + decoding settings + question + both responses in the order shown."""
+        cfg = self.config
+        blob = json.dumps([cfg.model, _TEMPLATE_VERSION, cfg.temperature, cfg.max_tokens, question, shown_a, shown_b],
+                          ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    # -- one request ----------------------------------------------------------------------------------------
+
+    @property
+    def session(self):
+        import requests
+
+        if self._session is not None:
+            return self._session
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+        return self._local.session
+
+    def _headers(self) -> dict[str, str]:
+        key = os.environ.get(self.config.api_key_env)
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _post(self, messages: list[dict]) -> str:
+        """One chat completion with bounded retries; returns the reply text."""
+        import requests
+
+        cfg = self.config
+        body = {"model": cfg.model, "messages": messages, "temperature": cfg.temperature,
+                "max_tokens": cfg.max_tokens}
+        last = ""
+        for attempt in range(cfg.max_retries + 1):
+            if attempt:
+                self._sleep(min(cfg.backoff * 2 ** (attempt - 1), cfg.max_backoff))
+            with self._lock:
+                self.requests_made += 1
+            try:
+                resp = self.session.post(self.url, json=body, headers=self._headers(), timeout=cfg.timeout)
+            except requests.RequestException as e:
+                last = f"{type(e).__name__}"  # the exception text may echo request details; keep the type
+                continue
+            if resp.status_code == 429 or resp.status_code >= 500:
+                last = f"HTTP {resp.status_code}"
+                continue
+            if resp.status_code in (401, 403):
+                raise AlarmError(
+                    f"judge endpoint {self.url} refused the request (HTTP {resp.status_code}); put a valid API key "
+                    f"in the environment variable {cfg.api_key_env} (or name another with --judge-api-key-env)"
+                )
+            if resp.status_code >= 400:
+                detail = resp.text[:200].replace("\n", " ")
+                raise AlarmError(
+                    f"judge endpoint {self.url} rejected the request (HTTP {resp.status_code}: {detail}); "
+                    f"check the base URL and that it serves the model {cfg.model!r}"
+                )
+            try:
+                content = resp.json()["choices"][0]["message"]["content"]
+            except (ValueError, KeyError, IndexError, TypeError):
+                last = "a reply that is not an OpenAI chat completion"
+                continue
+            return content if isinstance(content, str) else ""
+        raise AlarmError(
+            f"judge endpoint {self.url} failed {cfg.max_retries + 1} times (last: {last}); check that the server "
+            "is running and the URL ends in /v1 (finished judgments are cached: rerun to resume)"
+        )
+
+    def judge_once(self, question: str, shown_a: str, shown_b: str) -> Judgment:
+        """One order. A cached judgment is returned as is; otherwise ask, re-ask on an unreadable reply."""
+        key = self.key(question, shown_a, shown_b)
+        with self._lock:
+            hit = self.cache.get(key)
+        if hit is not None:
+            return Judgment(key, hit["verdict"], hit["replies"], 0, cached=True)
+        messages = [{"role": "system", "content": SYSTEM_PROMPT},
+                    {"role": "user", "content": USER_TEMPLATE.format(question=question, a=shown_a, b=shown_b)}]
+        replies: list[str] = []
+        verdict = None
+        for _ in range(self.config.parse_retries + 1):
+            reply = self._post(messages)
+            replies.append(reply)
+            verdict = parse_verdict(reply)
+            if verdict is not None:
+                break
+            messages = [*messages, {"role": "assistant", "content": reply}, {"role": "user", "content": REMINDER}]
+        if verdict is None:
+            with self._lock:
+                self.unparsed += 1
+            log.warning("judge reply did not parse after %d attempt(s); counted as a tie: %r",
+                        len(replies), replies[-1][:200])
+            self._append(self.config.failures_path, {"key": key, "question": question[:500], "replies": replies})
+        entry = {"key": key, "model": self.config.model, "verdict": verdict, "replies": replies}
+        self._append(self.config.cache_path, entry)
+        with self._lock:
+            self.cache[key] = entry
+        return Judgment(key, verdict, replies, len(replies))
+
+    def judge_pair(self, question: str, x: str, y: str) -> PairOutcome:
+        """Both orders of (x, y); the outcome is for x."""
+        first = self.judge_once(question, x, y)
+        second = self.judge_once(question, y, x)
+        return PairOutcome(combine_orders(first.verdict, second.verdict), first, second)
+
+    def judge_many(self, items: Sequence[tuple[str, str, str]], progress: str | None = None) -> list[PairOutcome]:
+        """Judge (question, x, y) items with ``concurrency`` threads; each order is its own task.
+
+        The first fatal error (e.g. a dead endpoint) cancels what has not started and is raised; everything
+        finished before it is already in the cache.
+        """
+        from rich.progress import Progress
+
+        tasks = [(q, a, b) for q, x, y in items for a, b in ((x, y), (y, x))]
+        results: list[Judgment | None] = [None] * len(tasks)
+        abort = threading.Event()  # set on the first fatal error: queued tasks then return without a request
+
+        def run(i: int) -> int:
+            if not abort.is_set():
+                try:
+                    results[i] = self.judge_once(*tasks[i])
+                except BaseException:
+                    abort.set()
+                    raise
+            return i
+
+        with Progress(disable=progress is None, transient=True) as bar, \
+                ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
+            task_id = bar.add_task(progress or "", total=len(tasks))
+            pending = {pool.submit(run, i) for i in range(len(tasks))}
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for fut in done:
+                    if fut.exception() is not None:
+                        pool.shutdown(wait=True, cancel_futures=True)
+                        raise fut.exception()
+                    bar.update(task_id, advance=1)
+        out = []
+        for i in range(0, len(tasks), 2):
+            first, second = results[i], results[i + 1]
+            out.append(PairOutcome(combine_orders(first.verdict, second.verdict), first, second))
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """Requests made, unparsed replies, cache size and the settings (the key's variable name, never the key)."""
+        return {"requests": self.requests_made, "unparsed": self.unparsed, "cached_entries": len(self.cache),
+                **asdict(self.config)}
+
