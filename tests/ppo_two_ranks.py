@@ -2,10 +2,10 @@
 
 import sys
 
+import tiny
 import torch
 from accelerate import Accelerator
 
-import tiny
 from alarm.combine import CombineConfig, RewardSet
 from alarm.trainers.ppo import PPOConfig, PPOTrainer
 

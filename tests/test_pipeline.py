@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 import tiny
+
 from alarm.config import load_recipe
 from alarm.pipeline import run, win_rate
 
