@@ -10,8 +10,8 @@ from alarm.pipeline import run, win_rate
 
 
 def test_win_rate_counts_ties_and_direction():
-    assert win_rate([3, 1, 2, None], [1, 2, 2, 5]) == {"win_rate": 0.5, "wins": 1, "losses": 1, "ties": 1,
-                                                       "missing": 1}
+    w = win_rate([3, 1, 2, None], [1, 2, 2, 5])
+    assert (w["win_rate"], w["wins"], w["losses"], w["ties"], w["n_missing"]) == (0.5, 1, 1, 1, 1)
     assert win_rate([1, 1], [2, 2], higher_is_better=False)["win_rate"] == 1.0
     assert win_rate([1], [1])["win_rate"] is None
 

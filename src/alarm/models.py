@@ -174,3 +174,19 @@ def load_seq2seq_lm(
 def is_encoder_decoder(model) -> bool:
     """True for T5-style models; works on PEFT-wrapped models too (they forward .config)."""
     return bool(getattr(model.config, "is_encoder_decoder", False))
+
+
+def load_policy(name_or_path: str | None, trust_remote_code: bool = False):
+    """(model, tokenizer) of a policy: decoder-only or encoder-decoder, read from its config."""
+    from transformers import AutoConfig
+
+    resolved = resolve_model_path(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(resolved, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise AlarmError(f"model {name_or_path} not found or unreadable ({str(e).splitlines()[0][:160]}); give a "
+                         f"local path, a hub id (needs network), a run's checkpoint directory or '{SMOLLM2}'") from None
+    seq2seq = bool(getattr(config, "is_encoder_decoder", False))
+    model = (load_seq2seq_lm if seq2seq else load_causal_lm)(resolved, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(resolved, padding_side="right" if seq2seq else "left")
+    return model, tokenizer

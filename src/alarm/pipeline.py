@@ -28,19 +28,10 @@ console = Console()
 
 
 def load_policy(recipe: Recipe):
-    """(model, tokenizer) of the recipe's initial policy; causal or encoder-decoder by its config."""
-    from transformers import AutoConfig
+    """(model, tokenizer) of the recipe's initial policy."""
+    from alarm.models import load_policy as load
 
-    from alarm.models import load_causal_lm, load_seq2seq_lm, load_tokenizer, resolve_model_path
-
-    path = resolve_model_path(recipe.model.name)
-    tokenizer = load_tokenizer(path)
-    try:
-        cfg = AutoConfig.from_pretrained(path, trust_remote_code=recipe.model.trust_remote_code)
-    except OSError:
-        cfg = None
-    load = load_seq2seq_lm if getattr(cfg, "is_encoder_decoder", False) else load_causal_lm
-    return load(path, trust_remote_code=recipe.model.trust_remote_code), tokenizer
+    return load(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code)
 
 
 def prompt_records(recipe: Recipe, tokenizer, split: str, seq2seq: bool = False) -> list[dict]:
@@ -184,18 +175,11 @@ def _mean(xs) -> float | None:
 
 def win_rate(a: list, b: list, higher_is_better: bool = True) -> dict:
     """Pairwise wins of ``a`` over ``b`` by one metric: wins / (wins + losses), ties and missing excluded."""
-    wins = losses = ties = missing = 0
-    for x, y in zip(a, b):
-        if x is None or y is None:
-            missing += 1
-        elif x == y:
-            ties += 1
-        elif (x > y) == higher_is_better:
-            wins += 1
-        else:
-            losses += 1
-    rate = wins / (wins + losses) if wins + losses else None
-    return {"win_rate": rate, "wins": wins, "losses": losses, "ties": ties, "missing": missing}
+    from dataclasses import asdict
+
+    from alarm.evaluation.compare import win_counts
+
+    return asdict(win_counts(a, b, higher_is_better=higher_is_better))
 
 
 # ------------------------------------------------------------------------------------------------ report

@@ -86,7 +86,8 @@ def load_policy(spec: str, base_model: str | None = None):
     A checkpoint is a directory with ``trainer_state.json``; a run directory (with ``checkpoints/latest``) means
     its latest checkpoint. The base model is ``base_model``, else the adapter's recorded base, else SmolLM2.
     """
-    from alarm.models import SMOLLM2, load_causal_lm, load_seq2seq_lm, load_tokenizer, resolve_model_path
+    from alarm.models import SMOLLM2
+    from alarm.models import load_policy as load_policy_model
 
     path = Path(spec).expanduser()
     ckpt = None
@@ -105,30 +106,15 @@ def load_policy(spec: str, base_model: str | None = None):
             adapter = ckpt / "model" / "adapter_config.json"
             recorded = json.loads(adapter.read_text()).get("base_model_name_or_path") if adapter.exists() else None
             base_model = recorded if recorded and Path(recorded).exists() else SMOLLM2
-        model, tokenizer = _load_base(base_model, load_causal_lm, load_seq2seq_lm, load_tokenizer, resolve_model_path)
+        model, tokenizer = load_policy_model(base_model)
         try:
             model = load_trained_policy(ckpt, model)
         except (OSError, ValueError, RuntimeError, KeyError) as e:
             raise AlarmError(f"cannot load checkpoint {ckpt} onto base model {base_model!r} "
                              f"({str(e).splitlines()[0][:200]}); pass the run's base model with --base-model") from None
         return model, tokenizer, f"checkpoint {ckpt} on {base_model}"
-    model, tokenizer = _load_base(spec, load_causal_lm, load_seq2seq_lm, load_tokenizer, resolve_model_path)
+    model, tokenizer = load_policy_model(spec)
     return model, tokenizer, spec
-
-
-def _load_base(spec, load_causal_lm, load_seq2seq_lm, load_tokenizer, resolve_model_path):
-    from transformers import AutoConfig
-
-    resolved = resolve_model_path(spec)
-    try:
-        config = AutoConfig.from_pretrained(resolved)
-    except (OSError, ValueError) as e:
-        raise AlarmError(f"model {spec} not found or unreadable ({str(e).splitlines()[0][:160]}); give a local "
-                         "path, a hub id (needs network), a run's checkpoint directory or 'smollm2-135m-instruct'") from None
-    seq2seq = bool(getattr(config, "is_encoder_decoder", False))
-    model = (load_seq2seq_lm if seq2seq else load_causal_lm)(resolved)
-    tokenizer = load_tokenizer(resolved, padding_side="right" if seq2seq else "left")
-    return model, tokenizer
 
 
 def load_prompt_set(path: str | None, tokenizer, split: str = "test", system: str | None = None,
