@@ -267,11 +267,13 @@ class PolicyWithValue(torch.nn.Module):
                 attn = torch.cat([batch["prompt_mask"], batch["mask"].long()], dim=1)
                 # Left-padded prompts: positions must count real tokens only, as in generate().
                 pos = (attn.cumsum(-1) - 1).clamp(min=0)
-                out = net(input_ids=ids, attention_mask=attn, position_ids=pos, output_hidden_states=with_values)
-                P = batch["prompt_ids"].shape[1]
                 # The token at P + t is predicted from position P + t − 1: the first response token is
-                # predicted from the last prompt position (and so receives gradient).
-                logits = out.logits[:, P - 1 : P - 1 + T]
+                # predicted from the last prompt position (and so receives gradient). Only those T positions
+                # need logits: the LM head skips the prompt (less time, far less memory with a large vocabulary).
+                out = net(input_ids=ids, attention_mask=attn, position_ids=pos, output_hidden_states=with_values,
+                          logits_to_keep=T + 1)
+                P = batch["prompt_ids"].shape[1]
+                logits = out.logits[:, :T]
                 hidden = out.hidden_states[-1][:, P - 1 : P - 1 + T] if with_values else None
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1) if with_values else None
         return logits, values
