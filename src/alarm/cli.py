@@ -13,7 +13,7 @@ from alarm.errors import AlarmError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from alarm import pipeline, sft
+    from alarm import pipeline, sft, vcb_commands
     from alarm.evaluation import commands as evaluation
 
     parser = argparse.ArgumentParser(prog="alarm", description="Align language models with hierarchical rewards.")
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_commands(sub)
     evaluation.add_commands(sub)
     sft.add_commands(sub)
+    vcb_commands.add_commands(sub)
     return parser
 
 

@@ -1,0 +1,601 @@
+"""VCB — offline value-based calibration — with DPO and IPO beside it, readable top to bottom.
+
+DESIGN §2.5. Candidates sampled offline from the initial policy carry reward values (any ALaRM combination,
+the hierarchical one included). The KL-regularised optimum satisfies
+
+    log π*(y_i)/π_ref(y_i) − log π*(y_j)/π_ref(y_j) = (r_i − r_j) / β
+
+so VCB trains the policy until its log-ratio gap to the reference matches the reward *value* gap of each pair;
+DPO and IPO only use which response won.
+
+**The VCB loss here is a reconstruction.** The paper's exact published formula was not available to us; we
+implement the description: L = mean over pairs of (β·Δρ_θ(i, j) − (r_i − r_j)/σ)², Δρ_θ the difference of the
+two responses' summed log π_θ/π_ref, σ the reward standard deviation (global, or per prompt). A hinge variant
+max(0, (r_i − r_j)/σ − β·Δρ_θ) for r_i > r_j only pushes pairs that are not yet separated by their value gap.
+On a candidate set the squared loss is minimised exactly by π ∝ π_ref·exp(r/(βσ)) (tests/test_vcb.py).
+
+Pairs are always oriented winner first (r_i > r_j); ties (|r_i − r_j| ≤ ``tie_tolerance``) are dropped.
+Sequence log-probs are sums over the response tokens only (prompt and padding masked). The reference is the
+same network with its LoRA adapters disabled (or a frozen copy for full fine-tuning); its log-probs are
+computed once, without gradient, for every candidate.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from alarm.errors import AlarmError
+from alarm.trainers.ppo import attention_projections, logprobs_from_logits
+
+# ----------------------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------------------
+
+LossName = Literal["vcb", "vcb_hinge", "dpo", "ipo"]
+
+
+class VCBConfig(BaseModel):
+    """Offline pair training. ``loss`` picks VCB (squared, default), its hinge variant, DPO or IPO."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    loss: LossName = "vcb"
+    beta: float = Field(0.1, gt=0)
+    sigma: Literal["global", "prompt"] = "global"  # reward std used to normalise the value gaps
+    pairs: Literal["all", "best_vs_rest"] = "all"
+    tie_tolerance: float = Field(1e-6, ge=0)  # pairs with |r_i − r_j| ≤ this are dropped
+    # optimisation
+    learning_rate: float = Field(5e-5, gt=0)
+    batch_size: int = Field(8, ge=1)  # pairs per optimizer step (all processes together)
+    micro_batch_size: int = Field(4, ge=1)  # pairs per forward pass (gradient accumulation below batch_size)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)  # overrides epochs
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    max_response_tokens: int | None = Field(None, ge=1)  # truncate long candidates (None: keep whole)
+    # model adaptation
+    lora: bool = True
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_target_modules: list[str] | None = None  # None: the attention projections found in the model
+    lora_layers: list[int] | None = None  # only these layer indices get adapters (cheaper backward on CPU)
+    # diagnostics
+    eval_every: int = Field(0, ge=0)  # 0: before training and at the end only
+    eval_at_start: bool = True  # diagnostics of the initial policy (step 0)
+    eval_greedy: bool = True  # mean reward of greedy outputs on held-out prompts (needs a reward set)
+    eval_max_new_tokens: int = Field(64, ge=1)
+    eval_batch_size: int = Field(16, ge=1)
+    # run
+    seed: int = 42
+    save_every: int = Field(0, ge=0)  # 0: only at the end
+    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = "none"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The math: pure functions (hand-checked in tests)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def sequence_logprobs(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ_t log π(token_t) over the masked (response) positions: [B, T, V], [B, T], [B, T] → [B]."""
+    return (logprobs_from_logits(logits, tokens) * mask).sum(-1)
+
+
+def log_ratio_gap(policy_i, ref_i, policy_j, ref_j) -> torch.Tensor:
+    """Δρ = log π_θ(y_i)/π_ref(y_i) − log π_θ(y_j)/π_ref(y_j) from summed sequence log-probs."""
+    return (policy_i - ref_i) - (policy_j - ref_j)
+
+
+def vcb_loss(delta_rho: torch.Tensor, gap: torch.Tensor, beta: float) -> torch.Tensor:
+    """VCB, squared (a RECONSTRUCTION of the paper's loss): mean (β·Δρ − (r_i − r_j)/σ)².
+
+    ``gap`` is the normalised value gap (r_i − r_j)/σ. Zero exactly when every log-ratio gap equals the
+    value gap divided by β — the KL-regularised optimum restricted to the candidates.
+    """
+    return ((beta * delta_rho - gap) ** 2).mean()
+
+
+def vcb_hinge_loss(delta_rho: torch.Tensor, gap: torch.Tensor, beta: float) -> torch.Tensor:
+    """VCB, hinge (reconstruction): mean max(0, (r_i − r_j)/σ − β·Δρ) over pairs with r_i > r_j."""
+    return F.relu(gap - beta * delta_rho).mean()
+
+
+def dpo_loss(delta_rho: torch.Tensor, gap: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO: mean −log σ(β·Δρ), winner first. Uses only which response won (``gap`` is ignored)."""
+    return -F.logsigmoid(beta * delta_rho).mean()
+
+
+def ipo_loss(delta_rho: torch.Tensor, gap: torch.Tensor, beta: float) -> torch.Tensor:
+    """IPO (Azar et al.): mean (Δρ − 1/(2β))², winner first; one target gap for every pair (``gap`` ignored).
+
+    Summed sequence log-probs, like the other losses here (TRL averages per token for IPO).
+    """
+    return ((delta_rho - 1.0 / (2.0 * beta)) ** 2).mean()
+
+
+LOSSES = {"vcb": vcb_loss, "vcb_hinge": vcb_hinge_loss, "dpo": dpo_loss, "ipo": ipo_loss}
+
+
+def make_pairs(groups: list[list[int]], rewards, mode: str = "all", tie_tolerance: float = 1e-6):
+    """Index pairs ``(i, j)`` with r_i > r_j (+ tolerance) inside each group of candidates of one prompt.
+
+    ``all``: every untied pair. ``best_vs_rest``: the best candidate against each clearly worse one.
+    """
+    r = np.asarray(rewards, dtype=np.float64)
+    pairs = []
+    for g in groups:
+        if mode == "best_vs_rest":
+            best = max(g, key=lambda k: r[k])
+            pairs += [(best, j) for j in g if r[best] - r[j] > tie_tolerance]
+        elif mode == "all":
+            pairs += [(i, j) if r[i] > r[j] else (j, i)
+                      for a, i in enumerate(g) for j in g[a + 1 :] if abs(r[i] - r[j]) > tie_tolerance]
+        else:
+            raise AlarmError(f"pairs mode {mode!r} is unknown; use 'all' or 'best_vs_rest'")
+    return pairs
+
+
+def reward_scale(groups: list[list[int]], rewards, mode: str = "global") -> np.ndarray:
+    """σ for each candidate: the (population) std of all rewards, or of its own prompt's rewards.
+
+    A zero std (all rewards equal: no pairs survive anyway) becomes 1.
+    """
+    r = np.asarray(rewards, dtype=np.float64)
+    sigma = np.ones_like(r)
+    if mode == "global":
+        members = [i for g in groups for i in g]
+        s = float(r[members].std()) if members else 0.0
+        sigma[members] = s if s > 0 else 1.0
+    elif mode == "prompt":
+        for g in groups:
+            s = float(r[g].std())
+            sigma[g] = s if s > 0 else 1.0
+    else:
+        raise AlarmError(f"sigma mode {mode!r} is unknown; use 'global' or 'prompt'")
+    return sigma
+
+
+def normalised_gaps(pairs, rewards, sigma) -> np.ndarray:
+    """(r_i − r_j)/σ for each pair (σ of the pair's prompt, equal for both members)."""
+    r = np.asarray(rewards, dtype=np.float64)
+    return np.array([(r[i] - r[j]) / sigma[i] for i, j in pairs], dtype=np.float64)
+
+
+def pearson(x, y) -> float | None:
+    """Correlation of two sequences; None when either is constant (e.g. Δρ ≡ 0 at the initial policy)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(x) < 2 or x.std() == 0 or y.std() == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def ranking_accuracy(delta_rho) -> float | None:
+    """Share of winner-first pairs with Δρ > 0 (a tie counts half)."""
+    d = np.asarray(delta_rho, dtype=np.float64)
+    if len(d) == 0:
+        return None
+    return float(((d > 0) + 0.5 * (d == 0)).mean())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Candidates: tokenised once, batched as [left-padded prompt | right-padded response]
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _groups_by_prompt(rows: list[dict], indices: list[int]) -> list[list[int]]:
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i in indices:
+        groups[str(rows[i]["prompt_id"])].append(i)
+    return list(groups.values())
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    eos = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
+    eos = tokenizer.eos_token_id if eos is None else eos
+    return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+
+class Policy(torch.nn.Module):
+    """The trained model (LoRA by default) and its reference: adapters disabled, or a frozen copy."""
+
+    def __init__(self, model: torch.nn.Module, config: VCBConfig):
+        super().__init__()
+        self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+        if config.lora:
+            from peft import LoraConfig, TaskType, get_peft_model
+
+            task = TaskType.SEQ_2_SEQ_LM if self.is_encoder_decoder else TaskType.CAUSAL_LM
+            lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                              target_modules=config.lora_target_modules or attention_projections(model),
+                              layers_to_transform=config.lora_layers, task_type=task)
+            self.model = get_peft_model(model, lora)
+            self.ref_model = None
+        else:
+            self.model = model
+            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def forward(self, batch: dict[str, torch.Tensor], reference: bool = False) -> torch.Tensor:
+        """Summed log-probs of each row's response tokens, [B]."""
+        if reference and self.ref_model is not None:
+            net, ctx = self.ref_model, nullcontext()
+        elif reference:
+            net, ctx = self.model, self.model.disable_adapter()
+        else:
+            net, ctx = self.model, nullcontext()
+        responses, mask = batch["responses"], batch["mask"]
+        T = responses.shape[1]
+        with ctx:
+            if self.is_encoder_decoder:
+                logits = net(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"],
+                             decoder_input_ids=batch["decoder_input_ids"],
+                             decoder_attention_mask=batch["decoder_mask"]).logits
+            else:
+                ids = torch.cat([batch["prompt_ids"], responses], dim=1)
+                attn = torch.cat([batch["prompt_mask"], mask.long()], dim=1)
+                pos = (attn.cumsum(-1) - 1).clamp(min=0)  # left-padded prompts: count real tokens only
+                # Keep only the T + 1 last positions: position P − 1 + t predicts response token t.
+                out = net(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1)
+                logits = out.logits[:, :-1]
+        return sequence_logprobs(logits, responses, mask)
+
+
+class VCBTrainer:
+    """Offline training on scored candidates with the VCB, VCB-hinge, DPO or IPO loss.
+
+    ``samples``: a ``datasets.Dataset`` or list of rows with ``prompt_id``, ``prompt`` (formatted for the
+    policy), ``candidate``, ``reward`` and optionally ``split`` ("train" rows are trained on, "test" rows give
+    the held-out diagnostics) plus the columns the rewards read. ``reward_set`` (fitted) scores greedy outputs
+    on held-out prompts; without it that diagnostic is skipped.
+    """
+
+    def __init__(self, config: VCBConfig, model, tokenizer, samples, output_dir: str | os.PathLike,
+                 reward_set=None, accelerator=None, max_new_tokens: int | None = None,
+                 reference_cache: str | os.PathLike | None = None):
+        from accelerate import Accelerator
+
+        rows = samples.to_list() if hasattr(samples, "to_list") else list(samples)
+        for k in ("prompt_id", "prompt", "candidate", "reward"):
+            if rows and k not in rows[0]:
+                raise AlarmError(f"the samples have no {k!r} column; create them with `alarm vcb sample`")
+        self.config = config
+        self.tokenizer = tokenizer
+        self.reward_set = reward_set
+        self.rows = rows
+        self.output_dir = Path(output_dir)
+        self.accelerator = accelerator or Accelerator(
+            log_with=None if config.report_to == "none" else config.report_to, project_dir=str(output_dir))
+        self.rewards = np.array([float(r["reward"]) for r in rows], dtype=np.float64)
+        train = [i for i, r in enumerate(rows) if r.get("split", "train") == "train"]
+        test = [i for i, r in enumerate(rows) if r.get("split", "train") == "test"]
+
+        # Pairs and their normalised value gaps (σ from the training rewards; per prompt if asked).
+        train_groups, test_groups = _groups_by_prompt(rows, train), _groups_by_prompt(rows, test)
+        sigma = reward_scale(train_groups, self.rewards, config.sigma)
+        if config.sigma == "prompt":
+            sigma[test] = reward_scale(test_groups, self.rewards, "prompt")[test]
+        else:
+            sigma[test] = sigma[train[0]] if train else 1.0
+        self.sigma = sigma
+        self.pairs = make_pairs(train_groups, self.rewards, config.pairs, config.tie_tolerance)
+        self.gaps = normalised_gaps(self.pairs, self.rewards, sigma)
+        self.eval_pairs = make_pairs(test_groups, self.rewards, "all", config.tie_tolerance)
+        self.eval_gaps = normalised_gaps(self.eval_pairs, self.rewards, sigma)
+        if not self.pairs:
+            raise AlarmError("no training pairs: every prompt's candidates tie; sample more candidates (sample.n) "
+                             "or use a reward that separates them")
+        self.eval_prompts = [rows[g[0]] for g in test_groups]
+
+        torch.manual_seed(config.seed)
+        policy = Policy(model, config)
+        self.is_encoder_decoder = policy.is_encoder_decoder
+        self.eos_ids = _eos_ids(policy.model, tokenizer)
+        self.max_new_tokens = max_new_tokens
+        self.reference_cache = Path(reference_cache) if reference_cache else None
+        self.encoded = [self._encode(r) for r in rows]
+        self.optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad],
+                                           lr=config.learning_rate)
+        self.policy, self.optimizer = self.accelerator.prepare(policy, self.optimizer)
+        self.steps_per_epoch = math.ceil(len(self.pairs) / config.batch_size)
+        self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
+        self.step_idx = 0
+        self.ref_logps: torch.Tensor | None = None
+
+    @property
+    def unwrapped(self) -> Policy:
+        return self.accelerator.unwrap_model(self.policy)
+
+    # -- data ---------------------------------------------------------------------------------------------
+
+    def _encode(self, row: dict) -> tuple[list[int], list[int]]:
+        """Prompt ids (as generation saw them) and response ids + EOS (no EOS when cut at max_new_tokens)."""
+        tok = self.tokenizer
+        prompt = tok(row["prompt"], add_special_tokens=self.is_encoder_decoder)["input_ids"]
+        response = tok(row["candidate"], add_special_tokens=False)["input_ids"]
+        cut = self.max_new_tokens is not None and len(response) >= self.max_new_tokens
+        if not cut:
+            response = response + [self.eos_ids[0]]
+        if self.config.max_response_tokens:
+            response = response[: self.config.max_response_tokens]
+        return prompt, response
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        pad = self.tokenizer.pad_token_id
+        pad = self.eos_ids[0] if pad is None else pad
+        prompts = [self.encoded[i][0] for i in indices]
+        responses = [self.encoded[i][1] for i in indices]
+        P, T = max(map(len, prompts)), max(map(len, responses))
+        enc_dec = self.is_encoder_decoder
+        # causal: left-padded prompts so every response starts at column P; seq2seq: right-padded encoder input
+        prompt_ids = torch.tensor([([] if enc_dec else [pad] * (P - len(p))) + p +
+                                   ([pad] * (P - len(p)) if enc_dec else []) for p in prompts])
+        prompt_mask = torch.tensor([([] if enc_dec else [0] * (P - len(p))) + [1] * len(p) +
+                                    ([0] * (P - len(p)) if enc_dec else []) for p in prompts])
+        resp = torch.tensor([r + [pad] * (T - len(r)) for r in responses])
+        mask = torch.tensor([[1.0] * len(r) + [0.0] * (T - len(r)) for r in responses])
+        batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "responses": resp, "mask": mask}
+        if enc_dec:
+            start = self.unwrapped.model.config.decoder_start_token_id
+            start = pad if start is None else start
+            batch["decoder_input_ids"] = torch.cat([torch.full_like(resp[:, :1], start), resp[:, :-1]], dim=1)
+            batch["decoder_mask"] = torch.cat([torch.ones_like(mask[:, :1]), mask[:, :-1]], dim=1).long()
+        dev = self.accelerator.device
+        return {k: v.to(dev) for k, v in batch.items()}
+
+    @torch.no_grad()
+    def logprobs(self, indices: list[int], reference: bool = False) -> torch.Tensor:
+        """Summed response log-probs of candidates (no gradient), in eval mode, batched."""
+        pol = self.unwrapped
+        was = pol.training
+        pol.eval()
+        out = []
+        bs = max(1, self.config.eval_batch_size)
+        for s in range(0, len(indices), bs):
+            out.append(pol(self.collate(indices[s : s + bs]), reference=reference).float().cpu())
+        pol.train(was)
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def reference_logprobs(self) -> torch.Tensor:
+        """log π_ref of every candidate, computed once (constant during training).
+
+        With ``reference_cache`` they are read from / written to that file, so several losses trained on the
+        same samples share one reference pass (the file records the token counts it was computed on).
+        """
+        if self.ref_logps is not None:
+            return self.ref_logps
+        key = [len(p) + 1000003 * len(r) for p, r in self.encoded]
+        cache = self.reference_cache
+        if cache is not None and cache.exists():
+            saved = torch.load(cache, weights_only=False)
+            if saved.get("key") == key:
+                self.ref_logps = saved["logps"]
+                return self.ref_logps
+        self.ref_logps = self.logprobs(list(range(len(self.rows))), reference=True)
+        if cache is not None and self.accelerator.is_main_process:
+            tmp = cache.with_name(f".tmp-{cache.name}")
+            torch.save({"key": key, "logps": self.ref_logps}, tmp)
+            os.replace(tmp, cache)
+        return self.ref_logps
+
+    # -- one optimizer step -------------------------------------------------------------------------------
+
+    def pair_order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.config.seed + epoch)
+        return torch.randperm(len(self.pairs), generator=g).tolist()
+
+    def step(self) -> dict[str, float]:
+        """One optimizer step on ``batch_size`` pairs (this process's share, in micro-batches)."""
+        c, acc = self.config, self.accelerator
+        t0 = time.perf_counter()
+        ref = self.reference_logprobs()
+        epoch, pos = divmod(self.step_idx, self.steps_per_epoch)
+        chosen = self.pair_order(epoch)[pos * c.batch_size : (pos + 1) * c.batch_size]
+        mine = chosen[acc.process_index :: acc.num_processes]
+        loss_fn = LOSSES[c.loss]
+        self.policy.train()
+        losses, drho_all = [], []
+        for s in range(0, len(mine), c.micro_batch_size):
+            idx = mine[s : s + c.micro_batch_size]
+            i_idx = [self.pairs[k][0] for k in idx]
+            j_idx = [self.pairs[k][1] for k in idx]
+            logps = self.policy(self.collate(i_idx + j_idx))  # winners and losers in one forward pass
+            dev = logps.device
+            drho = log_ratio_gap(logps[: len(idx)], ref[i_idx].to(dev), logps[len(idx) :], ref[j_idx].to(dev))
+            gap = torch.tensor(self.gaps[idx], dtype=drho.dtype, device=dev)
+            loss = loss_fn(drho, gap, c.beta)
+            acc.backward(loss * len(idx) / max(len(mine), 1))
+            losses.append(loss.item() * len(idx))
+            drho_all += drho.detach().cpu().tolist()
+        grad_norm = float("nan")
+        if c.max_grad_norm is not None:
+            grad_norm = float(acc.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step_idx += 1
+        gaps = self.gaps[[k for k in mine]]
+        bd = c.beta * np.asarray(drho_all)
+        return {
+            "step": self.step_idx, "epoch": epoch,
+            "loss": self._mean(sum(losses) / max(len(mine), 1)),
+            "beta_delta_rho/mean": self._mean(float(bd.mean()) if len(bd) else 0.0),
+            "gap/mean": self._mean(float(gaps.mean()) if len(gaps) else 0.0),
+            "calibration/mse": self._mean(float(((bd - gaps) ** 2).mean()) if len(bd) else 0.0),
+            "train/ranking_accuracy": self._mean(ranking_accuracy(drho_all) or 0.0),
+            "grad_norm": grad_norm, "time/step": time.perf_counter() - t0,
+        }
+
+    def _mean(self, x: float) -> float:
+        if self.accelerator.num_processes == 1:
+            return float(x)
+        t = torch.tensor([float(x)], device=self.accelerator.device)
+        return float(self.accelerator.reduce(t, reduction="mean"))
+
+    # -- diagnostics --------------------------------------------------------------------------------------
+
+    def evaluate(self, greedy: bool | None = None) -> dict[str, float | None]:
+        """Held-out diagnostics: corr(β·Δρ, normalised gap), ranking accuracy, calibration error; and the
+        mean reward of greedy outputs on the held-out prompts."""
+        c = self.config
+        out: dict[str, float | None] = {"step": self.step_idx}
+        if self.eval_pairs:
+            ref = self.reference_logprobs()
+            idx = sorted({k for p in self.eval_pairs for k in p})
+            # Before the first update the policy is the reference (LoRA B = 0, or an exact copy): no forward pass.
+            pol_lp = ref[idx] if self.step_idx == 0 else self.logprobs(idx)
+            pol = dict(zip(idx, pol_lp.tolist()))
+            drho = np.array([(pol[i] - float(ref[i])) - (pol[j] - float(ref[j])) for i, j in self.eval_pairs])
+            out["eval/pairs"] = len(self.eval_pairs)
+            out["eval/corr"] = pearson(c.beta * drho, self.eval_gaps)
+            out["eval/ranking_accuracy"] = ranking_accuracy(drho)
+            out["eval/calibration_mse"] = float(((c.beta * drho - self.eval_gaps) ** 2).mean())
+            out["eval/beta_delta_rho_mean"] = float((c.beta * drho).mean())
+        if (c.eval_greedy if greedy is None else greedy) and self.reward_set is not None and self.eval_prompts:
+            out.update(self.greedy_reward())
+        return out
+
+    def greedy_reward(self) -> dict[str, float]:
+        from alarm.generation import generate_texts
+
+        recs = self.eval_prompts
+        texts = [t[0] for t in generate_texts(self.unwrapped.model, self.tokenizer, [r["prompt"] for r in recs],
+                                              max_new_tokens=self.config.eval_max_new_tokens,
+                                              batch_size=self.config.eval_batch_size)]
+        skip = {"prompt", "prompt_id", "split", "candidate", "candidate_index", "reward"}
+        columns = {k: [r.get(k) for r in recs] for k in recs[0] if k not in skip and not k.startswith("raw_")}
+        returns, stats = self.reward_set.sequence_rewards([r.get("question", r["prompt"]) for r in recs],
+                                                          texts, **columns)
+        self.last_greedy = texts
+        if self.accelerator.is_main_process:  # kept for inspection: what the diagnostics scored
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.output_dir / f"greedy-step-{self.step_idx:06d}.jsonl", "w") as f:
+                for r, t, ret in zip(recs, texts, returns):
+                    f.write(json.dumps({"prompt_id": r["prompt_id"], "completion": t, "reward": ret}) + "\n")
+        out = {"eval/greedy_reward_mean": float(np.mean(returns))}
+        out.update({f"eval/greedy/{k}": float(v) for k, v in stats.items()})
+        return out
+
+    # -- the loop -----------------------------------------------------------------------------------------
+
+    def train(self, steps: int | None = None, progress: bool = True) -> list[dict]:
+        """Train to ``steps`` (default: epochs × pairs / batch_size, or max_steps); log to ``metrics.jsonl``."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        total = steps or self.total_steps
+        acc, c = self.accelerator, self.config
+        main = acc.is_main_process
+        if main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        if c.report_to != "none":
+            acc.init_trackers("alarm-vcb", config=c.model_dump())
+        history = []
+
+        def log(m):
+            history.append(m)
+            if main:
+                with open(self.output_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(m) + "\n")
+            if c.report_to != "none":
+                acc.log({k: v for k, v in m.items() if v is not None}, step=m["step"])
+
+        if self.step_idx == 0 and c.eval_at_start:
+            log(self.evaluate())
+        bar = Progress(TextColumn(c.loss.upper()), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                       TextColumn("{task.fields[info]}"), disable=not (progress and main))
+        with bar:
+            task = bar.add_task("vcb", total=total, completed=self.step_idx, info="")
+            while self.step_idx < total:
+                m = self.step()
+                log(m)
+                bar.update(task, completed=self.step_idx,
+                           info=f"loss {m['loss']:.3f} acc {m['train/ranking_accuracy']:.2f} "
+                                f"βΔρ {m['beta_delta_rho/mean']:+.2f}")
+                last = self.step_idx == total
+                if (c.eval_every and self.step_idx % c.eval_every == 0) or last:
+                    log(self.evaluate())
+                if (c.save_every and self.step_idx % c.save_every == 0) or last:
+                    self.save_checkpoint()
+        if c.report_to != "none":
+            acc.end_training()
+        return history
+
+    # -- checkpoints (written to a temp dir, then renamed: a crash never leaves a half checkpoint) --------
+
+    def save_checkpoint(self) -> Path:
+        acc = self.accelerator
+        root = self.output_dir / "checkpoints"
+        final, tmp = root / f"step-{self.step_idx:06d}", root / f".tmp-step-{self.step_idx:06d}"
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            self.unwrapped.model.save_pretrained(tmp / "model", safe_serialization=True)
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save({"python": random.getstate(), "numpy": np.random.get_state(),
+                        "torch": torch.get_rng_state()}, tmp / "rng.pt")
+            state = {"step": self.step_idx, "lora": self.config.lora, "loss": self.config.loss,
+                     "config": self.config.model_dump(),
+                     "rewards": self.reward_set.state() if self.reward_set is not None else None}
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            (root / "latest").write_text(final.name)
+        acc.wait_for_everyone()
+        return final
+
+    @staticmethod
+    def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+        pointer = Path(output_dir) / "checkpoints" / "latest"
+        if not pointer.exists():
+            return None
+        path = pointer.parent / pointer.read_text().strip()
+        return path if path.exists() else None
+
+    def resume(self, path: str | os.PathLike | None = None) -> int:
+        """Load the latest (or given) checkpoint; returns the step training continues from (0 if none)."""
+        ckpt = Path(path) if path else self.latest_checkpoint(self.output_dir)
+        if ckpt is None:
+            return 0
+        if not (ckpt / "trainer_state.json").exists():
+            raise AlarmError(f"{ckpt} is not a finished checkpoint (no trainer_state.json); pick another")
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        if bool(state["lora"]) != self.config.lora or state.get("loss") != self.config.loss:
+            raise AlarmError(f"checkpoint {ckpt} was trained with lora={state['lora']}, loss={state.get('loss')}; "
+                             "use the same settings or a new output directory")
+        model = self.unwrapped.model
+        if self.config.lora:
+            from peft import set_peft_model_state_dict
+            from peft.utils import load_peft_weights
+
+            set_peft_model_state_dict(model, load_peft_weights(str(ckpt / "model")))
+        else:
+            from safetensors.torch import load_file
+
+            model.load_state_dict(load_file(str(ckpt / "model" / "model.safetensors")), strict=False)
+        self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
+        rng = torch.load(ckpt / "rng.pt", weights_only=False)
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        self.step_idx = int(state["step"])
+        return self.step_idx
+
+
+__all__ = [
+    "LOSSES", "Policy", "VCBConfig", "VCBTrainer", "dpo_loss", "ipo_loss", "log_ratio_gap", "make_pairs",
+    "normalised_gaps", "pearson", "ranking_accuracy", "reward_scale", "sequence_logprobs", "vcb_hinge_loss",
+    "vcb_loss",
+]

@@ -1,0 +1,360 @@
+"""`alarm vcb sample` and `alarm vcb train`: offline alignment on scored candidates (DESIGN §2.5).
+
+    alarm vcb sample --config recipes/vcb_quickstart.yaml           # N candidates per prompt, scored
+    alarm vcb train  --config recipes/vcb_quickstart.yaml vcb.loss=dpo
+
+``sample`` draws ``sample.n`` candidates per prompt from the initial policy (train prompts, plus held-out test
+prompts for diagnostics), writes them in shards (a rerun skips finished shards), then fits the rewards on the
+training candidates and scores every candidate with the recipe's combination. The result is a ``datasets``
+dataset under ``<run>/samples/dataset`` with columns prompt_id, split, prompt, candidate_index, candidate,
+reward (the combined return) and raw_<name> for each reward (dense rewards: the sum of their values), plus the
+columns the rewards read. ``train`` trains on pairs of those candidates with the VCB loss (a reconstruction of
+the paper's — see alarm.trainers.vcb), VCB-hinge, DPO or IPO, writing to ``<run>/train-<loss>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from alarm.config import DataSpec, ModelSpec, RewardsSpec, build_reward_set, parse_overrides, validate_recipe
+from alarm.errors import AlarmError
+from alarm.trainers.vcb import VCBConfig
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+class VCBSampleSpec(BaseModel):
+    model_config = _STRICT
+    n: int = Field(4, ge=2)  # candidates per prompt
+    eval_prompts: int | None = Field(16, ge=0)  # held-out (test split) prompts also sampled; None: all
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    prompts_per_shard: int = Field(8, ge=1)  # the unit of resumption
+    batch_size: int = Field(16, ge=1)  # sequences per generate() call
+
+
+class VCBRecipe(BaseModel):
+    """A VCB run: shared model/data/rewards/combine sections (as in alarm.config.Recipe), sampling, training."""
+
+    model_config = _STRICT
+    name: str = "vcb"
+    output_dir: str | None = None  # default runs/<name>
+    seed: int = 42
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    rewards: RewardsSpec = Field(default_factory=RewardsSpec)
+    combine: dict[str, Any] = Field(default_factory=dict)
+    sample: VCBSampleSpec = Field(default_factory=VCBSampleSpec)
+    vcb: VCBConfig = Field(default_factory=VCBConfig)
+    train_dir: str | None = None  # default <run>/train-<loss>
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or f"runs/{self.name}")
+
+    def samples_dir(self) -> Path:
+        return self.run_dir() / "samples"
+
+    def training_dir(self) -> Path:
+        return Path(self.train_dir) if self.train_dir else self.run_dir() / f"train-{self.vcb.loss}"
+
+    def reward_recipe(self):
+        """The shared sections as an alarm.config.Recipe (validated there; used by build_reward_set)."""
+        return validate_recipe({"name": self.name, "seed": self.seed, "model": self.model.model_dump(),
+                                "data": self.data.model_dump(), "rewards": self.rewards.model_dump(),
+                                "combine": self.combine})
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_vcb_recipe(path: str | Path | None, overrides: list[str] | None = None) -> VCBRecipe:
+    """Read and validate a VCB recipe; unknown keys and bad values fail with one line naming the key."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise AlarmError(f"recipe {p} not found; give a YAML file path (e.g. src/alarm/recipes/vcb_quickstart.yaml)")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise AlarmError(f"recipe {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise AlarmError(f"recipe {p} must be a mapping of settings at the top level")
+    data = _merge(data, parse_overrides(overrides or []))
+    try:
+        recipe = VCBRecipe.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"]) or "config"
+        if err["type"] == "extra_forbidden":
+            raise AlarmError(f"{loc}: unknown setting; check its spelling against the documented keys") from None
+        raise AlarmError(f"{loc}: {err['msg']} (got {err.get('input')!r})") from None
+    recipe.reward_recipe()  # reward and combine sections: validated now, not after sampling
+    return recipe
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data: prompt records with the columns the rewards read
+# ----------------------------------------------------------------------------------------------------------
+
+
+def load_qa_feedback_prompts(path: str | Path) -> list[dict]:
+    """QA-Feedback prompt file (list of {question, passages[{content}], answer[...]}) as QA records.
+
+    It has no split: every fifth question (index % 5 == 4) is held out as "test".
+    """
+    try:
+        items = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise AlarmError(f"cannot read QA-Feedback prompts {path}: {e}") from None
+    if not isinstance(items, list) or not items or not all(isinstance(x, dict) and "question" in x for x in items):
+        raise AlarmError(f"{path}: expected a JSON list of objects with 'question', 'passages', 'answer'")
+    out = []
+    for k, x in enumerate(items):
+        passages = [p.get("content", p.get("text", "")) if isinstance(p, dict) else str(p)
+                    for p in x.get("passages", [])]
+        answers = x.get("answer") or x.get("answers") or []
+        out.append({"id": f"qaf-{k:04d}", "split": "test" if k % 5 == 4 else "train", "question": x["question"],
+                    "passages": [p for p in passages if p], "reference": [answers] if isinstance(answers, str)
+                    else list(answers)})
+    return out
+
+
+def load_records(data: DataSpec) -> list[dict]:
+    """Records from the quickstart JSONL schema (alarm.datasets) or a QA-Feedback ``.json`` prompt file."""
+    if data.path is not None and str(data.path).endswith(".json"):
+        return load_qa_feedback_prompts(data.path)
+    from alarm.datasets import load_qa_jsonl
+
+    return [{"id": r.id, "split": r.split, "question": r.question, "passages": list(r.passages),
+             "reference": r.reference} for r in load_qa_jsonl(data.path)]
+
+
+def prompt_records(recipe: VCBRecipe, tokenizer) -> list[dict]:
+    """Train prompts (up to data.max_train_prompts) then held-out prompts (up to sample.eval_prompts)."""
+    from alarm.datasets import format_prompt
+
+    recs = load_records(recipe.data)
+    train = [r for r in recs if r["split"] == recipe.data.train_split][: recipe.data.max_train_prompts]
+    test = [r for r in recs if r["split"] == recipe.data.test_split][: recipe.sample.eval_prompts]
+    if not train:
+        raise AlarmError(f"no prompts in split {recipe.data.train_split!r}; check data.path and data.train_split")
+    out = []
+    for split, rs in (("train", train), ("test", test)):
+        for r in rs:
+            prompt = format_prompt(tokenizer, r["question"], r["passages"], system=recipe.data.system_prompt)
+            out.append({"prompt_id": r["id"], "split": split, "prompt": prompt, "question": r["question"],
+                        "passages": r["passages"], "reference": r["reference"]})
+    return out
+
+
+def load_policy(spec: ModelSpec):
+    """(model, tokenizer) for a causal or encoder-decoder policy."""
+    from alarm.models import load_causal_lm, load_seq2seq_lm, load_tokenizer, resolve_model_path
+
+    tokenizer = load_tokenizer(spec.name)
+    try:
+        from transformers import AutoConfig
+
+        enc_dec = bool(AutoConfig.from_pretrained(resolve_model_path(spec.name)).is_encoder_decoder)
+    except (OSError, ValueError):
+        enc_dec = False  # let the loader produce its own clear error
+    loader = load_seq2seq_lm if enc_dec else load_causal_lm
+    return loader(spec.name, trust_remote_code=spec.trust_remote_code), tokenizer
+
+
+# ----------------------------------------------------------------------------------------------------------
+# alarm vcb sample
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _raw_value(v) -> float | None:
+    """A raw reward for storage: the number, or the sum of a dense reward's values."""
+    if v is None:
+        return None
+    values = v.values() if hasattr(v, "values") and callable(v.values) else None
+    return float(sum(values)) if values is not None else float(v)
+
+
+def run_sample(recipe: VCBRecipe, model=None, tokenizer=None, reward_set=None, progress: bool = True) -> Path:
+    """Sample, score and store the candidates; returns the dataset directory. Finished shards are skipped."""
+    import datasets
+    import torch
+
+    from alarm.generation import generate_texts
+
+    out = recipe.samples_dir()
+    shards, final = out / "shards", out / "dataset"
+    s = recipe.sample
+    meta = {"model": recipe.model.name, "data": recipe.data.model_dump(), "seed": recipe.seed, **s.model_dump()}
+    if (out / "meta.json").exists():
+        old = json.loads((out / "meta.json").read_text())
+        if old != meta:
+            changed = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
+            raise AlarmError(f"{out} holds samples made with other settings ({', '.join(changed)}); "
+                             "restore them or set output_dir to a new directory")
+    if final.exists():
+        print(f"samples already complete in {final}")
+        return final
+    shards.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / "meta.json", json.dumps(meta, indent=2))
+    if model is None or tokenizer is None:
+        model, tokenizer = load_policy(recipe.model)
+    records = prompt_records(recipe, tokenizer)
+
+    k_per = s.prompts_per_shard
+    for k in range(0, len(records), k_per):
+        path = shards / f"shard-{k // k_per:05d}.jsonl"
+        if path.exists():
+            continue  # resumable: this batch of prompts is done
+        batch = records[k : k + k_per]
+        torch.manual_seed(recipe.seed + k // k_per)  # a resumed run draws the same samples
+        texts = generate_texts(model, tokenizer, [r["prompt"] for r in batch], max_new_tokens=s.max_new_tokens,
+                               do_sample=True, num_samples=s.n, temperature=s.temperature, top_p=s.top_p,
+                               top_k=s.top_k, batch_size=s.batch_size,
+                               progress=f"sampling {k + len(batch)}/{len(records)} prompts" if progress else None)
+        lines = [json.dumps({**r, "candidate_index": c, "candidate": t})
+                 for r, cands in zip(batch, texts) for c, t in enumerate(cands)]
+        _write_atomic(path, "\n".join(lines) + "\n")
+
+    rows = [json.loads(line) for p in sorted(shards.glob("shard-*.jsonl")) for line in p.read_text().splitlines()]
+    rs = reward_set if reward_set is not None else build_reward_set(recipe.reward_recipe())
+
+    def columns(rs_rows):
+        return {k: [r[k] for r in rs_rows] for k in ("question", "passages", "reference")}
+
+    train_rows = [r for r in rows if r["split"] == "train"]
+    rs.fit([r["question"] for r in train_rows], [r["candidate"] for r in train_rows], **columns(train_rows))
+    questions, cands = [r["question"] for r in rows], [r["candidate"] for r in rows]
+    returns, stats = rs.sequence_rewards(questions, cands, **columns(rows))
+    raw = rs.raw_scores(questions, cands, **columns(rows))
+    for i, r in enumerate(rows):
+        r["reward"] = float(returns[i])
+        for name, vals in raw.items():
+            r[f"raw_{name}"] = _raw_value(vals[i])
+    tmp = out / ".tmp-dataset"
+    shutil.rmtree(tmp, ignore_errors=True)
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp))
+    _write_atomic(out / "reward_state.json", json.dumps(rs.state(), indent=2))
+    _write_atomic(out / "sample_stats.json", json.dumps(stats, indent=2))
+    os.replace(tmp, final)
+    print(f"wrote {len(rows)} candidates for {len(records)} prompts to {final} "
+          f"(mean reward {sum(returns) / len(returns):+.3f})")
+    return final
+
+
+# ----------------------------------------------------------------------------------------------------------
+# alarm vcb train
+# ----------------------------------------------------------------------------------------------------------
+
+
+def load_samples(recipe: VCBRecipe):
+    import datasets
+
+    path = recipe.samples_dir() / "dataset"
+    if not path.exists():
+        raise AlarmError(f"no samples at {path}; run `alarm vcb sample --config <recipe>` first")
+    return datasets.load_from_disk(str(path))
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[-80:]
+
+
+def run_train(recipe: VCBRecipe, resume: bool = False, model=None, tokenizer=None, progress: bool = True) -> dict:
+    """Train on the stored samples; returns the final held-out diagnostics."""
+    from alarm.trainers.vcb import VCBTrainer
+
+    samples = load_samples(recipe)
+    meta = json.loads((recipe.samples_dir() / "meta.json").read_text())
+    out = recipe.training_dir()
+    if not resume and out.exists() and any(out.iterdir()):
+        raise AlarmError(f"{out} already holds a run; pass --resume to continue it or set train_dir elsewhere")
+    reward_set = None
+    if recipe.vcb.eval_greedy:
+        reward_set = build_reward_set(recipe.reward_recipe())
+        reward_set.load_state(json.loads((recipe.samples_dir() / "reward_state.json").read_text()))
+    if model is None or tokenizer is None:
+        model, tokenizer = load_policy(recipe.model)
+    trainer = VCBTrainer(recipe.vcb, model, tokenizer, samples, out, reward_set=reward_set,
+                         max_new_tokens=meta["max_new_tokens"],
+                         reference_cache=recipe.samples_dir() / f"reference_logprobs-{_slug(recipe.model.name)}.pt")
+    if resume:
+        trainer.resume()
+    history = trainer.train(progress=progress)
+    final = next((m for m in reversed(history) if any(k.startswith("eval/") for k in m)), {})
+    if trainer.accelerator.is_main_process:
+        summary = {"loss": recipe.vcb.loss, "pairs": len(trainer.pairs), "steps": trainer.step_idx, **final}
+        _write_atomic(out / "summary.json", json.dumps(summary, indent=2))
+        shown = {k: final.get(k) for k in ("eval/greedy_reward_mean", "eval/ranking_accuracy", "eval/corr")}
+        print(f"{recipe.vcb.loss}: {trainer.step_idx} steps on {len(trainer.pairs)} pairs → {out}; "
+              + ", ".join(f"{k[5:]} {v:.3f}" for k, v in shown.items() if v is not None))
+    return final
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _sample_cmd(args) -> int:
+    run_sample(load_vcb_recipe(args.config, args.overrides))
+    return 0
+
+
+def _train_cmd(args) -> int:
+    run_train(load_vcb_recipe(args.config, args.overrides), resume=args.resume)
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    """Add ``vcb`` with ``sample`` and ``train`` to the ``alarm`` command."""
+    vcb = subparsers.add_parser("vcb", help="offline value-based calibration (VCB) with DPO/IPO baselines",
+                                description=__doc__.split("\n\n")[0])
+    sub = vcb.add_subparsers(dest="vcb_command", required=True, metavar="STEP")
+    for name, fn, text in (("sample", _sample_cmd, "sample and score N candidates per prompt (resumable)"),
+                           ("train", _train_cmd, "train on pairs of the scored candidates")):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--config", required=True, help="recipe YAML (e.g. src/alarm/recipes/vcb_quickstart.yaml)")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. vcb.loss=dpo")
+        if name == "train":
+            p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+        p.set_defaults(handler=fn)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (``python -m alarm.vcb_commands sample --config …``) until the CLI wires ``vcb`` in."""
+    import sys
+
+    parser = argparse.ArgumentParser(prog="alarm")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["vcb", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.handler(args) or 0)
+    except AlarmError as e:
+        print(f"alarm: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,393 @@
+"""VCB / DPO / IPO offline training: tabular optimum, hand-computed losses, gradient flow, end to end, config."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import tiny
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from alarm.combine import CombineConfig, RewardSet
+from alarm.errors import AlarmError
+from alarm.trainers.vcb import (
+    LOSSES,
+    VCBConfig,
+    VCBTrainer,
+    dpo_loss,
+    ipo_loss,
+    log_ratio_gap,
+    make_pairs,
+    normalised_gaps,
+    pearson,
+    ranking_accuracy,
+    reward_scale,
+    sequence_logprobs,
+    vcb_hinge_loss,
+    vcb_loss,
+)
+from alarm.vcb_commands import load_vcb_recipe, run_sample, run_train
+
+# ------------------------------------------------------------------------------------------- the tabular test
+
+
+def _tabular(loss_name: str, rewards, beta: float, steps: int, lr: float = 0.05):
+    """A policy = learnable logits over K candidates; the reference = fixed logits. Train on all untied pairs."""
+    r = np.asarray(rewards, dtype=np.float64)
+    K = len(r)
+    ref_logits = torch.tensor([0.3, -0.2, 0.5, 0.0, -0.4][:K], dtype=torch.float64)
+    theta = ref_logits.clone().requires_grad_(True)  # start at the reference, as the real trainer does
+    groups = [list(range(K))]
+    pairs = make_pairs(groups, r, "all")
+    sigma = reward_scale(groups, r, "global")
+    gaps = torch.tensor(normalised_gaps(pairs, r, sigma))
+    i_idx, j_idx = [p[0] for p in pairs], [p[1] for p in pairs]
+    ref_logp = torch.log_softmax(ref_logits, 0)
+    opt = torch.optim.Adam([theta], lr=lr)
+    for _ in range(steps):
+        logp = torch.log_softmax(theta, 0)
+        drho = log_ratio_gap(logp[i_idx], ref_logp[i_idx], logp[j_idx], ref_logp[j_idx])
+        loss = LOSSES[loss_name](drho, gaps, beta)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        logp = torch.log_softmax(theta, 0)
+        drho = log_ratio_gap(logp[i_idx], ref_logp[i_idx], logp[j_idx], ref_logp[j_idx])
+    target = torch.softmax(ref_logp + torch.tensor(r / (beta * sigma[0])), 0)  # π_ref·exp(r/(βσ)), renormalised
+    return logp.exp(), target, drho, gaps, loss.item()
+
+
+REWARDS = [0.0, 0.4, 0.4, 1.5, 0.9]  # with a tie (dropped as a pair) and uneven gaps
+
+
+def test_tabular_vcb_converges_to_the_kl_optimum():
+    pi, target, drho, gaps, loss = _tabular("vcb", REWARDS, beta=0.5, steps=1500, lr=0.1)
+    assert loss < 1e-8
+    assert torch.allclose(pi, target, atol=1e-4), (pi, target)
+    assert torch.allclose(0.5 * drho, gaps, atol=1e-4)  # log-ratio gaps equal the value gaps / β
+
+
+def test_tabular_dpo_ranks_correctly_but_misses_the_value_gaps():
+    pi, target, drho, gaps, _ = _tabular("dpo", REWARDS, beta=0.5, steps=600, lr=0.1)
+    assert (drho > 0).all()  # every winner-first pair is ranked right ...
+    order = np.argsort(REWARDS)
+    assert pi[order[-1]] == pi.max() and pi[order[0]] == pi.min()
+    assert (0.5 * drho - gaps).abs().max() > 0.5  # ... but the gaps are not the value gaps
+    assert (pi - target).abs().max() > 0.05
+
+
+def test_tabular_ipo_ranks_but_uses_one_target_gap():
+    _, target, drho, gaps, _ = _tabular("ipo", REWARDS, beta=0.5, steps=600, lr=0.1)
+    assert (drho > 0).all()
+    assert (0.5 * drho - gaps).abs().max() > 0.3
+
+
+# ------------------------------------------------------------------------------------ hand-computed values
+
+
+def test_losses_match_hand_computed_values():
+    drho, gap, beta = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 1.5]), 0.5
+    # β·Δρ = [0.5, −1.0]
+    assert vcb_loss(drho, gap, beta).item() == pytest.approx(((0.5 - 0.5) ** 2 + (-1.0 - 1.5) ** 2) / 2)  # 3.125
+    assert vcb_hinge_loss(drho, gap, beta).item() == pytest.approx((0.0 + 2.5) / 2)
+    dpo = (math.log1p(math.exp(-0.5)) + math.log1p(math.exp(1.0))) / 2  # −log σ(x) = log(1 + e^−x)
+    assert dpo_loss(drho, gap, beta).item() == pytest.approx(dpo, rel=1e-6)
+    assert ipo_loss(drho, gap, beta).item() == pytest.approx(((1.0 - 1.0) ** 2 + (-2.0 - 1.0) ** 2) / 2)  # target 1/(2β)=1
+    assert log_ratio_gap(torch.tensor(-3.0), torch.tensor(-4.0), torch.tensor(-5.0), torch.tensor(-4.5)).item() == 1.5
+
+
+def test_pairs_ties_and_best_vs_rest():
+    r = [1.0, 3.0, 3.0, 0.0]
+    assert sorted(make_pairs([[0, 1, 2, 3]], r, "all")) == [(0, 3), (1, 0), (1, 3), (2, 0), (2, 3)]  # 1~2 tie dropped
+    assert make_pairs([[0, 1, 2, 3]], r, "best_vs_rest") == [(1, 0), (1, 3)]
+    assert make_pairs([[0, 1]], [1.0, 1.0 + 1e-9], "all") == []
+    with pytest.raises(AlarmError):
+        make_pairs([[0, 1]], [0, 1], "some")
+
+
+def test_sigma_global_and_per_prompt():
+    r = [0.0, 2.0, 10.0, 14.0]
+    groups = [[0, 1], [2, 3]]
+    g = reward_scale(groups, r, "global")
+    assert np.allclose(g, np.std(r))
+    p = reward_scale(groups, r, "prompt")
+    assert np.allclose(p, [1.0, 1.0, 2.0, 2.0])  # population std of each prompt's rewards
+    pairs = make_pairs(groups, r, "all")
+    assert np.allclose(normalised_gaps(pairs, r, p), [2.0, 2.0])
+    assert np.allclose(reward_scale([[0, 1]], [3.0, 3.0], "prompt")[:2], 1.0)  # all tied → 1, not 0
+
+
+def test_sequence_logprobs_mask_prompt_and_padding():
+    logits = torch.log(torch.tensor([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]]))
+    tokens = torch.tensor([[0, 1, 2]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])  # last position is padding
+    assert sequence_logprobs(logits, tokens, mask).item() == pytest.approx(math.log(0.5) + math.log(0.8))
+
+
+def test_diagnostics():
+    assert ranking_accuracy([1.0, -1.0, 0.0, 2.0]) == pytest.approx(0.625)
+    assert pearson([0, 0, 0], [1, 2, 3]) is None
+    assert pearson([1, 2, 3], [2, 4, 6.5]) > 0.99
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-5, 5, allow_nan=False), min_size=2, max_size=6),
+       st.floats(0.05, 2.0), st.floats(-10, 10))
+def test_vcb_loss_is_zero_exactly_at_the_value_calibrated_log_ratios(rewards, beta, shift):
+    """ρ = r/(βσ) + c (any c) zeroes the squared loss; the hinge is then zero too, DPO is not."""
+    groups = [list(range(len(rewards)))]
+    pairs = make_pairs(groups, rewards, "all")
+    if not pairs:
+        return
+    sigma = reward_scale(groups, rewards, "global")
+    rho = torch.tensor(rewards, dtype=torch.float64) / (beta * float(sigma[0])) + shift
+    i, j = [p[0] for p in pairs], [p[1] for p in pairs]
+    drho = rho[i] - rho[j]
+    gaps = torch.tensor(normalised_gaps(pairs, rewards, sigma))
+    assert vcb_loss(drho, gaps, beta).item() == pytest.approx(0.0, abs=1e-9)
+    assert vcb_hinge_loss(drho, gaps, beta).item() == pytest.approx(0.0, abs=1e-9)
+    assert (gaps > 0).all() and (drho > 0).all()  # pairs are winner first
+    assert vcb_loss(drho + 1.0, gaps, beta).item() > 0
+
+
+# ------------------------------------------------------------------------------- the trainer on tiny models
+
+
+def e_rate(prompts, completions, **kw):
+    return [c.count("e") / (1 + len(c)) for c in completions]
+
+
+def long_enough(prompts, completions, **kw):
+    return [float(len(c) > 3) for c in completions]
+
+
+def _rows(n_prompts=3, n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    words = ["the quick", "brown fox", "Paris is", "capital", "water boils", "answer"]
+    rows = []
+    for p in range(n_prompts):
+        for c in range(n):
+            rows.append({"prompt_id": f"p{p}", "split": "train" if p < n_prompts - 1 else "test",
+                         "prompt": f"Question {p}: {words[p % 6]}?", "candidate": " ".join(rng.choice(words, 2)),
+                         "reward": float(c + 0.5 * p)})
+    return rows
+
+
+def _trainer(tmp_path, lora=True, loss="vcb", **cfg):
+    base = dict(loss=loss, lora=lora, batch_size=4, micro_batch_size=2, max_steps=2, eval_greedy=False,
+                learning_rate=1e-2)
+    return VCBTrainer(VCBConfig(**{**base, **cfg}), tiny.causal_lm(), tiny.tokenizer(), _rows(), tmp_path)
+
+
+def _grads(trainer):
+    ref = trainer.reference_logprobs()
+    assert not ref.requires_grad  # reference log-probs carry no gradient
+    pairs = trainer.pairs[:2]
+    i, j = [p[0] for p in pairs], [p[1] for p in pairs]
+    logps = trainer.policy(trainer.collate(i + j))
+    assert logps.requires_grad
+    drho = log_ratio_gap(logps[:2], ref[i], logps[2:], ref[j])
+    vcb_loss(drho, torch.tensor(trainer.gaps[:2], dtype=drho.dtype), 0.1).backward()
+
+
+def test_gradients_reach_only_lora_params(tmp_path):
+    t = _trainer(tmp_path)
+    _grads(t)
+    named = dict(t.unwrapped.model.named_parameters())
+    lora_b = [p for n, p in named.items() if "lora_B" in n]
+    assert lora_b and all(p.grad is not None for p in lora_b)
+    assert any(float(p.grad.abs().sum()) > 0 for p in lora_b)
+    frozen = [p for n, p in named.items() if "lora_" not in n]
+    assert frozen and all(p.grad is None and not p.requires_grad for p in frozen)
+
+
+def test_full_finetuning_reference_is_a_frozen_copy(tmp_path):
+    t = _trainer(tmp_path, lora=False)
+    _grads(t)
+    pol = t.unwrapped
+    assert all(p.grad is not None for p in pol.model.parameters() if p.requires_grad)
+    assert all(p.grad is None and not p.requires_grad for p in pol.ref_model.parameters())
+    assert not set(map(id, pol.ref_model.parameters())) & set(map(id, pol.model.parameters()))
+
+
+def test_reference_stays_the_initial_policy_while_lora_trains(tmp_path):
+    t = _trainer(tmp_path, max_steps=3)
+    idx = list(range(len(t.rows)))
+    before = t.logprobs(idx)
+    assert torch.allclose(before, t.reference_logprobs(), atol=1e-5)  # LoRA B = 0: policy = reference
+    t.train(progress=False)
+    after, ref_again = t.logprobs(idx), t.logprobs(idx, reference=True)
+    assert not torch.allclose(after, before, atol=1e-4)  # the policy moved
+    assert torch.allclose(ref_again, before, atol=1e-5)  # adapters off = the initial policy
+
+
+@pytest.mark.parametrize("loss", ["vcb", "vcb_hinge", "dpo", "ipo"])
+def test_every_loss_trains_and_logs(tmp_path, loss):
+    t = _trainer(tmp_path, loss=loss, max_steps=2)
+    hist = t.train(progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == len(hist) == 4  # eval at start, 2 steps, eval at end
+    assert lines[0]["eval/ranking_accuracy"] == 0.5 and lines[0]["eval/corr"] is None  # Δρ ≡ 0 initially
+    assert all(math.isfinite(m["loss"]) for m in lines if "loss" in m)
+    assert lines[-1]["eval/pairs"] == 6 and lines[-1]["eval/corr"] is not None
+
+
+def test_seq2seq_policy_logprobs_and_gradients(tmp_path):
+    t = VCBTrainer(VCBConfig(batch_size=2, micro_batch_size=2, max_steps=1, eval_greedy=False),
+                   tiny.seq2seq_lm(), tiny.tokenizer(), _rows(), tmp_path)
+    _grads(t)
+    assert any(p.grad is not None for n, p in t.unwrapped.model.named_parameters() if "lora_B" in n)
+
+
+def test_checkpoint_resume_continues_the_pair_order(tmp_path):
+    t = _trainer(tmp_path, max_steps=2, save_every=1)
+    t.train(progress=False)
+    full = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[2])  # step 2
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "step-000002"
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+    t2 = _trainer(tmp_path / "b", max_steps=2)
+    t2.output_dir = tmp_path
+    assert t2.resume(tmp_path / "checkpoints" / "step-000001") == 1
+    m = t2.step()
+    assert m["step"] == 2 and m["loss"] == pytest.approx(full["loss"], rel=1e-4)
+    with pytest.raises(AlarmError, match="loss"):
+        _trainer(tmp_path / "c", loss="dpo").resume(tmp_path / "checkpoints" / "step-000002")
+
+
+def test_no_pairs_is_a_clear_error(tmp_path):
+    rows = [{**r, "reward": 1.0} for r in _rows()]
+    with pytest.raises(AlarmError, match="no training pairs"):
+        VCBTrainer(VCBConfig(), tiny.causal_lm(), tiny.tokenizer(), rows, tmp_path)
+
+
+# ---------------------------------------------------------------------------------- sample → train, end to end
+
+
+QA = [
+    {"id": f"q{i}", "split": s, "question": q, "passages": [p, "Cats sleep a lot."], "reference": ref}
+    for i, (s, q, p, ref) in enumerate([
+        ("train", "Capital of France?", "Paris is the capital of France.", "Paris."),
+        ("train", "Boiling point?", "Water boils at 100 C.", "100 C."),
+        ("test", "Quick fox?", "The quick brown fox jumps.", "It jumps."),
+    ])
+]
+
+
+def _recipe(tmp_path, *extra):
+    data = tmp_path / "qa.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in QA) + "\n")
+    return load_vcb_recipe(None, [
+        f"output_dir={tmp_path / 'run'}", f"data.path={data}", "data.system_prompt=Answer.", "sample.n=3",
+        "sample.max_new_tokens=6", "sample.prompts_per_shard=1", "vcb.batch_size=2", "vcb.micro_batch_size=2",
+        "vcb.max_steps=2", "vcb.learning_rate=1e-2", "vcb.eval_max_new_tokens=4", *extra])
+
+
+def _reward_set():
+    return RewardSet(CombineConfig(mode="hierarchical", epsilon=-5.0), holistic=e_rate,
+                     aspects={"long": long_enough})
+
+
+def test_sample_then_train_end_to_end(tmp_path, monkeypatch):
+    import datasets
+
+    recipe = _recipe(tmp_path)
+    model, tok = tiny.causal_lm(), tiny.tokenizer()
+    path = run_sample(recipe, model=model, tokenizer=tok, reward_set=_reward_set(), progress=False)
+    ds = datasets.load_from_disk(str(path))
+    assert len(ds) == 9 and set(ds["split"]) == {"train", "test"}
+    assert {"prompt_id", "prompt", "candidate", "reward", "raw_holistic", "raw_long"} <= set(ds.column_names)
+    assert sorted(ds["candidate_index"][:3]) == [0, 1, 2]
+    assert len(list((recipe.samples_dir() / "shards").glob("shard-*.jsonl"))) == 3
+
+    # resumable: only the missing shard is generated again
+    shard0 = recipe.samples_dir() / "shards" / "shard-00000.jsonl"
+    before = shard0.read_text()
+    import shutil
+
+    shutil.rmtree(path)
+    (recipe.samples_dir() / "shards" / "shard-00002.jsonl").unlink()
+    calls = []
+    import alarm.generation as gen
+
+    real = gen.generate_texts
+    monkeypatch.setattr(gen, "generate_texts", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    run_sample(recipe, model=model, tokenizer=tok, reward_set=_reward_set(), progress=False)
+    assert calls == [1] and shard0.read_text() == before
+    assert len(datasets.load_from_disk(str(path))) == 9
+
+    # train with the recipe's (real) reward set swapped for the fast test one
+    import alarm.vcb_commands as vc
+
+    monkeypatch.setattr(vc, "build_reward_set", lambda r: _reward_set())
+    lora0 = {n: p.detach().clone() for n, p in tiny.causal_lm().named_parameters()}
+    final = run_train(recipe, model=model, tokenizer=tok, progress=False)
+    out = recipe.training_dir()
+    assert out.name == "train-vcb"
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
+    assert "eval/greedy_reward_mean" in metrics[0] and "eval/greedy_reward_mean" in final
+    assert json.loads((out / "summary.json").read_text())["steps"] == 2
+    greedy = [json.loads(x) for x in (out / "greedy-step-000002.jsonl").read_text().splitlines()]
+    assert [g["prompt_id"] for g in greedy] == ["q2"]  # the held-out prompt, with what it scored
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(float(p.detach().abs().sum()) > 0 for p in lora_b)  # adapters moved off zero
+    assert all(torch.equal(p, lora0[n.replace("base_model.model.", "").replace(".base_layer", "")])
+               for n, p in model.named_parameters() if "lora_" not in n)  # base weights untouched
+    with pytest.raises(AlarmError, match="--resume"):
+        run_train(recipe, model=tiny.causal_lm(), tokenizer=tok, progress=False)
+
+
+def test_changed_sampling_settings_refuse_to_mix(tmp_path):
+    recipe = _recipe(tmp_path)
+    run_sample(recipe, model=tiny.causal_lm(), tokenizer=tiny.tokenizer(), reward_set=_reward_set(), progress=False)
+    with pytest.raises(AlarmError, match="max_new_tokens"):
+        run_sample(_recipe(tmp_path, "sample.max_new_tokens=7"), model=tiny.causal_lm(),
+                   tokenizer=tiny.tokenizer(), reward_set=_reward_set(), progress=False)
+
+
+def test_train_without_samples_says_what_to_run(tmp_path):
+    with pytest.raises(AlarmError, match="alarm vcb sample"):
+        run_train(_recipe(tmp_path), model=tiny.causal_lm(), tokenizer=tiny.tokenizer())
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+def test_unknown_key_is_a_one_line_error(tmp_path):
+    with pytest.raises(AlarmError) as e:
+        load_vcb_recipe(None, ["vcb.learnig_rate=0.1"])
+    assert "vcb.learnig_rate" in str(e.value) and "\n" not in str(e.value)
+    bad = tmp_path / "r.yaml"
+    bad.write_text("sample:\n  candidates: 4\n")
+    with pytest.raises(AlarmError, match=r"^sample.candidates: unknown setting"):
+        load_vcb_recipe(bad)
+    with pytest.raises(AlarmError, match="vcb.loss"):
+        load_vcb_recipe(None, ["vcb.loss=kto"])
+    with pytest.raises(AlarmError, match="rewards.holistic.type"):
+        load_vcb_recipe(None, ["rewards.holistic.type=magic"])
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):
+    from alarm.vcb_commands import main
+
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("alarm: error: recipe") and "\n" not in err
+    good = tmp_path / "r.yaml"
+    good.write_text("vcb:\n  loss: dpo\n")
+    assert main(["sample", "--config", str(good), "vcb.bogus=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "alarm: error: vcb.bogus: unknown setting; check its spelling against the documented keys"
+
+
+def test_packaged_recipes_validate():
+    from importlib import resources
+
+    for name in ("vcb_quickstart.yaml", "vcb_qa_feedback.yaml"):
+        r = load_vcb_recipe(str(resources.files("alarm") / "recipes" / name))
+        assert r.sample.n == 4 and r.vcb.loss == "vcb" and r.combine["mode"] == "hierarchical"
