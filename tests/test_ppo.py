@@ -289,3 +289,9 @@ def test_two_processes_keep_identical_parameters(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     init = tiny.causal_lm().state_dict()
     assert any(not torch.equal(a[f"model.{k}"], v) for k, v in init.items() if f"model.{k}" in a)
+
+
+def test_lora_layers_limits_adapters_to_chosen_layers(tmp_path):
+    tr = trainer(tmp_path, lora_layers=[1])
+    with_lora = {n for n, p in tr.unwrapped.named_parameters() if p.requires_grad and "lora" in n}
+    assert with_lora and all(".layers.1." in n for n in with_lora)

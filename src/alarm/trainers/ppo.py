@@ -75,6 +75,7 @@ class PPOConfig(BaseModel):
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_target_modules: list[str] | None = None  # None: the attention projections found in the model
+    lora_layers: list[int] | None = None  # only these layer indices get adapters (a cheaper backward on CPU)
     # run
     steps: int = Field(100, ge=1)
     seed: int = 42
@@ -234,7 +235,7 @@ class PolicyWithValue(torch.nn.Module):
             task = TaskType.SEQ_2_SEQ_LM if self.is_encoder_decoder else TaskType.CAUSAL_LM
             targets = config.lora_target_modules or attention_projections(model)
             lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                              target_modules=targets, task_type=task)
+                              target_modules=targets, layers_to_transform=config.lora_layers, task_type=task)
             self.model = get_peft_model(model, lora)
             self.ref_model = None  # reference = the same network with adapters disabled
         else:
