@@ -8,9 +8,9 @@ from alarm.cli import main
 from alarm.config import load_recipe, parse_overrides
 from alarm.errors import AlarmError
 
-# PPO recipes; the VCB recipes have their own schema and test (test_vcb.py).
+# PPO recipes; VCB and reward-model recipes have their own schemas and tests.
 RECIPES = sorted(p for p in (Path(__file__).parents[1] / "src" / "alarm" / "recipes").glob("*.yaml")
-                 if not p.name.startswith("vcb"))
+                 if not p.name.startswith(("vcb", "rm_")))
 
 
 @pytest.mark.parametrize(("override", "key"), [
