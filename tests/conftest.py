@@ -1,6 +1,13 @@
-"""Shared fixtures: the offline MiniLM encoder and its tokenizer, loaded once per session."""
+"""Shared fixtures: the offline MiniLM encoder and its tokenizer, loaded once per session.
+
+Tests use tiny models, for which one torch thread is fastest and immune to other processes on the machine
+(thread oversubscription made the suite several times slower on a shared 2-core box).
+"""
 
 import pytest
+import torch
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,9 @@ from alarm.errors import AlarmError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from alarm import pipeline, sft, vcb_commands
+    from alarm import pipeline, qa_feedback, sft, vcb_commands
     from alarm.evaluation import commands as evaluation
+    from alarm.reward_models import train as rm_train
 
     parser = argparse.ArgumentParser(prog="alarm", description="Align language models with hierarchical rewards.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -22,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_commands(sub)
     sft.add_commands(sub)
     vcb_commands.add_commands(sub)
+    rm_train.add_commands(sub)
+    qa_feedback.add_commands(sub)
     return parser
 
 

@@ -202,6 +202,8 @@ def _check_reward_spec(where: str, spec: dict) -> None:
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
         return
     allowed = set(params) - {"self", "encoder"}
+    if kind in ("sequence_classifier", "span_model"):
+        allowed.add("prompt_with_passages")
     for key in spec:
         if key != "type" and key not in allowed:
             raise AlarmError(f"{where}.{key}: unknown setting for {kind} (valid: {', '.join(sorted(allowed))})")
@@ -209,7 +211,7 @@ def _check_reward_spec(where: str, spec: dict) -> None:
 
 def build_reward(where: str, spec: dict, encoder_name: str | None, default_name: str):
     _check_reward_spec(where, spec)
-    kwargs = {k: v for k, v in spec.items() if k != "type"}
+    kwargs = {k: v for k, v in spec.items() if k not in ("type", "prompt_with_passages")}
     kind = spec["type"]
     if kind in _ENCODER_TYPES:
         from alarm.rewards.embedding import load_encoder
@@ -220,6 +222,11 @@ def build_reward(where: str, spec: dict, encoder_name: str | None, default_name:
     reward = _reward_classes()[kind](**kwargs)
     if kind not in ("sequence_classifier", "span_model") and "name" not in spec:
         reward.name = default_name
+    if spec.get("prompt_with_passages"):
+        # Reward models trained on QA-Feedback read "question + passages"; the trainer passes the question.
+        from alarm.qa_feedback import PassagePrompt
+
+        reward = PassagePrompt(reward)
     return reward
 
 

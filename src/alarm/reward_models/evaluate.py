@@ -1,0 +1,138 @@
+"""Held-out quality of the QA-Feedback reward models, against trivial baselines (printed and saved as JSON).
+
+- holistic: pairwise accuracy on the validation questions' decisive preferences vs "longer is better"
+  (a length tie counts one half);
+- factuality / relevance: per-(sub-)sentence precision, recall, F1 of the *erroneous* class vs "always clean"
+  (F1 0) and "always error" (recall 1, precision = the error rate). Scored through ``SpanRewardModel``, so
+  what is measured is the reward the policy will get;
+- completeness: accuracy and ROC-AUC vs the majority class.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from alarm.errors import AlarmError
+from alarm.qa_feedback import FeedbackRecord, error_labels, load_feedback, reward_prompt
+
+
+def prf(pred: list[int], gold: list[int]) -> dict:
+    """Precision / recall / F1 of class 1 (precision 0 when nothing is predicted positive)."""
+    tp = sum(p and g for p, g in zip(pred, gold))
+    fp = sum(p and not g for p, g in zip(pred, gold))
+    fn = sum(g and not p for p, g in zip(pred, gold))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
+
+
+def pairwise_accuracy(scores: list[list[float]], records: list[FeedbackRecord]) -> tuple[float, int]:
+    right = n = 0.0
+    for s, r in zip(scores, records):
+        for w, lo in r.pairs():
+            n += 1
+            right += 1.0 if s[w] > s[lo] else 0.5 if s[w] == s[lo] else 0.0
+    return (right / n if n else float("nan")), int(n)
+
+
+def auc(scores: list[float], labels: list[int]) -> float:
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    if not pos or not neg:
+        return float("nan")
+    return sum(1.0 if p > q else 0.5 if p == q else 0.0 for p in pos for q in neg) / (len(pos) * len(neg))
+
+
+def _fits(reward, text: str) -> bool:
+    tok = reward.tokenizer
+    return len(tok(text, add_special_tokens=False)["input_ids"]) + tok.num_special_tokens_to_add(pair=True) < reward.max_length
+
+
+def evaluate_holistic(reward, records: list[FeedbackRecord]) -> dict:
+    """Pairwise accuracy; questions with a response longer than the model reads are skipped (and counted)."""
+    n_all = len(records)
+    records = [r for r in records if all(_fits(reward, p) for p in r.predictions)]
+    prompts = [reward_prompt(r.question, r.passages) for r in records for _ in range(4)]
+    completions = [p for r in records for p in r.predictions]
+    flat = reward(prompts, completions)
+    scores = [flat[4 * i : 4 * i + 4] for i in range(len(records))]
+    acc, n = pairwise_accuracy(scores, records)
+    base, _ = pairwise_accuracy([[float(len(p)) for p in r.predictions] for r in records], records)
+    return {"pairs": n, "pairwise_accuracy": acc, "baseline_longer_is_better": base,
+            "skipped_questions_too_long": n_all - len(records)}
+
+
+def evaluate_span(reward, records: list[FeedbackRecord], types, level: str) -> dict:
+    records = [r for r in records if r.predictions[0].strip()]
+    dense = reward([reward_prompt(r.question, r.passages) for r in records], [r.predictions[0] for r in records])
+    pred, gold = [], []
+    for r, d in zip(records, dense):
+        labels = error_labels(r.predictions[0], r.errors, types, level)
+        values = [v for _, v in d.points]
+        if len(values) != len(labels):
+            raise AlarmError(f"question {r.question[:60]!r}: the reward split the answer into {len(values)} pieces, "
+                             f"the labels into {len(labels)}")
+        pred += [int(v < 0) for v in values]
+        gold += labels
+    rate = sum(gold) / len(gold) if gold else 0.0
+    return {"pieces": len(gold), "error_rate": rate, "model": prf(pred, gold),
+            "baseline_always_clean": prf([0] * len(gold), gold), "baseline_always_error": prf([1] * len(gold), gold),
+            "predicted_error_rate": sum(pred) / len(pred) if pred else 0.0}
+
+
+def evaluate_completeness(reward, records: list[FeedbackRecord]) -> dict:
+    from alarm.reward_models.train import completeness_label
+
+    records = [r for r in records if r.predictions[0].strip()]
+    scores = reward([reward_prompt(r.question, r.passages) for r in records], [r.predictions[0] for r in records])
+    labels = [completeness_label(r) for r in records]
+    majority = int(sum(labels) * 2 >= len(labels))
+    acc = sum(int(s > 0) == y for s, y in zip(scores, labels)) / len(labels)
+    return {"examples": len(labels), "complete_rate": sum(labels) / len(labels), "accuracy": acc,
+            "auc": auc(scores, labels), "baseline_majority_accuracy": sum(y == majority for y in labels) / len(labels)}
+
+
+def load_reward(model_dir: str | Path, info: dict):
+    from alarm.rewards.hf_models import SequenceClassifierReward, SpanRewardModel
+
+    if info["kind"] in ("factuality", "relevance"):
+        return SpanRewardModel.from_pretrained(str(model_dir), level=info["level"], value=info["value"],
+                                               batch_size=16, name=info["kind"])
+    return SequenceClassifierReward.from_pretrained(str(model_dir), batch_size=16, name=info["kind"])
+
+
+def evaluate_reward_model(model_dir: str | Path, records: list[FeedbackRecord] | None = None,
+                          data: str | None = None) -> dict:
+    """Score the validation questions (the training split's complement), print and save ``eval.json``."""
+    from alarm.reward_models.train import RMTrainConfig, split_records
+
+    model_dir = Path(model_dir)
+    info_path = model_dir / "rm_config.json"
+    if not info_path.exists():
+        raise AlarmError(f"{model_dir} has no rm_config.json; give a directory written by `alarm rm train`")
+    info = json.loads(info_path.read_text())
+    config = RMTrainConfig.model_validate(info["config"])
+    if records is None:
+        _, records = split_records(load_feedback(data or config.data), config)
+    reward = load_reward(model_dir, info)
+    kind = info["kind"]
+    if kind == "holistic":
+        result = evaluate_holistic(reward, records)
+        line = (f"holistic: pairwise accuracy {result['pairwise_accuracy']:.3f} on {result['pairs']} held-out pairs "
+                f"(longer-is-better {result['baseline_longer_is_better']:.3f})")
+    elif kind == "completeness":
+        result = evaluate_completeness(reward, records)
+        line = (f"completeness: accuracy {result['accuracy']:.3f}, AUC {result['auc']:.3f} on {result['examples']} "
+                f"held-out answers (majority class {result['baseline_majority_accuracy']:.3f})")
+    else:
+        result = evaluate_span(reward, records, info["error_types"], info["level"])
+        m, c, e = result["model"], result["baseline_always_clean"], result["baseline_always_error"]
+        line = (f"{kind}: error-class P {m['precision']:.3f} R {m['recall']:.3f} F1 {m['f1']:.3f} on "
+                f"{result['pieces']} held-out {info['level']}s (error rate {result['error_rate']:.3f}); "
+                f"always-clean F1 {c['f1']:.3f}, always-error F1 {e['f1']:.3f}")
+    result = {"kind": kind, "validation_questions": len(records), **result}
+    (model_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    print(line)
+    return result

@@ -1,0 +1,422 @@
+"""Reward models from QA-Feedback's human feedback (DESIGN §2.6): ``alarm rm train --config rm.yaml``.
+
+Four kinds, all on one encoder backbone (default: the offline all-MiniLM-L6-v2; any HF encoder by name, the
+paper used Longformer-base), all reading ``reward_prompt(question, passages)`` as the first sequence:
+
+- ``holistic``: AutoModelForSequenceClassification(num_labels=1) trained with the Bradley–Terry loss
+  −log σ(s_preferred − s_other) on the 6 pairwise preferences per question (ties skipped). The 4 responses of
+  a question are encoded once per step and all its pairs scored from those 4 scores.
+- ``factuality``: AutoModelForTokenClassification (clean / error) predicting, at the separator before each
+  sentence of ``prediction 1``, whether it overlaps a Wrong-Grounding or Unverifiable span. Inputs come from
+  ``build_span_inputs``, the exact format ``SpanRewardModel`` reads, so the saved model is a reward as is.
+- ``relevance``: the same per sub-sentence for Irrelevant, Redundant, Incoherent.
+- ``completeness``: sequence-level, from the **missing-info annotations** (label 1 = ``prediction 1`` misses
+  no answer and no major auxiliary information), trained with a logistic loss. Not from the preferences: they
+  are the holistic model's training signal, so a completeness model trained on them would be a second copy of
+  the holistic reward; the missing-info annotations are the only completeness-specific signal in the data.
+
+The span models use a class-weighted cross-entropy (errors are rare: ~15% of factuality sentences), else the
+cheapest fit is "always clean". Training uses transformers' Trainer with a custom ``compute_loss``; the model
+is saved with safetensors, its tokenizer (``model_max_length`` = the training ``max_length``, so the reward
+truncates the way training did) and ``rm_config.json``; the held-out evaluation runs at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from alarm.errors import AlarmError
+from alarm.qa_feedback import (
+    DEFAULT_DIR,
+    FACTUALITY_ERRORS,
+    RELEVANCE_ERRORS,
+    FeedbackRecord,
+    error_labels,
+    load_feedback,
+    reward_prompt,
+    split_questions,
+)
+
+SPAN_KINDS = {"factuality": ("sentence", FACTUALITY_ERRORS, 0.5), "relevance": ("subsentence", RELEVANCE_ERRORS, 0.3)}
+INCOMPLETE = ("Missing-Answer", "Missing-Major-Auxiliary")
+
+
+class RMTrainConfig(BaseModel):
+    """Settings of one reward-model training run (YAML, unknown keys rejected)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["holistic", "factuality", "relevance", "completeness"]
+    data: str = f"{DEFAULT_DIR}/feedback.json"  # feedback file: path or http(s) URL
+    backbone: str | None = None  # None = the packaged all-MiniLM-L6-v2; else an HF encoder name or directory
+    epochs: float = Field(2.0, gt=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    batch_size: int = Field(8, ge=1)  # holistic: questions per step (4 responses each); others: responses
+    max_length: int = Field(256, ge=16)  # prompt (question + passages) is cut to fit; the response never is
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    error_weight: float | None = Field(None, gt=0)  # span kinds: loss weight of the error class; None = balanced
+    validation_fraction: float = Field(0.2, gt=0, lt=1)
+    max_train_questions: int | None = Field(None, ge=1)
+    seed: int = 42
+    train_layers: int | None = Field(None, ge=0)  # train only the top N encoder layers + head; None = all
+    threads: int | None = Field(None, ge=1)  # torch CPU threads; None = torch's default
+    output_dir: str | None = None  # default runs/rm/<kind>
+
+    def out_dir(self) -> Path:
+        return Path(self.output_dir or f"runs/rm/{self.kind}")
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RMTrainConfig:
+    from alarm.config import _merge, parse_overrides
+
+    p = Path(path)
+    if not p.exists():
+        raise AlarmError(f"reward-model config {p} not found; see recipes/rm_*.yaml")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise AlarmError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    data = _merge(data, parse_overrides(overrides or []))
+    try:
+        return RMTrainConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"]) or "config"
+        if err["type"] == "extra_forbidden":
+            raise AlarmError(f"{p}: {loc}: unknown setting (valid: {', '.join(RMTrainConfig.model_fields)})") from None
+        raise AlarmError(f"{p}: {loc}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+# ---------------------------------------------------------------------------------------------- examples
+
+
+def _pair_encode(tokenizer, prompt: str, response: str, max_length: int) -> dict | None:
+    """(prompt, response) cut from the prompt side; None when the response alone does not fit."""
+    n = len(tokenizer(response, add_special_tokens=False)["input_ids"])
+    if n + tokenizer.num_special_tokens_to_add(pair=True) + 1 > max_length:
+        return None
+    return dict(tokenizer(prompt, response, truncation="only_first", max_length=max_length))
+
+
+def holistic_examples(records: list[FeedbackRecord], tokenizer, max_length: int) -> list[dict]:
+    """One example per question with at least one decisive preference: its 4 encodings and its pairs."""
+    out = []
+    for r in records:
+        pairs = r.pairs()
+        if not pairs:
+            continue
+        prompt = reward_prompt(r.question, r.passages)
+        encodings = [_pair_encode(tokenizer, prompt, p, max_length) for p in r.predictions]
+        if any(e is None for e in encodings):  # a response longer than max_length: skip the question
+            continue
+        out.append({"encodings": encodings, "pairs": pairs})
+    return out
+
+
+def span_examples(records: list[FeedbackRecord], tokenizer, kind: str, max_length: int) -> list[dict]:
+    """One example per ``prediction 1``: span-model input with a label at each separator (−100 elsewhere)."""
+    from alarm.rewards.hf_models import build_span_inputs
+
+    level, types, _ = SPAN_KINDS[kind]
+    out = []
+    for r in records:
+        completion = r.predictions[0]
+        if not completion.strip():
+            continue
+        try:
+            inp = build_span_inputs(tokenizer, reward_prompt(r.question, r.passages), completion, level,
+                                    max_length=max_length)
+        except AlarmError:  # the answer with its separators does not fit max_length
+            continue
+        if not inp.sep_positions:
+            continue
+        labels = error_labels(completion, r.errors, types, level)
+        token_labels = [-100] * len(inp.encoding["input_ids"])
+        for pos, y in zip(inp.sep_positions, labels):
+            token_labels[pos] = y
+        out.append({**inp.encoding, "labels": token_labels})
+    return out
+
+
+def completeness_label(r: FeedbackRecord) -> int:
+    return int(not any(m.get("error type") in INCOMPLETE for m in r.missing_info))
+
+
+def completeness_examples(records: list[FeedbackRecord], tokenizer, max_length: int) -> list[dict]:
+    out = []
+    for r in records:
+        enc = _pair_encode(tokenizer, reward_prompt(r.question, r.passages), r.predictions[0], max_length)
+        if enc is not None and r.predictions[0].strip():
+            out.append({**enc, "labels": float(completeness_label(r))})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- losses
+
+
+def bradley_terry_loss(scores: torch.Tensor, winners: torch.Tensor, losers: torch.Tensor) -> torch.Tensor:
+    """mean −log σ(s_w − s_l) over the pairs (indices into ``scores``)."""
+    return -F.logsigmoid(scores[winners] - scores[losers]).mean()
+
+
+class HolisticCollator:
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, batch: list[dict]) -> dict:
+        flat, winners, losers = [], [], []
+        for ex in batch:
+            base = len(flat)
+            flat.extend(ex["encodings"])
+            for w, lo in ex["pairs"]:
+                winners.append(base + w)
+                losers.append(base + lo)
+        enc = self.tokenizer.pad(flat, padding=True, return_tensors="pt")
+        return {**enc, "winners": torch.tensor(winners), "losers": torch.tensor(losers)}
+
+
+class SpanCollator:
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, batch: list[dict]) -> dict:
+        labels = [ex["labels"] for ex in batch]
+        enc = self.tokenizer.pad([{k: v for k, v in ex.items() if k != "labels"} for ex in batch],
+                                 padding=True, padding_side="right", return_tensors="pt")
+        width = enc["input_ids"].shape[1]
+        enc["labels"] = torch.tensor([y + [-100] * (width - len(y)) for y in labels])
+        return dict(enc)
+
+
+class SequenceCollator:
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, batch: list[dict]) -> dict:
+        labels = torch.tensor([ex["labels"] for ex in batch], dtype=torch.float)
+        enc = self.tokenizer.pad([{k: v for k, v in ex.items() if k != "labels"} for ex in batch],
+                                 padding=True, return_tensors="pt")
+        return {**enc, "labels": labels}
+
+
+def _make_trainer_class():
+    from transformers import Trainer
+
+    class RMTrainer(Trainer):
+        """Trainer with the reward-model losses; ``rm_kind`` picks one."""
+
+        rm_kind: str = "holistic"
+        class_weights: torch.Tensor | None = None
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs = dict(inputs)
+            if self.rm_kind == "holistic":
+                winners, losers = inputs.pop("winners"), inputs.pop("losers")
+                outputs = model(**inputs)
+                loss = bradley_terry_loss(outputs.logits[:, 0], winners, losers)
+            elif self.rm_kind == "completeness":
+                labels = inputs.pop("labels")
+                outputs = model(**inputs)
+                loss = F.binary_cross_entropy_with_logits(outputs.logits[:, 0], labels)
+            else:
+                labels = inputs.pop("labels")
+                outputs = model(**inputs)
+                weight = None if self.class_weights is None else self.class_weights.to(outputs.logits.device)
+                loss = F.cross_entropy(outputs.logits.reshape(-1, outputs.logits.shape[-1]).float(),
+                                       labels.reshape(-1), weight=weight, ignore_index=-100)
+            return (loss, outputs) if return_outputs else loss
+
+    return RMTrainer
+
+
+class _ListDataset(torch.utils.data.Dataset):
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def build_model(kind: str, backbone: str):
+    """(model, tokenizer) with a fresh head for ``kind`` on ``backbone`` (safetensors only)."""
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+    )
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(backbone)
+        if kind in SPAN_KINDS:
+            model = AutoModelForTokenClassification.from_pretrained(
+                backbone, num_labels=2, id2label={0: "clean", 1: "error"}, label2id={"clean": 0, "error": 1},
+                use_safetensors=True)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=1, use_safetensors=True)
+    except (OSError, ValueError) as e:
+        raise AlarmError(f"cannot load backbone {backbone!r} ({str(e).splitlines()[0]}); give a directory with "
+                         "safetensors weights or a hub id this machine can reach") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def freeze_lower_layers(model, train_layers: int | None) -> int:
+    """Freeze embeddings and all but the top ``train_layers`` encoder layers (pooler and head stay trainable).
+
+    On 2 CPU cores this is what makes training take minutes: the backward pass stops at the first trained
+    layer. Returns the number of trainable parameters.
+    """
+    import re
+
+    if train_layers is not None:
+        n_layers = model.config.num_hidden_layers
+        keep = {str(i) for i in range(n_layers - train_layers, n_layers)}
+        base = model.base_model
+        matched = False
+        for name, param in base.named_parameters():
+            m = re.search(r"(?:^|\.)layers?\.(\d+)\.", name)
+            matched |= m is not None
+            param.requires_grad = bool(m and m.group(1) in keep) or "pooler" in name  # the pooler is head
+        if not matched:
+            raise AlarmError(f"cannot find the encoder layers of {type(model).__name__} to freeze; set "
+                             "train_layers: null to train the whole backbone")
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def split_records(records: list[FeedbackRecord], config: RMTrainConfig):
+    train_q, val_q = split_questions([r.question for r in records], config.validation_fraction, config.seed)
+    train = [r for r in records if r.question in train_q]
+    val = [r for r in records if r.question in val_q]
+    if config.max_train_questions:
+        train = train[: config.max_train_questions]
+    return train, val
+
+
+def make_examples(kind: str, records, tokenizer, max_length: int) -> list[dict]:
+    if kind == "holistic":
+        return holistic_examples(records, tokenizer, max_length)
+    if kind == "completeness":
+        return completeness_examples(records, tokenizer, max_length)
+    return span_examples(records, tokenizer, kind, max_length)
+
+
+def train_reward_model(config: RMTrainConfig, records: list[FeedbackRecord] | None = None, model=None,
+                       tokenizer=None, evaluate: bool = True) -> dict:
+    """Train, save and (by default) evaluate one reward model. ``model``/``tokenizer`` override the backbone."""
+    from transformers import TrainingArguments, set_seed
+
+    from alarm.models import minilm_path
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    set_seed(config.seed)
+    records = load_feedback(config.data) if records is None else records
+    train, val = split_records(records, config)
+    backbone = config.backbone or minilm_path()
+    if model is None:
+        model, tokenizer = build_model(config.kind, backbone)
+    trainable = freeze_lower_layers(model, config.train_layers)
+    examples = make_examples(config.kind, train, tokenizer, config.max_length)
+    if not examples:
+        raise AlarmError(f"no training examples for kind {config.kind!r} in {len(train)} training questions")
+    collator = {"holistic": HolisticCollator, "completeness": SequenceCollator}.get(config.kind, SpanCollator)(tokenizer)
+    out = config.out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    args = TrainingArguments(
+        output_dir=str(out / "trainer"), per_device_train_batch_size=config.batch_size,
+        num_train_epochs=config.epochs, learning_rate=config.learning_rate, weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_ratio, logging_steps=10, save_strategy="no", report_to=[],
+        remove_unused_columns=False, use_cpu=not torch.cuda.is_available(), seed=config.seed,
+        dataloader_num_workers=0, disable_tqdm=False,
+    )
+    trainer = _make_trainer_class()(model=model, args=args, train_dataset=_ListDataset(examples),
+                                    data_collator=collator, processing_class=tokenizer)
+    trainer.rm_kind = config.kind
+    stats = {"kind": config.kind, "train_questions": len(train), "validation_questions": len(val),
+             "train_examples": len(examples), "trainable_parameters": trainable}
+    if config.kind in SPAN_KINDS:
+        labels = [y for ex in examples for y in ex["labels"] if y != -100]
+        pos = sum(labels)
+        w = config.error_weight or (len(labels) - pos) / max(pos, 1)
+        trainer.class_weights = torch.tensor([1.0, float(w)])
+        stats.update(train_pieces=len(labels), train_error_rate=pos / len(labels), error_weight=float(w))
+    elif config.kind == "holistic":
+        stats["train_pairs"] = sum(len(ex["pairs"]) for ex in examples)
+    t0 = time.perf_counter()
+    result = trainer.train()
+    stats["train_seconds"] = round(time.perf_counter() - t0, 1)
+    stats["train_loss"] = result.training_loss
+    stats["loss_history"] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    save_reward_model(trainer.model, tokenizer, config, out, stats)
+    if evaluate and val:
+        from alarm.reward_models.evaluate import evaluate_reward_model
+
+        stats["eval"] = evaluate_reward_model(out, val)
+    (out / "train_stats.json").write_text(json.dumps(stats, indent=2))
+    return stats
+
+
+def save_reward_model(model, tokenizer, config: RMTrainConfig, out: Path, stats: dict) -> None:
+    """safetensors weights + tokenizer (limit = the training max_length) + rm_config.json."""
+    import shutil
+
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.model_max_length = config.max_length
+    tokenizer.save_pretrained(out)
+    info = {"kind": config.kind, "config": config.model_dump(), "prompt_format": "alarm.qa_feedback.reward_prompt"}
+    if config.kind in SPAN_KINDS:
+        level, types, value = SPAN_KINDS[config.kind]
+        info.update(level=level, error_types=list(types), value=value, error_label=1)
+    (out / "rm_config.json").write_text(json.dumps(info, indent=2))
+    shutil.rmtree(out / "trainer", ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------- command
+
+
+def cmd_train(args) -> int:
+    config = load_config(args.config, args.overrides)
+    if args.out:
+        config.output_dir = args.out
+    stats = train_reward_model(config)
+    print(f"saved {config.kind} reward model to {config.out_dir()} ({stats['train_seconds']} s training)")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from alarm.reward_models.evaluate import evaluate_reward_model
+
+    evaluate_reward_model(args.model, data=args.data)
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    """``alarm rm train --config rm.yaml`` and ``alarm rm evaluate --model DIR``."""
+    p = subparsers.add_parser("rm", help="train and evaluate reward models from QA-Feedback",
+                              description="train and evaluate reward models from QA-Feedback")
+    sub = p.add_subparsers(dest="rm_command", required=True, metavar="ACTION")
+    t = sub.add_parser("train", help="train one reward model (holistic, factuality, relevance, completeness)")
+    t.add_argument("--config", required=True, help="YAML config (see recipes/rm_*.yaml)")
+    t.add_argument("--out", help="output directory (default runs/rm/<kind>)")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=1")
+    t.set_defaults(handler=cmd_train)
+    e = sub.add_parser("evaluate", help="held-out quality of a trained reward model vs trivial baselines")
+    e.add_argument("--model", required=True, help="directory written by `alarm rm train`")
+    e.add_argument("--data", help="feedback file (default: the one the model was trained from)")
+    e.set_defaults(handler=cmd_evaluate)
