@@ -274,6 +274,11 @@ def run(recipe: Recipe, steps: tuple[str, ...] = ("sample", "select", "train", "
     torch.manual_seed(recipe.seed)
     run_dir = recipe.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:  # a fresh run replaces an earlier run's training record instead of appending to it
+        import shutil
+
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
