@@ -52,3 +52,22 @@ def test_recipe_runs_end_to_end(tmp_path, tiny_model_dir, minilm):
     recipe.ppo.steps = 1
     run(recipe, steps=("sample", "train"))
     assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+def test_mt_recipe_runs_through_the_pipeline_on_a_tiny_model(tmp_path, tiny_model_dir, minilm):
+    """recipes/mt.yaml's data and rewards (grammar offline, readability, language confidence) end to end."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    recipe = load_recipe(root / "recipes" / "mt.yaml", [
+        f"model.name={tiny_model_dir}", f"output_dir={tmp_path}", f"data.path={root / 'tests/data/mt_pairs.jsonl'}",
+        "sample.prompts=3", "sample.max_new_tokens=6", "ppo.steps=1", "ppo.rollout_batch_size=2",
+        "ppo.mini_batch_size=2", "ppo.max_new_tokens=6", "eval.max_new_tokens=6", "eval.max_prompts=3",
+        "selection.max_conflict=1.0",
+    ])
+    result = run(recipe)
+    samples = [json.loads(x) for x in (tmp_path / "initial_samples.jsonl").read_text().splitlines()]
+    assert {"holistic", "grammar", "readability", "language_confidence"} <= set(samples[0])
+    state = json.loads((tmp_path / "reward_state.json").read_text())
+    assert set(state["normalizers"]) == {"holistic", "readability"}
+    assert result["n_prompts"] == 3
