@@ -587,7 +587,7 @@ class PPOTrainer:
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
         acc.wait_for_everyone()
         rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-        torch.save(rng, (tmp if acc.is_main_process or tmp.exists() else tmp) / f"rng_{acc.process_index}.pt")
+        torch.save(rng, tmp / f"rng_{acc.process_index}.pt")  # every rank keeps its own RNG stream
         acc.wait_for_everyone()
         if acc.is_main_process:
             shutil.rmtree(final, ignore_errors=True)
