@@ -17,7 +17,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from alarm import checkpoints
 from alarm.combine import RewardSet
 from alarm.errors import AlarmError
 from alarm.placement import token_char_ends
@@ -567,75 +567,31 @@ class PPOTrainer:
     # -- checkpoints --------------------------------------------------------------------------------------
 
     def save_checkpoint(self) -> Path:
-        """Adapter (or model), value head, optimizer, β, RNG, step — written to a temp dir, then renamed."""
-        acc = self.accelerator
-        ckpt_root = self.output_dir / "checkpoints"
-        final = ckpt_root / f"step-{self.step_idx:06d}"
-        tmp = ckpt_root / f".tmp-step-{self.step_idx:06d}"
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            from safetensors.torch import save_file
+        """Adapter (or model), value head, optimizer, β, reward normalisation, RNG, step — atomically."""
+        state = {"beta": self.kl.value, "rewards": self.reward_set.state(), "lora": self.config.lora,
+                 "config": self.config.model_dump()}
+        return checkpoints.save_checkpoint(self.accelerator, self.output_dir, self.step_idx, self.unwrapped.model,
+                                           self.optimizer, state,
+                                           tensors={"value_head": self.unwrapped.value_head.state_dict()})
 
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            pol = self.unwrapped
-            pol.model.save_pretrained(tmp / "model", safe_serialization=True)
-            save_file({k: v.contiguous() for k, v in pol.value_head.state_dict().items()}, tmp / "value_head.safetensors")
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            state = {"step": self.step_idx, "beta": self.kl.value, "rewards": self.reward_set.state(),
-                     "lora": self.config.lora, "config": self.config.model_dump()}
-            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-        acc.wait_for_everyone()
-        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-        torch.save(rng, tmp / f"rng_{acc.process_index}.pt")  # every rank keeps its own RNG stream
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            (ckpt_root / "latest").write_text(final.name)
-        acc.wait_for_everyone()
-        return final
-
-    @staticmethod
-    def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-        pointer = Path(output_dir) / "checkpoints" / "latest"
-        if not pointer.exists():
-            return None
-        path = pointer.parent / pointer.read_text().strip()
-        return path if path.exists() else None
+    latest_checkpoint = staticmethod(checkpoints.latest_checkpoint)
 
     def resume(self, path: str | os.PathLike | None = None) -> int:
         """Load the latest (or given) checkpoint; returns the step it continues from (0 if none)."""
-        ckpt = Path(path) if path else self.latest_checkpoint(self.output_dir)
+        ckpt = Path(path) if path else checkpoints.latest_checkpoint(self.output_dir)
         if ckpt is None:
             return 0
-        if not (ckpt / "trainer_state.json").exists():
-            raise AlarmError(f"{ckpt} is not a finished checkpoint (no trainer_state.json); pick another")
-        from safetensors.torch import load_file
-
-        state = json.loads((ckpt / "trainer_state.json").read_text())
+        state = checkpoints.read_state(ckpt)
         if bool(state["lora"]) != self.config.lora:
             raise AlarmError(f"checkpoint {ckpt} was trained with lora={state['lora']}; set lora accordingly")
-        pol = self.unwrapped
-        if self.config.lora:
-            from peft import set_peft_model_state_dict
-            from peft.utils import load_peft_weights
+        from safetensors.torch import load_file
 
-            set_peft_model_state_dict(pol.model, load_peft_weights(str(ckpt / "model")))
-        else:
-            weights = load_file(str(ckpt / "model" / "model.safetensors"))
-            pol.model.load_state_dict(weights, strict=False)
-        pol.value_head.load_state_dict(load_file(str(ckpt / "value_head.safetensors")))
-        self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
+        checkpoints.load_checkpoint(ckpt, self.unwrapped.model, self.optimizer, self.config.lora,
+                                    self.accelerator.process_index)
+        self.unwrapped.value_head.load_state_dict(load_file(str(ckpt / "value_head.safetensors")))
         self.kl.value = float(state["beta"])
         self.reward_set.load_state(state["rewards"])
         self.step_idx = int(state["step"])
-        rng_file = ckpt / f"rng_{self.accelerator.process_index}.pt"
-        if rng_file.exists():
-            rng = torch.load(rng_file, weights_only=False)
-            random.setstate(rng["python"])
-            np.random.set_state(rng["numpy"])
-            torch.set_rng_state(rng["torch"])
         return self.step_idx
 
 

@@ -26,8 +26,6 @@ import copy
 import json
 import math
 import os
-import random
-import shutil
 import time
 from collections import defaultdict
 from contextlib import nullcontext
@@ -39,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from alarm import checkpoints
 from alarm.errors import AlarmError
 from alarm.trainers.ppo import attention_projections, logprobs_from_logits
 
@@ -535,61 +534,24 @@ class VCBTrainer:
     # -- checkpoints (written to a temp dir, then renamed: a crash never leaves a half checkpoint) --------
 
     def save_checkpoint(self) -> Path:
-        acc = self.accelerator
-        root = self.output_dir / "checkpoints"
-        final, tmp = root / f"step-{self.step_idx:06d}", root / f".tmp-step-{self.step_idx:06d}"
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            self.unwrapped.model.save_pretrained(tmp / "model", safe_serialization=True)
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save({"python": random.getstate(), "numpy": np.random.get_state(),
-                        "torch": torch.get_rng_state()}, tmp / "rng.pt")
-            state = {"step": self.step_idx, "lora": self.config.lora, "loss": self.config.loss,
-                     "config": self.config.model_dump(),
-                     "rewards": self.reward_set.state() if self.reward_set is not None else None}
-            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            (root / "latest").write_text(final.name)
-        acc.wait_for_everyone()
-        return final
+        state = {"lora": self.config.lora, "loss": self.config.loss, "config": self.config.model_dump(),
+                 "rewards": self.reward_set.state() if self.reward_set is not None else None}
+        return checkpoints.save_checkpoint(self.accelerator, self.output_dir, self.step_idx, self.unwrapped.model,
+                                           self.optimizer, state)
 
-    @staticmethod
-    def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-        pointer = Path(output_dir) / "checkpoints" / "latest"
-        if not pointer.exists():
-            return None
-        path = pointer.parent / pointer.read_text().strip()
-        return path if path.exists() else None
+    latest_checkpoint = staticmethod(checkpoints.latest_checkpoint)
 
     def resume(self, path: str | os.PathLike | None = None) -> int:
         """Load the latest (or given) checkpoint; returns the step training continues from (0 if none)."""
-        ckpt = Path(path) if path else self.latest_checkpoint(self.output_dir)
+        ckpt = Path(path) if path else checkpoints.latest_checkpoint(self.output_dir)
         if ckpt is None:
             return 0
-        if not (ckpt / "trainer_state.json").exists():
-            raise AlarmError(f"{ckpt} is not a finished checkpoint (no trainer_state.json); pick another")
-        state = json.loads((ckpt / "trainer_state.json").read_text())
+        state = checkpoints.read_state(ckpt)
         if bool(state["lora"]) != self.config.lora or state.get("loss") != self.config.loss:
             raise AlarmError(f"checkpoint {ckpt} was trained with lora={state['lora']}, loss={state.get('loss')}; "
                              "use the same settings or a new output directory")
-        model = self.unwrapped.model
-        if self.config.lora:
-            from peft import set_peft_model_state_dict
-            from peft.utils import load_peft_weights
-
-            set_peft_model_state_dict(model, load_peft_weights(str(ckpt / "model")))
-        else:
-            from safetensors.torch import load_file
-
-            model.load_state_dict(load_file(str(ckpt / "model" / "model.safetensors")), strict=False)
-        self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
-        rng = torch.load(ckpt / "rng.pt", weights_only=False)
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
+        checkpoints.load_checkpoint(ckpt, self.unwrapped.model, self.optimizer, self.config.lora,
+                                    self.accelerator.process_index)
         self.step_idx = int(state["step"])
         return self.step_idx
 
