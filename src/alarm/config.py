@@ -134,7 +134,8 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
+def read_settings(path: str | Path | None, overrides: list[str] | None = None) -> dict:
+    """A recipe file's settings (empty without a file) with ``key=value`` overrides merged in."""
     data: dict = {}
     if path is not None:
         p = Path(path)
@@ -146,15 +147,23 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise AlarmError(f"recipe {p} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(data, dict):
             raise AlarmError(f"recipe {p} must be a mapping of settings at the top level")
-    data = _merge(data, parse_overrides(overrides or []))
-    return validate_recipe(data)
+    return _merge(data, parse_overrides(overrides or []))
+
+
+def validate_settings(model_cls, data: dict):
+    """``model_cls.model_validate(data)`` with the first problem as a one-line AlarmError naming the key."""
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as e:
+        raise AlarmError(_format_validation_error(e)) from None
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
+    return validate_recipe(read_settings(path, overrides))
 
 
 def validate_recipe(data: dict) -> Recipe:
-    try:
-        recipe = Recipe.model_validate(data)
-    except ValidationError as e:
-        raise AlarmError(_format_validation_error(e)) from None
+    recipe = validate_settings(Recipe, data)
     recipe.combine_config()  # validate now, not mid-run
     for where, spec in _reward_specs(recipe.rewards):
         _check_reward_spec(where, spec)

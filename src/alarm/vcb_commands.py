@@ -21,10 +21,17 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from alarm.config import DataSpec, ModelSpec, RewardsSpec, build_reward_set, parse_overrides, validate_recipe
+from alarm.config import (
+    DataSpec,
+    ModelSpec,
+    RewardsSpec,
+    build_reward_set,
+    read_settings,
+    validate_recipe,
+    validate_settings,
+)
 from alarm.errors import AlarmError
 from alarm.trainers.vcb import VCBConfig
 
@@ -74,35 +81,9 @@ class VCBRecipe(BaseModel):
                                 "combine": self.combine})
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def load_vcb_recipe(path: str | Path | None, overrides: list[str] | None = None) -> VCBRecipe:
     """Read and validate a VCB recipe; unknown keys and bad values fail with one line naming the key."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise AlarmError(f"recipe {p} not found; give a YAML file path (e.g. src/alarm/recipes/vcb_quickstart.yaml)")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise AlarmError(f"recipe {p} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise AlarmError(f"recipe {p} must be a mapping of settings at the top level")
-    data = _merge(data, parse_overrides(overrides or []))
-    try:
-        recipe = VCBRecipe.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"]) or "config"
-        if err["type"] == "extra_forbidden":
-            raise AlarmError(f"{loc}: unknown setting; check its spelling against the documented keys") from None
-        raise AlarmError(f"{loc}: {err['msg']} (got {err.get('input')!r})") from None
+    recipe = validate_settings(VCBRecipe, read_settings(path, overrides))
     recipe.reward_recipe()  # reward and combine sections: validated now, not after sampling
     return recipe
 
