@@ -223,24 +223,31 @@ def attention_projections(model: torch.nn.Module) -> list[str]:
     return found
 
 
+def trainable_with_reference(model: torch.nn.Module, config) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """(trained model, reference) from a config with the ``lora*`` settings (PPO and VCB share them).
+
+    LoRA: the reference is the same network with adapters disabled (returned as None: no second copy in
+    memory). Full fine-tuning: the reference is a frozen copy.
+    """
+    if not config.lora:
+        return model, copy.deepcopy(model).eval().requires_grad_(False)
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=config.lora_target_modules or attention_projections(model),
+                      layers_to_transform=config.lora_layers,
+                      task_type=TaskType.SEQ_2_SEQ_LM if seq2seq else TaskType.CAUSAL_LM)
+    return get_peft_model(model, lora), None
+
+
 class PolicyWithValue(torch.nn.Module):
     """The trained language model and a scalar value head reading its last hidden state."""
 
     def __init__(self, model: torch.nn.Module, config: PPOConfig):
         super().__init__()
         self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
-        if config.lora:
-            from peft import LoraConfig, TaskType, get_peft_model
-
-            task = TaskType.SEQ_2_SEQ_LM if self.is_encoder_decoder else TaskType.CAUSAL_LM
-            targets = config.lora_target_modules or attention_projections(model)
-            lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                              target_modules=targets, layers_to_transform=config.lora_layers, task_type=task)
-            self.model = get_peft_model(model, lora)
-            self.ref_model = None  # reference = the same network with adapters disabled
-        else:
-            self.model = model
-            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.model, self.ref_model = trainable_with_reference(model, config)
         hidden = model.config.get_text_config().hidden_size if hasattr(model.config, "get_text_config") \
             else model.config.hidden_size
         self.value_head = torch.nn.Linear(hidden, 1)

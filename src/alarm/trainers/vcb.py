@@ -22,7 +22,6 @@ computed once, without gradient, for every candidate.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -39,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from alarm import checkpoints
 from alarm.errors import AlarmError
-from alarm.trainers.ppo import attention_projections, logprobs_from_logits
+from alarm.trainers.ppo import logprobs_from_logits, trainable_with_reference
 
 # ----------------------------------------------------------------------------------------------------------
 # Configuration
@@ -215,18 +214,7 @@ class Policy(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, config: VCBConfig):
         super().__init__()
         self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
-        if config.lora:
-            from peft import LoraConfig, TaskType, get_peft_model
-
-            task = TaskType.SEQ_2_SEQ_LM if self.is_encoder_decoder else TaskType.CAUSAL_LM
-            lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                              target_modules=config.lora_target_modules or attention_projections(model),
-                              layers_to_transform=config.lora_layers, task_type=task)
-            self.model = get_peft_model(model, lora)
-            self.ref_model = None
-        else:
-            self.model = model
-            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.model, self.ref_model = trainable_with_reference(model, config)
 
     def forward(self, batch: dict[str, torch.Tensor], reference: bool = False) -> torch.Tensor:
         """Summed log-probs of each row's response tokens, [B]."""
