@@ -427,7 +427,7 @@ def test_sft_causal_labels_cover_only_the_translation():
 def test_sft_config_rejects_unknown_settings(tmp_path):
     from alarm.sft import load_sft_config
 
-    with pytest.raises(AlarmError, match="learnig_rate: unknown SFT setting"):
+    with pytest.raises(AlarmError, match="learnig_rate: unknown setting"):
         load_sft_config(None, ["learnig_rate=1e-4"])
     cfg_file = tmp_path / "sft.yaml"
     cfg_file.write_text("epochs: 2\ndata: pairs.tsv\n")

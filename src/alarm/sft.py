@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from alarm.errors import AlarmError
 from alarm.mt import format_mt_prompt, load_splits
@@ -222,29 +222,9 @@ def run_sft(config: SFTConfig, model=None, tokenizer=None) -> dict:
 
 def load_sft_config(path: str | None, overrides: list[str] | None = None) -> SFTConfig:
     """YAML file (optional) + ``key=value`` overrides → a validated :class:`SFTConfig`."""
-    from alarm.config import parse_overrides
+    from alarm.config import read_settings, validate_settings
 
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise AlarmError(f"SFT config {p} not found; give a YAML file path")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise AlarmError(f"SFT config {p} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise AlarmError(f"SFT config {p} must be a mapping of settings")
-    data.update(parse_overrides(overrides or []))
-    try:
-        return SFTConfig.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"]) or "config"
-        if err["type"] == "extra_forbidden":
-            valid = ", ".join(SFTConfig.model_fields)
-            raise AlarmError(f"{loc}: unknown SFT setting (valid: {valid})") from None
-        raise AlarmError(f"{loc}: {err['msg']} (got {err.get('input')!r})") from None
+    return validate_settings(SFTConfig, read_settings(path, overrides))
 
 
 def _handle(args) -> int:

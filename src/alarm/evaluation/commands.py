@@ -244,19 +244,10 @@ _RECIPE_KEYS = {"name", "output_dir", "seed", "model", "data", "rewards", "combi
 
 def load_reward_set(path: str, overrides: Sequence[str] = ()):
     """The rewards of a recipe, or of a rewards-only YAML (the recipe's ``rewards:`` block), validated the same way."""
-    import yaml
-
-    from alarm.config import build_reward_set, load_recipe, parse_overrides, validate_recipe
+    from alarm.config import build_reward_set, load_recipe, parse_overrides, read_settings, validate_recipe
 
     p = Path(path)
-    if not p.exists():
-        raise AlarmError(f"rewards config {p} not found; give a recipe or a rewards YAML")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise AlarmError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise AlarmError(f"{p} must be a mapping (a recipe, or the rewards block: holistic / aspects / normalize)")
+    data = read_settings(p)
     if set(data) & _RECIPE_KEYS:
         recipe = load_recipe(p, list(overrides))
     else:
