@@ -67,6 +67,17 @@ def _check(obj) -> str | None:
     return None
 
 
+def jsonl_lines(name: str, text: str):
+    """``(line number, parsed object)`` for each non-blank line; bad JSON names the file and the line."""
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise AlarmError(f"{name} line {lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+
+
 def load_qa_jsonl(path: str | Path | None = None) -> list[QARecord]:
     """Read and validate a QA JSONL file; None means the packaged quickstart set.
 
@@ -85,13 +96,7 @@ def load_qa_jsonl(path: str | Path | None = None) -> list[QARecord]:
 
     records: list[QARecord] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise AlarmError(f"{name} line {lineno}: invalid JSON ({exc.msg})") from exc
+    for lineno, obj in jsonl_lines(name, text):
         problem = _check(obj)
         if problem:
             raise AlarmError(f"{name} line {lineno}: {problem}")

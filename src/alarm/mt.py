@@ -20,10 +20,10 @@ a causal chat policy gets the same instruction through its chat template (plain 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from alarm.datasets import jsonl_lines
 from alarm.errors import AlarmError
 
 EUROPARL = "Helsinki-NLP/europarl"
@@ -92,13 +92,7 @@ def load_pairs(path: str | Path, source_lang: str = "es", target_lang: str = "en
 def _parse_jsonl(path: Path, text: str, src: str, tgt: str) -> list[Pair]:
     pairs: list[Pair] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise AlarmError(f"{path} line {lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+    for lineno, obj in jsonl_lines(str(path), text):
         got = _pair_from_json(obj, src, tgt)
         if isinstance(got, str):
             raise AlarmError(f"{path} line {lineno}: {got}")

@@ -34,14 +34,10 @@ def read_jsonl(path: str | os.PathLike, what: str = "file") -> list[dict]:
     p = Path(path)
     if not p.exists():
         raise AlarmError(f"{what} {p} not found")
+    from alarm.datasets import jsonl_lines
+
     out = []
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise AlarmError(f"{p} line {lineno}: invalid JSON ({e.msg})") from None
+    for lineno, obj in jsonl_lines(str(p), p.read_text(encoding="utf-8")):
         if not isinstance(obj, dict):
             raise AlarmError(f"{p} line {lineno}: each line must be a JSON object")
         out.append(obj)
