@@ -20,9 +20,11 @@ from alarm.trainers.ppo import (
     PPOConfig,
     PPOTrainer,
     gae,
+    logprobs_from_logits,
     masked_whiten,
     policy_loss,
     response_mask,
+    trim_padding,
     value_loss,
 )
 
@@ -241,6 +243,59 @@ def test_full_step_changes_parameters(tmp_path, kind):
         assert key in m
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["step"] == 1
+
+
+# ---------------------------------------------------------------- the rollout reuses the sampling pass
+
+
+@pytest.mark.parametrize("kind,lora", [("causal", True), ("causal", False), ("seq2seq", True)])
+def test_sampling_pass_gives_the_policy_forward_log_probs_and_values(tmp_path, kind, lora):
+    model = tiny.causal_lm() if kind == "causal" else tiny.seq2seq_lm()
+    tr = trainer(tmp_path, model=model, lora=lora, max_new_tokens=10)
+    # float64: merged and unmerged adapters differ only by rounding (up to 1e-4 in float32 on the tiny T5,
+    # whose attention is unscaled); in float64 any real difference would stand out.
+    policy = tr.unwrapped.double()
+    with torch.no_grad():  # non-zero adapters, so merging them during sampling changes the weights
+        for n, p in policy.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.5)
+    base = {n: p.detach().clone() for n, p in policy.model.named_parameters() if "lora" not in n}
+    records = [PROMPTS[0], PROMPTS[3], {"prompt": "Water boils at a hundred degrees and the"}]  # unequal lengths
+    batch = tr.encode_prompts(records)
+    responses, (logits, values) = tr.generate(batch, with_policy_outputs=True)
+    assert logits.shape[:2] == responses.shape and values.shape == responses.shape
+    # Base weights come back bit for bit (the reference is the network with adapters off).
+    for n, p in policy.model.named_parameters():
+        if "lora" not in n:
+            assert torch.equal(p, base[n]), n
+    reused, _ = tr.make_experience(records, batch, responses, (logits, values))
+    recomputed, _ = tr.make_experience(records, batch, responses)
+    m = reused["mask"].bool()
+    for key in ("old_logprobs", "old_values", "ref_logprobs", "advantages"):
+        torch.testing.assert_close(reused[key][m].double(), recomputed[key][m].double(), atol=1e-9, rtol=0,
+                                   msg=key)
+
+
+def test_trimming_padding_leaves_log_probs_and_values_unchanged(tmp_path):
+    tr = trainer(tmp_path, max_new_tokens=10)
+    records = [PROMPTS[0], {"prompt": "Water boils at a hundred degrees and the answer is"}, PROMPTS[1]]
+    batch = tr.encode_prompts(records)
+    responses = crafted_responses(tr.tokenizer, T=10)  # lengths 4, 10, 1
+    exp, _ = tr.make_experience(records, batch, responses)
+    # Rows 0 and 2: short prompts (leading columns are padding in both) and short responses.
+    mb = {k: v[[0, 2]] for k, v in exp.items()}
+    small = trim_padding(mb)
+    assert small["prompt_ids"].shape[1] < mb["prompt_ids"].shape[1]
+    assert small["responses"].shape[1] == int(mb["mask"].sum(1).max()) < mb["responses"].shape[1]
+    policy = tr.unwrapped.eval()
+    with torch.no_grad():
+        full_logits, full_values = policy(mb)
+        trim_logits, trim_values = policy(small)
+    T = small["responses"].shape[1]
+    m = small["mask"].bool()
+    torch.testing.assert_close(logprobs_from_logits(trim_logits, small["responses"])[m],
+                               logprobs_from_logits(full_logits[:, :T], mb["responses"][:, :T])[m], atol=1e-5, rtol=0)
+    torch.testing.assert_close(trim_values[m], full_values[:, :T][m], atol=1e-5, rtol=0)
 
 
 # ---------------------------------------------------------------- checkpoints and resume

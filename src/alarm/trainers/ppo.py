@@ -18,7 +18,7 @@ import math
 import os
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -194,6 +194,21 @@ def response_mask(responses: torch.Tensor, eos_token_id: int | list[int] | None)
     return (eos_before == 0).float()
 
 
+_RESPONSE_KEYS = ("responses", "mask", "old_logprobs", "ref_logprobs", "old_values", "scores", "rewards", "advantages",
+                  "returns", "decoder_input_ids", "decoder_mask")
+
+
+def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A mini-batch without the columns that are padding in every row: prompt columns (left- or right-padded)
+    and response positions past its longest response. Exact: positions come from the masks, attention is
+    causal within the response, and padded positions carry no loss."""
+    keep = batch["prompt_mask"].any(0).nonzero().squeeze(-1)
+    lo, hi = int(keep[0]), int(keep[-1]) + 1
+    t = int(batch["mask"].sum(1).max())
+    return {k: v[:, lo:hi] if k in ("prompt_ids", "prompt_mask") else v[:, :t] if k in _RESPONSE_KEYS else v
+            for k, v in batch.items()}
+
+
 def place_scores(token_rewards: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
     """[B, T] tensor holding each response's reward vector on its own generated positions (left-aligned)."""
     scores = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
@@ -288,6 +303,28 @@ class PolicyWithValue(torch.nn.Module):
 
     def generation_model(self):
         return self.model
+
+    @contextmanager
+    def merged_adapters(self):
+        """LoRA folded into the base weights while sampling: no per-token adapter matmuls in the decode loop.
+
+        The base weights are restored bit for bit afterwards (merge then unmerge alone would leave rounding
+        drift in the reference model). A no-op without LoRA.
+        """
+        from peft.tuners.lora import LoraLayer
+
+        layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)] if self.ref_model is None else []
+        saved = [m.get_base_layer().weight.detach().clone() for m in layers]
+        if layers:
+            self.model.merge_adapter()
+        try:
+            yield
+        finally:
+            if layers:
+                self.model.unmerge_adapter()
+                with torch.no_grad():
+                    for m, w in zip(layers, saved):
+                        m.get_base_layer().weight.copy_(w)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -390,22 +427,49 @@ class PPOTrainer:
         return {"prompt_ids": enc["input_ids"].to(dev), "prompt_mask": enc["attention_mask"].to(dev)}
 
     @torch.inference_mode()
-    def generate(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Sampled response token ids [B, T] (padding after EOS), temperature/top-p/top-k from the config."""
-        c = self.config
-        model = self.unwrapped.model
-        model.eval()
-        out = model.generate(
-            input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], do_sample=True,
-            temperature=c.temperature, top_p=c.top_p, top_k=c.top_k, max_new_tokens=c.max_new_tokens,
-            eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id,
-        )
-        if self.unwrapped.is_encoder_decoder:
-            return out[:, 1:]  # drop the decoder start token
-        return out[:, batch["prompt_ids"].shape[1] :]
+    def generate(self, batch: dict[str, torch.Tensor], with_policy_outputs: bool = False):
+        """Sampled response token ids [B, T] (padding after EOS), temperature/top-p/top-k from the config.
 
-    def make_experience(self, records: list[dict], batch: dict[str, torch.Tensor], responses: torch.Tensor):
-        """Everything PPO needs about a rollout: masks, texts, rewards, log-probs, values, advantages."""
+        ``with_policy_outputs``: also return ``(logits [B, T, V], values [B, T])`` of the sampling pass itself,
+        so the rollout needs no second forward pass of the policy (the reference still needs its own).
+        """
+        c = self.config
+        policy = self.unwrapped
+        policy.eval()
+        # The value head reads the decoder's last hidden state; a hook keeps only the newest position of each
+        # decoding step (output_hidden_states would hold every layer, and the encoder's, for the whole rollout).
+        last_states: list[torch.Tensor] = []
+        decoder = policy.model.get_base_model() if hasattr(policy.model, "get_base_model") else policy.model
+        hook = decoder.get_decoder().register_forward_hook(
+            lambda _m, _i, out: last_states.append(out[0][:, -1])) if with_policy_outputs else None
+        try:
+            with policy.merged_adapters():
+                out = policy.model.generate(
+                    input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], do_sample=True,
+                    temperature=c.temperature, top_p=c.top_p, top_k=c.top_k, max_new_tokens=c.max_new_tokens,
+                    eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id,
+                    return_dict_in_generate=True, output_logits=with_policy_outputs,
+                )
+        finally:
+            if hook is not None:
+                hook.remove()
+        start = 1 if policy.is_encoder_decoder else batch["prompt_ids"].shape[1]  # drop the decoder start token
+        responses = out.sequences[:, start:]
+        if not with_policy_outputs:
+            return responses
+        # Step t's raw (unprocessed) logits predict token t; the state at its newest position gives the value.
+        logits = torch.stack(out.logits, dim=1)
+        hidden = torch.stack(last_states[: logits.shape[1]], dim=1)
+        values = policy.value_head(hidden.to(policy.value_head.weight.dtype)).squeeze(-1)
+        return responses, (logits, values)
+
+    def make_experience(self, records: list[dict], batch: dict[str, torch.Tensor], responses: torch.Tensor,
+                        policy_outputs: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """Everything PPO needs about a rollout: masks, texts, rewards, log-probs, values, advantages.
+
+        ``policy_outputs``: the (logits, values) :meth:`generate` returned for these responses; without them
+        the policy's forward pass is run here.
+        """
         c = self.config
         mask = response_mask(responses, self.eos_ids)
         if mask.sum(1).min() == 0:
@@ -438,7 +502,7 @@ class PPOTrainer:
         policy = self.unwrapped
         policy.eval()
         with torch.inference_mode():
-            logits, values = policy(batch)
+            logits, values = policy_outputs or policy(batch)
             old_logprobs = logprobs_from_logits(logits, responses) * mask
             entropy = masked_mean(entropy_from_logits(logits), mask).item()
             del logits
@@ -475,7 +539,7 @@ class PPOTrainer:
             minis = [order[i : i + c.mini_batch_size] for i in range(0, B, c.mini_batch_size)]
             epoch_kl = []
             for j, idx in enumerate(minis):
-                mb = {k: v[idx] for k, v in exp.items()}
+                mb = trim_padding({k: v[idx] for k, v in exp.items()})
                 logits, values = self.policy(mb)
                 logprobs = logprobs_from_logits(logits, mb["responses"])
                 del logits
@@ -511,9 +575,9 @@ class PPOTrainer:
         t_start = time.perf_counter()
         batch = self.encode_prompts(records)
         t0 = time.perf_counter()
-        responses = self.generate(batch)
+        responses, policy_outputs = self.generate(batch, with_policy_outputs=True)
         t_gen = time.perf_counter() - t0
-        exp, info = self.make_experience(records, batch, responses)
+        exp, info = self.make_experience(records, batch, responses, policy_outputs)
         t0 = time.perf_counter()
         ppo_stats = self.update(exp)
         t_update = time.perf_counter() - t0
