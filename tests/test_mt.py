@@ -347,7 +347,8 @@ def test_seq2seq_ppo_step_puts_grammar_rewards_on_the_misspelt_tokens(tmp_path, 
     eos, pad = tok.eos_token_id, tok.pad_token_id
     T = max(len(e["input_ids"]) for e in enc) + 2
     rows = [e["input_ids"] + [eos] + [pad] * (T - len(e["input_ids"]) - 1) for e in enc]
-    monkeypatch.setattr(tr, "generate", lambda batch: torch.tensor(rows))
+    # Crafted responses, no sampling-pass outputs: make_experience runs the policy forward itself.
+    monkeypatch.setattr(tr, "generate", lambda batch, with_policy_outputs=False: (torch.tensor(rows), None))
     captured = {}
     original = tr.make_experience
 
