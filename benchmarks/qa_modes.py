@@ -25,6 +25,7 @@ from alarm.generation import generate_texts
 from alarm.models import load_causal_lm, load_tokenizer, resolve_model_path
 from alarm.pipeline import win_rate
 from alarm.qa_feedback import PassagePrompt, load_prompts, policy_records, split_questions
+from alarm.reward_models.grounding_bt import GroundingBTReward
 from alarm.rewards.hf_models import SequenceClassifierReward, SpanRewardModel
 from alarm.trainers.ppo import PPOConfig, PPOTrainer
 
@@ -34,9 +35,14 @@ HERE = Path(__file__).resolve().parent
 
 def load_rewards(rm_dir: Path) -> dict:
     """Holistic + factuality (required); relevance when it has been trained (else its column reads n/a)."""
+    info = json.loads((rm_dir / "holistic" / "rm_config.json").read_text())
+    if info.get("architecture") == "grounding_features":
+        holistic = GroundingBTReward(str(rm_dir / "holistic"))
+    else:
+        holistic = PassagePrompt(SequenceClassifierReward.from_pretrained(str(rm_dir / "holistic"), batch_size=16,
+                                                                          name="holistic"))
     out = {
-        "holistic": PassagePrompt(SequenceClassifierReward.from_pretrained(str(rm_dir / "holistic"), batch_size=16,
-                                                                           name="holistic")),
+        "holistic": holistic,
         "factuality": PassagePrompt(SpanRewardModel.from_pretrained(str(rm_dir / "factuality"), level="sentence",
                                                                     value=0.5, batch_size=16, name="factuality")),
     }

@@ -250,6 +250,67 @@ def test_holistic_training_lowers_loss_and_ranks_pairs(tmp_path, minilm_tokenize
     assert (tmp_path / "h" / "model.safetensors").exists() and (tmp_path / "h" / "rm_config.json").exists()
 
 
+def grounded_preferences(n=10):
+    """The preferred answer is copied from the passages; the other adds a sentence found nowhere in them and is
+    longer, so length alone ranks every pair wrong."""
+    topics = ["Paris is the capital of France.", "The Nile flows through Egypt.", "Mount Everest is in Nepal.",
+              "Tokyo is the largest city in Japan.", "The Amazon is a river in Brazil.", "Canberra is in Australia.",
+              "Rome was the centre of an empire.", "The Danube flows through Vienna.", "Oslo is in Norway.",
+              "Lima is the capital of Peru."]
+    invented = ["Bananas taught the orchestra to knit quietly.", "My cat repairs submarines on Tuesdays.",
+                "The violin ate seven purple clouds.", "Spoons vote in the winter elections."]
+    recs = []
+    for i in range(n):
+        fact = topics[i % len(topics)]
+        good = fact
+        bad = fact + " " + invented[i % len(invented)]
+        recs.append(feedback_record(q=f"Tell me about item {i}?", errors=[], passages=[["Wiki", fact]], **{
+            "prediction 1": good, "prediction 2": bad, "prediction 3": good, "prediction 4": bad},
+            preference=[1, 0, 1, 2, 0, 1]))
+    return load_feedback_from(recs)
+
+
+def test_grounding_bt_holistic_model_learns_grounding_and_loads_as_a_reward(tmp_path):
+    from alarm.config import build_reward
+    from alarm.reward_models.evaluate import evaluate_reward_model
+    from alarm.reward_models.grounding_bt import FEATURES, GroundingBTReward
+    from alarm.reward_models.train import RMTrainConfig, train_reward_model
+
+    records = grounded_preferences()
+    cfg = RMTrainConfig(kind="holistic", architecture="grounding_features", validation_fraction=0.2,
+                        output_dir=str(tmp_path / "g"))
+    stats = train_reward_model(cfg, records=records, evaluate=False)
+    assert stats["train_pairwise_accuracy"] == 1.0
+    assert stats["weights"]["grounding_min"] > 0  # an unsupported sentence lowers the score
+    assert {p.name for p in (tmp_path / "g").iterdir()} >= {"model.safetensors", "rm_config.json", "train_stats.json"}
+
+    reward = build_reward("rewards.holistic", {"type": "grounding_bt", "path": str(tmp_path / "g")}, None, "holistic")
+    assert isinstance(reward, GroundingBTReward) and reward.name == "holistic"
+    passages = [["Berlin is the capital of Germany."]] * 2
+    good, bad = reward(["What is Germany's capital?"] * 2,
+                       ["Berlin is the capital of Germany.",
+                        "Berlin is the capital of Germany. Spoons vote in the winter elections."], passages=passages)
+    assert good > bad
+    result = evaluate_reward_model(tmp_path / "g", records=records)
+    assert result["pairwise_accuracy"] == 1.0 and result["baseline_longer_is_better"] == 0.0
+    assert len(FEATURES) == reward.weight.numel()
+    with pytest.raises(AlarmError, match="passages"):
+        reward(["q"], ["an answer"])
+
+
+def test_grounding_bt_errors_are_one_line(tmp_path):
+    from alarm.reward_models.grounding_bt import GroundingBTReward
+    from alarm.reward_models.train import RMTrainConfig
+
+    with pytest.raises(AlarmError, match="rm_config.json"):
+        GroundingBTReward(str(tmp_path))
+    (tmp_path / "rm_config.json").write_text(json.dumps({"kind": "holistic"}))
+    with pytest.raises(AlarmError, match="sequence_classifier"):
+        GroundingBTReward(str(tmp_path))
+    with pytest.raises(ValueError, match="holistic only"):
+        RMTrainConfig(kind="factuality", architecture="grounding_features")
+
+
 def test_span_model_trains_and_loads_as_a_reward(tmp_path, minilm_tokenizer):
     from alarm.reward_models.evaluate import evaluate_reward_model
     from alarm.reward_models.train import RMTrainConfig, split_records, train_reward_model
@@ -307,7 +368,7 @@ def test_recipes_validate():
     from alarm.config import load_recipe
 
     r = load_recipe(RECIPES / "qa_feedback.yaml")
-    assert r.rewards.holistic["type"] == "sequence_classifier"
+    assert r.rewards.holistic["type"] == "grounding_bt"
     paper = load_recipe(RECIPES / "qa_feedback_paper.yaml")
     assert paper.model.name == "t5-large" and paper.rewards.holistic["path"] == "openbmb/UltraRM-13b"
     assert (paper.combine["holistic_weight"], paper.combine["epsilon"]) == (5.0, 0.6)

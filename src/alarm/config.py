@@ -174,6 +174,7 @@ def validate_recipe(data: dict) -> Recipe:
 
 
 def _reward_classes() -> dict[str, Any]:
+    from alarm.reward_models.grounding_bt import GroundingBTReward
     from alarm.rewards.embedding import GroundingReward, ReferenceSimilarityReward, RelevanceReward
     from alarm.rewards.grammar import GrammarReward
     from alarm.rewards.hf_models import SequenceClassifierReward, SpanRewardModel
@@ -189,6 +190,7 @@ def _reward_classes() -> dict[str, Any]:
         "grammar": GrammarReward,
         "sequence_classifier": SequenceClassifierReward.from_pretrained,
         "span_model": SpanRewardModel.from_pretrained,
+        "grounding_bt": GroundingBTReward,
     }
 
 
@@ -226,10 +228,10 @@ def build_reward(where: str, spec: dict, encoder_name: str | None, default_name:
         from alarm.rewards.embedding import load_encoder
 
         kwargs["encoder"] = load_encoder(encoder_name)
-    if kind in ("sequence_classifier", "span_model"):
+    if kind in ("sequence_classifier", "span_model", "grounding_bt"):
         kwargs.setdefault("name", default_name)
     reward = _reward_classes()[kind](**kwargs)
-    if kind not in ("sequence_classifier", "span_model") and "name" not in spec:
+    if kind not in ("sequence_classifier", "span_model", "grounding_bt") and "name" not in spec:
         reward.name = default_name
     if spec.get("prompt_with_passages"):
         # Reward models trained on QA-Feedback read "question + passages"; the trainer passes the question.

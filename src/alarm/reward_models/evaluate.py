@@ -52,11 +52,17 @@ def _fits(reward, text: str) -> bool:
 
 def evaluate_holistic(reward, records: list[FeedbackRecord]) -> dict:
     """Pairwise accuracy; questions with a response longer than the model reads are skipped (and counted)."""
+    from alarm.reward_models.grounding_bt import GroundingBTReward
+
     n_all = len(records)
-    records = [r for r in records if all(_fits(reward, p) for p in r.predictions)]
-    prompts = [reward_prompt(r.question, r.passages) for r in records for _ in range(4)]
     completions = [p for r in records for p in r.predictions]
-    flat = reward(prompts, completions)
+    if isinstance(reward, GroundingBTReward):  # reads the question and the passages column, any length
+        flat = reward([r.question for r in records for _ in range(4)], completions,
+                      passages=[r.passages for r in records for _ in range(4)])
+    else:
+        records = [r for r in records if all(_fits(reward, p) for p in r.predictions)]
+        completions = [p for r in records for p in r.predictions]
+        flat = reward([reward_prompt(r.question, r.passages) for r in records for _ in range(4)], completions)
     scores = [flat[4 * i : 4 * i + 4] for i in range(len(records))]
     acc, n = pairwise_accuracy(scores, records)
     base, _ = pairwise_accuracy([[float(len(p)) for p in r.predictions] for r in records], records)
@@ -97,6 +103,10 @@ def evaluate_completeness(reward, records: list[FeedbackRecord]) -> dict:
 def load_reward(model_dir: str | Path, info: dict):
     from alarm.rewards.hf_models import SequenceClassifierReward, SpanRewardModel
 
+    if info.get("architecture") == "grounding_features":
+        from alarm.reward_models.grounding_bt import GroundingBTReward
+
+        return GroundingBTReward(str(model_dir), name=info["kind"])
     if info["kind"] in ("factuality", "relevance"):
         return SpanRewardModel.from_pretrained(str(model_dir), level=info["level"], value=info["value"],
                                                batch_size=16, name=info["kind"])

@@ -3,7 +3,9 @@
 Four kinds, all on one encoder backbone (default: the offline all-MiniLM-L6-v2; any HF encoder by name, the
 paper used Longformer-base), all reading ``reward_prompt(question, passages)`` as the first sequence:
 
-- ``holistic``: AutoModelForSequenceClassification(num_labels=1) trained with the Bradley–Terry loss
+- ``holistic`` with ``architecture: grounding_features`` (the recipe's default): a linear Bradley–Terry score on
+  grounding features of the frozen encoder, see ``alarm.reward_models.grounding_bt``.
+- ``holistic`` with ``architecture: cross_encoder``: AutoModelForSequenceClassification(num_labels=1) trained with the Bradley–Terry loss
   −log σ(s_preferred − s_other) on the 6 pairwise preferences per question (ties skipped). The 4 responses of
   a question are encoded once per step and all its pairs scored from those 4 scores.
 - ``factuality``: AutoModelForTokenClassification (clean / error) predicting, at the separator before each
@@ -31,7 +33,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from alarm.errors import AlarmError
 from alarm.qa_feedback import (
@@ -54,13 +56,18 @@ class RMTrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["holistic", "factuality", "relevance", "completeness"]
+    # holistic only: "cross_encoder" fine-tunes the backbone as a sequence classifier; "grounding_features" fits
+    # Bradley–Terry on grounding features of the frozen backbone (alarm.reward_models.grounding_bt)
+    architecture: Literal["cross_encoder", "grounding_features"] = "cross_encoder"
+    max_evidence: int = Field(80, ge=1)  # grounding_features: passage sentences read per question
+    grounded_at: float = Field(0.8, ge=-1, le=1)  # grounding_features: cosine at which a sentence counts as grounded
     data: str = f"{DEFAULT_DIR}/feedback.json"  # feedback file: path or http(s) URL
     backbone: str | None = None  # None = the packaged all-MiniLM-L6-v2; else an HF encoder name or directory
     epochs: float = Field(2.0, gt=0)
     learning_rate: float = Field(5e-5, gt=0)
     batch_size: int = Field(8, ge=1)  # holistic: questions per step (4 responses each); others: responses
     max_length: int = Field(256, ge=16)  # prompt (question + passages) is cut to fit; the response never is
-    weight_decay: float = Field(0.01, ge=0)
+    weight_decay: float = Field(0.01, ge=0)  # grounding_features: the L2 coefficient λ on w
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     error_weight: float | None = Field(None, gt=0)  # span kinds: loss weight of the error class; None = balanced
     validation_fraction: float = Field(0.2, gt=0, lt=1)
@@ -72,6 +79,12 @@ class RMTrainConfig(BaseModel):
 
     def out_dir(self) -> Path:
         return Path(self.output_dir or f"runs/rm/{self.kind}")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.architecture != "cross_encoder" and self.kind != "holistic":
+            raise ValueError(f"architecture {self.architecture!r} is for kind holistic only")
+        return self
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RMTrainConfig:
@@ -328,6 +341,8 @@ def train_reward_model(config: RMTrainConfig, records: list[FeedbackRecord] | No
     set_seed(config.seed)
     records = load_feedback(config.data) if records is None else records
     train, val = split_records(records, config)
+    if config.architecture == "grounding_features":
+        return _train_grounding_bt(config, train, val, evaluate)
     backbone = config.backbone or minilm_path()
     if model is None:
         model, tokenizer = build_model(config.kind, backbone)
@@ -369,6 +384,19 @@ def train_reward_model(config: RMTrainConfig, records: list[FeedbackRecord] | No
 
         stats["eval"] = evaluate_reward_model(out, val)
     (out / "train_stats.json").write_text(json.dumps(stats, indent=2))
+    return stats
+
+
+def _train_grounding_bt(config: RMTrainConfig, train, val, evaluate: bool) -> dict:
+    from alarm.reward_models.grounding_bt import train_grounding_bt
+
+    stats = {"kind": config.kind, "architecture": config.architecture, "train_questions": len(train),
+             "validation_questions": len(val), **train_grounding_bt(config, train)}
+    if evaluate and val:
+        from alarm.reward_models.evaluate import evaluate_reward_model
+
+        stats["eval"] = evaluate_reward_model(config.out_dir(), val)
+    (config.out_dir() / "train_stats.json").write_text(json.dumps(stats, indent=2))
     return stats
 
 
