@@ -105,6 +105,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RMTrain
         loc = ".".join(str(x) for x in err["loc"]) or "config"
         if err["type"] == "extra_forbidden":
             raise AlarmError(f"{p}: {loc}: unknown setting (valid: {', '.join(RMTrainConfig.model_fields)})") from None
+        if not err["loc"]:  # a check across settings: the whole config is not worth echoing
+            raise AlarmError(f"{p}: {err['msg'].removeprefix('Value error, ')}") from None
         raise AlarmError(f"{p}: {loc}: {err['msg']} (got {err.get('input')!r})") from None
 
 
