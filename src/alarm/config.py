@@ -101,11 +101,15 @@ def build_dataclass(cls, settings: dict, where: str):
     return cls(**settings)
 
 
-def _format_validation_error(e: ValidationError) -> str:
+def _format_validation_error(e: ValidationError, model_cls=None) -> str:
     err = e.errors()[0]
     loc = ".".join(str(x) for x in err["loc"]) or "config"
     if err["type"] == "extra_forbidden":
+        if model_cls is not None and len(err["loc"]) == 1:
+            return f"{loc}: unknown setting (valid: {', '.join(model_cls.model_fields)})"
         return f"{loc}: unknown setting; check its spelling against the documented keys"
+    if not err["loc"]:  # a check across settings: the whole config is not worth echoing
+        return err["msg"].removeprefix("Value error, ")
     return f"{loc}: {err['msg']} (got {err.get('input')!r})"
 
 
@@ -155,7 +159,7 @@ def validate_settings(model_cls, data: dict):
     try:
         return model_cls.model_validate(data)
     except ValidationError as e:
-        raise AlarmError(_format_validation_error(e)) from None
+        raise AlarmError(_format_validation_error(e, model_cls)) from None
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:

@@ -32,8 +32,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from alarm.errors import AlarmError
 from alarm.qa_feedback import (
@@ -88,26 +87,15 @@ class RMTrainConfig(BaseModel):
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RMTrainConfig:
-    from alarm.config import _merge, parse_overrides
+    from alarm.config import read_settings, validate_settings
 
-    p = Path(path)
-    if not p.exists():
-        raise AlarmError(f"reward-model config {p} not found; see recipes/rm_*.yaml")
+    if not Path(path).exists():
+        raise AlarmError(f"reward-model config {path} not found; see recipes/rm_*.yaml")
+    data = read_settings(path, overrides)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise AlarmError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
-    data = _merge(data, parse_overrides(overrides or []))
-    try:
-        return RMTrainConfig.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"]) or "config"
-        if err["type"] == "extra_forbidden":
-            raise AlarmError(f"{p}: {loc}: unknown setting (valid: {', '.join(RMTrainConfig.model_fields)})") from None
-        if not err["loc"]:  # a check across settings: the whole config is not worth echoing
-            raise AlarmError(f"{p}: {err['msg'].removeprefix('Value error, ')}") from None
-        raise AlarmError(f"{p}: {loc}: {err['msg']} (got {err.get('input')!r})") from None
+        return validate_settings(RMTrainConfig, data)
+    except AlarmError as e:
+        raise AlarmError(f"{path}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------- examples
