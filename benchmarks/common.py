@@ -93,10 +93,13 @@ def summary(xs: list[float]) -> dict:
 
 
 def write_results(name: str, data: dict, markdown: str) -> tuple[Path, Path]:
+    """results/<name>.json and .md, and the tables printed."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     j, m = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
     j.write_text(json.dumps(data, indent=2, default=str) + "\n")
     m.write_text(markdown.rstrip() + "\n")
+    print(markdown)
+    print("wrote", j, m)
     return j, m
 
 

@@ -96,9 +96,7 @@ def main(argv=None) -> int:
                         [[f"`alarm quickstart {' '.join(overrides)}`", f"{maxrss_gb:.2f}", f"{peak_gb:.2f}",
                           f"{wall:.0f}", "yes" if result["met"] else "no"]]),
         common.machine_line(result["machine"], load)])
-    paths = common.write_results(name, result, md)
-    print(md)
-    print("wrote", *paths)
+    common.write_results(name, result, md)
     return 0
 
 

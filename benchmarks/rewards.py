@@ -105,9 +105,7 @@ def main(argv=None) -> int:
         common.md_table(["backend", "batched", "one at a time", "batching speed-up"], rows),
         f"Medians of {args.repeats} alternating repeats after a warm-up; torch threads {threads}.",
         common.machine_line(result["machine"], load)])
-    paths = common.write_results(args.name, result, md)
-    print(md)
-    print("wrote", *paths)
+    common.write_results(args.name, result, md)
     return 0
 
 

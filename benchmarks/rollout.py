@@ -102,9 +102,7 @@ def main(argv=None) -> int:
         common.md_table(["phase", "median (s)", "share"], share),
         f"Medians of {len(kept)} steps after {args.warmup} warm-up; torch threads {threads}. Target: rollout ≤ 1.15 × plain generate.",
         common.machine_line(result["machine"], load)])
-    paths = common.write_results(args.name, result, md)
-    print(md)
-    print("wrote", *paths)
+    common.write_results(args.name, result, md)
     return 0
 
 

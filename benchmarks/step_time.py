@@ -207,9 +207,7 @@ def main(argv=None) -> int:
         common.md_table(["our phase (median s)", *phases], [[ph, *[result["our_phases_s"][k][ph] for k in phases]]
                                                            for ph in next(iter(result["our_phases_s"].values()))]),
         common.machine_line(result["machine"], load)])
-    paths = common.write_results(args.name, result, md)
-    print(md)
-    print("wrote", *paths)
+    common.write_results(args.name, result, md)
     return 0
 
 
