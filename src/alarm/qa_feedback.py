@@ -107,6 +107,16 @@ def _where(name: str, i: int, rec) -> str:
     return f"{name} record {i}" + (f" (question {q[:60]!r})" if isinstance(q, str) else "")
 
 
+def _records(source: str | Path, what: str):
+    """(where, record, question) for each record of a QA-Feedback JSON file; errors name the record."""
+    name, data = read_json(source, what)
+    for i, rec in enumerate(data):
+        where = _where(name, i, rec)
+        if not isinstance(rec, dict):
+            raise AlarmError(f"{where}: each record must be a JSON object")
+        yield where, rec, _str(rec, "question", where)
+
+
 def _str(rec: dict, field: str, where: str, allow_empty: bool = False) -> str:
     if field not in rec:
         raise AlarmError(f"{where}: missing field {field!r}")
@@ -138,13 +148,8 @@ def _passages(rec: dict, where: str) -> tuple[Passage, ...]:
 
 def load_prompts(source: str | Path) -> list[PromptRecord]:
     """Validated prompt-file records."""
-    name, data = read_json(source, "QA-Feedback prompt file")
     out = []
-    for i, rec in enumerate(data):
-        where = _where(name, i, rec)
-        if not isinstance(rec, dict):
-            raise AlarmError(f"{where}: each record must be a JSON object")
-        q = _str(rec, "question", where)
+    for where, rec, q in _records(source, "QA-Feedback prompt file"):
         answers = rec.get("answer", rec.get("answers"))
         if isinstance(answers, str):
             answers = [answers]
@@ -156,13 +161,8 @@ def load_prompts(source: str | Path) -> list[PromptRecord]:
 
 def load_feedback(source: str | Path) -> list[FeedbackRecord]:
     """Validated feedback-file records (spans checked against ``prediction 1``)."""
-    name, data = read_json(source, "QA-Feedback feedback file")
     out = []
-    for i, rec in enumerate(data):
-        where = _where(name, i, rec)
-        if not isinstance(rec, dict):
-            raise AlarmError(f"{where}: each record must be a JSON object")
-        q = _str(rec, "question", where)
+    for where, rec, q in _records(source, "QA-Feedback feedback file"):
         preds = tuple(_str(rec, f"prediction {k}", where, allow_empty=True) for k in (1, 2, 3, 4))
         fb = rec.get("feedback")
         if not isinstance(fb, dict):
