@@ -25,8 +25,8 @@ from alarm.generation import generate_texts
 from alarm.models import load_causal_lm, load_tokenizer, resolve_model_path
 from alarm.pipeline import win_rate
 from alarm.qa_feedback import PassagePrompt, load_prompts, policy_records, split_questions
-from alarm.reward_models.grounding_bt import GroundingBTReward
-from alarm.rewards.hf_models import SequenceClassifierReward, SpanRewardModel
+from alarm.reward_models.evaluate import load_reward
+from alarm.rewards.hf_models import SpanRewardModel
 from alarm.trainers.ppo import PPOConfig, PPOTrainer
 
 MODES = ("holistic_only", "aspect_only", "weighted_sum", "hierarchical")
@@ -36,13 +36,8 @@ HERE = Path(__file__).resolve().parent
 def load_rewards(rm_dir: Path) -> dict:
     """Holistic + factuality (required); relevance when it has been trained (else its column reads n/a)."""
     info = json.loads((rm_dir / "holistic" / "rm_config.json").read_text())
-    if info.get("architecture") == "grounding_features":
-        holistic = GroundingBTReward(str(rm_dir / "holistic"))
-    else:
-        holistic = PassagePrompt(SequenceClassifierReward.from_pretrained(str(rm_dir / "holistic"), batch_size=16,
-                                                                          name="holistic"))
     out = {
-        "holistic": holistic,
+        "holistic": load_reward(rm_dir / "holistic", info),  # either architecture, reads question + passages
         "factuality": PassagePrompt(SpanRewardModel.from_pretrained(str(rm_dir / "factuality"), level="sentence",
                                                                     value=0.5, batch_size=16, name="factuality")),
     }

@@ -244,7 +244,7 @@ def test_holistic_training_lowers_loss_and_ranks_pairs(tmp_path, minilm_tokenize
     assert hist[-1] < 0.5 * hist[0]
     reward = SequenceClassifierReward.from_pretrained(str(tmp_path / "h"))
     assert reward.max_length == 64  # the saved tokenizer carries the training length
-    result = evaluate_holistic(reward, records)
+    result = evaluate_holistic(PassagePrompt(reward), records)  # as load_reward returns it
     assert result["pairwise_accuracy"] == 1.0
     assert result["baseline_longer_is_better"] < 0.5
     assert (tmp_path / "h" / "model.safetensors").exists() and (tmp_path / "h" / "rm_config.json").exists()

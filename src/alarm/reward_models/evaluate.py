@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from alarm.errors import AlarmError
-from alarm.qa_feedback import FeedbackRecord, error_labels, load_feedback, reward_prompt
+from alarm.qa_feedback import FeedbackRecord, PassagePrompt, error_labels, load_feedback, reward_prompt
 
 
 def prf(pred: list[int], gold: list[int]) -> dict:
@@ -51,18 +51,14 @@ def _fits(reward, text: str) -> bool:
 
 
 def evaluate_holistic(reward, records: list[FeedbackRecord]) -> dict:
-    """Pairwise accuracy; questions with a response longer than the model reads are skipped (and counted)."""
-    from alarm.reward_models.grounding_bt import GroundingBTReward
-
+    """Pairwise accuracy of a reward that reads the question plus a ``passages`` column (``load_reward``);
+    with a cross-encoder, questions with a response longer than it reads are skipped (and counted)."""
     n_all = len(records)
-    completions = [p for r in records for p in r.predictions]
-    if isinstance(reward, GroundingBTReward):  # reads the question and the passages column, any length
-        flat = reward([r.question for r in records for _ in range(4)], completions,
-                      passages=[r.passages for r in records for _ in range(4)])
-    else:
-        records = [r for r in records if all(_fits(reward, p) for p in r.predictions)]
-        completions = [p for r in records for p in r.predictions]
-        flat = reward([reward_prompt(r.question, r.passages) for r in records for _ in range(4)], completions)
+    model = getattr(reward, "reward", reward)  # PassagePrompt wraps the cross-encoder
+    if hasattr(model, "tokenizer"):
+        records = [r for r in records if all(_fits(model, p) for p in r.predictions)]
+    flat = reward([r.question for r in records for _ in range(4)], [p for r in records for p in r.predictions],
+                  passages=[r.passages for r in records for _ in range(4)])
     scores = [flat[4 * i : 4 * i + 4] for i in range(len(records))]
     acc, n = pairwise_accuracy(scores, records)
     base, _ = pairwise_accuracy([[float(len(p)) for p in r.predictions] for r in records], records)
@@ -101,6 +97,8 @@ def evaluate_completeness(reward, records: list[FeedbackRecord]) -> dict:
 
 
 def load_reward(model_dir: str | Path, info: dict):
+    """The saved model as a reward. Holistic models read the question as the prompt and a ``passages`` column
+    (either architecture); the others read ``reward_prompt(question, passages)`` as the prompt."""
     from alarm.rewards.hf_models import SequenceClassifierReward, SpanRewardModel
 
     if info.get("architecture") == "grounding_features":
@@ -110,7 +108,8 @@ def load_reward(model_dir: str | Path, info: dict):
     if info["kind"] in ("factuality", "relevance"):
         return SpanRewardModel.from_pretrained(str(model_dir), level=info["level"], value=info["value"],
                                                batch_size=16, name=info["kind"])
-    return SequenceClassifierReward.from_pretrained(str(model_dir), batch_size=16, name=info["kind"])
+    reward = SequenceClassifierReward.from_pretrained(str(model_dir), batch_size=16, name=info["kind"])
+    return PassagePrompt(reward) if info["kind"] == "holistic" else reward
 
 
 def evaluate_reward_model(model_dir: str | Path, records: list[FeedbackRecord] | None = None,

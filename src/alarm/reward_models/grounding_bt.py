@@ -31,21 +31,6 @@ FEATURES = ("log_words", "sentences", "grounding_mean", "grounding_min", "ground
             "question_min")
 
 
-def passage_texts(passages) -> list[str]:
-    """Plain texts of a passages entry: strings, QA-Feedback ``Passage`` objects or dicts with ``text``."""
-    if passages is None:
-        return []
-    if isinstance(passages, str):
-        return [passages]
-    out = []
-    for p in passages:
-        text = p.get("text", p.get("content")) if isinstance(p, dict) else getattr(p, "text", p)
-        if not isinstance(text, str):
-            raise AlarmError(f"a passage is {type(p).__name__}; expected a string, a dict with 'text' or a Passage")
-        out.append(text)
-    return out
-
-
 def _sentences(text: str) -> list[str]:
     return [text[s:e] for s, e in sentence_spans(text)]
 
@@ -53,9 +38,10 @@ def _sentences(text: str) -> list[str]:
 def features(encoder, questions: list[str], passages: list, responses: list[str], max_evidence: int = 80,
              grounded_at: float = 0.8) -> torch.Tensor:
     """[N, len(FEATURES)] features of each (question, passages, response); one encoder call for the batch."""
-    from alarm.rewards.embedding import _embed
+    from alarm.rewards.embedding import _embed, _texts
 
-    evidence = [[s for t in passage_texts(ps) for s in _sentences(t)][:max_evidence] for ps in passages]
+    evidence = [[s for t in _texts("holistic", "passages", ps, i) for s in _sentences(t)][:max_evidence]
+                for i, ps in enumerate(passages)]
     pieces = [_sentences(r) for r in responses]
     rows, emb = _embed(encoder, [s for ps in pieces for s in ps] + [s for ev in evidence for s in ev] + list(questions))
     out = torch.zeros(len(responses), len(FEATURES))

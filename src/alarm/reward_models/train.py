@@ -395,8 +395,12 @@ def save_reward_model(model, tokenizer, config: RMTrainConfig, out: Path, stats:
     import shutil
 
     model.save_pretrained(out, safe_serialization=True)
+    limit = tokenizer.model_max_length  # saved with the training length, the caller's tokenizer left as it was
     tokenizer.model_max_length = config.max_length
-    tokenizer.save_pretrained(out)
+    try:
+        tokenizer.save_pretrained(out)
+    finally:
+        tokenizer.model_max_length = limit
     info = {"kind": config.kind, "config": config.model_dump(), "prompt_format": "alarm.qa_feedback.reward_prompt"}
     if config.kind in SPAN_KINDS:
         level, types, value = SPAN_KINDS[config.kind]

@@ -77,7 +77,7 @@ def _check_threshold_value(name: str, threshold: float, value: float) -> None:
 
 
 def _texts(name: str, column: str, entry: Any, i: int) -> list[str]:
-    """A column entry as a list of strings: a string, a list of strings, or QA-Feedback passage dicts."""
+    """A column entry as a list of strings: a string, a list of strings, QA-Feedback passage dicts or Passages."""
     if entry is None:
         return []
     if isinstance(entry, str):
@@ -86,6 +86,8 @@ def _texts(name: str, column: str, entry: Any, i: int) -> list[str]:
         text = entry.get("content", entry.get("text"))
         if isinstance(text, str):
             return [text]
+    elif isinstance(getattr(entry, "text", None), str):  # alarm.qa_feedback.Passage
+        return [entry.text]
     elif isinstance(entry, (list, tuple)):
         return [t for item in entry for t in _texts(name, column, item, i)]
     raise AlarmError(
