@@ -301,7 +301,7 @@ def test_stats_on_a_hand_made_batch():
     assert s["empty_rate"] == pytest.approx(1 / 3)
     assert s["epsilon"] == 0.0
     assert s["hierarchy/violated"] == 0.0
-    assert s["return/mean"] == pytest.approx((1.0 + sigmoid(2.0) + config.empty_penalty - 1.0) / 3)
+    assert s["return/mean"] == pytest.approx((1.0 + sigmoid(2.0) + config.empty_return - 1.0) / 3)
 
 
 # ----------------------------------------------------------------------------- RewardSet
@@ -378,7 +378,7 @@ def test_sequence_rewards_follow_the_return_formula():
     hn, en = rs.normalizers["holistic"], rs.normalizers["e"]
     for c, r in zip(batch, returns):
         if not c.strip():
-            assert r == rs.config.empty_penalty
+            assert r == rs.config.empty_return
             continue
         h = hn(len(c))
         expected = 3.0 * h + (sigmoid(en(c.count("e"))) if h >= 0.0 else 0.0)

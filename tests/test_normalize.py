@@ -30,8 +30,13 @@ def test_fit_values_and_constant_input():
     assert (n.mean, n.count) == (2.5, 4)
     assert n.std == pytest.approx(math.sqrt(5 / 3))
     assert n(2.5) == 0.0
-    const = Normalizer.fit([7.0, 7.0, 7.0])
-    assert const.std == 1e-6 and const(7.0) == 0.0  # never divides by zero
+
+
+@pytest.mark.parametrize("values", [[7.0, 7.0, 7.0], [1e6, 1e6 + 1e-4, 1e6]])
+def test_a_constant_reward_is_refused_by_name(values):
+    # Before: std clamped to 1e-6, so every later difference became a z-score of ±1e6, silently.
+    with pytest.raises(AlarmError, match="'grammar' is constant on the 3 fitting samples.*rewards.normalize"):
+        Normalizer.fit(values, name="grammar")
 
 
 @pytest.mark.parametrize("values", [[], [1.0], [None, 2.0, None]])

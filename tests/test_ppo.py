@@ -84,7 +84,7 @@ def test_rewards_reaching_gae_sum_to_what_combination_assigned(tmp_path, mode):
     for i, n in enumerate(lengths):
         assert torch.all(exp["scores"][i, n:] == 0)
         assert float(exp["scores"][i, n - 1]) == pytest.approx(float(combined.token_rewards[i][-1]), abs=1e-6)
-    assert float(exp["scores"][2, 0]) == pytest.approx(CombineConfig().empty_penalty)
+    assert float(exp["scores"][2, 0]) == pytest.approx(CombineConfig().empty_return)
     assert info["texts"][2] == ""
 
 

@@ -12,7 +12,8 @@ logistic s), the aspect vector is a_t = Σ_k w_k·s(r_{k,t}) and the token rewar
 
 so the return is R = w_h·h + 1[h ≥ ε]·Σ_t a_t. With shaped (positive) aspect values and w_h > 0, every
 response with h ≥ ε out-earns every response with h < ε — the hierarchy guarantee; :func:`hierarchy_warnings`
-names each setting that breaks it. An empty response gets ``empty_penalty`` on its own last token instead.
+names each setting that breaks it. An empty response gets ``empty_penalty`` on its own last token instead
+(default w_h·(−10), the paper's h = −10: below every real answer, so PPO is never paid to abstain).
 """
 
 from __future__ import annotations
@@ -55,9 +56,13 @@ class CombineConfig:
     epsilon: float = 0.6  # compared with the z-scored holistic reward
     epsilon_quantile: float | None = None  # if set, ε = this quantile of h under the initial policy
     aspect_weights: dict[str, float] = field(default_factory=dict)  # aspects not listed weigh 1.0
+    # s(scale·v) instead of s(v) for the listed aspects (the paper shaped completeness as s(0.3·z)); 1.0 if absent
+    aspect_scales: dict[str, float] = field(default_factory=dict)
     shape_aspects: bool = True  # logistic shaping of every aspect value (never of h)
     unshaped: tuple[str, ...] = ()  # aspects exempted from shaping (can break the guarantee)
-    empty_penalty: float = -5.0  # return of an empty response, placed on its last token
+    # Return of an empty response, on its last token. None: w_h·(−10) (QA −50, MT −30: the paper's h = −10),
+    # below every real answer with h > −10; a value inside the normal return range pays PPO to abstain.
+    empty_penalty: float | None = None
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -65,16 +70,34 @@ class CombineConfig:
         if self.epsilon_quantile is not None and not 0.0 < self.epsilon_quantile < 1.0:
             raise AlarmError(f"epsilon_quantile must lie in (0, 1), got {self.epsilon_quantile}")
         for key, v in [("holistic_weight", self.holistic_weight), ("epsilon", self.epsilon),
-                       ("empty_penalty", self.empty_penalty), *self.aspect_weights.items()]:
+                       ("empty_penalty", self.empty_return), *self.aspect_weights.items(),
+                       *self.aspect_scales.items()]:
             if not math.isfinite(float(v)):
                 raise AlarmError(f"combine setting {key!r} must be a finite number, got {v}")
+        for key, v in self.aspect_scales.items():
+            if v <= 0:
+                raise AlarmError(f"aspect_scales.{key} must be > 0 (it multiplies the value inside s(·)), got {v}")
         self.unshaped = tuple(self.unshaped)
+
+    @property
+    def empty_return(self) -> float:
+        """The return of an empty response: ``empty_penalty``, or w_h·(−10) when it is not set."""
+        if self.empty_penalty is not None:
+            return float(self.empty_penalty)
+        return -10.0 * max(float(self.holistic_weight), 1.0)
 
     def weight(self, aspect: str) -> float:
         return float(self.aspect_weights.get(aspect, 1.0))
 
     def shaped(self, aspect: str) -> bool:
         return self.shape_aspects and aspect not in self.unshaped
+
+    def shaping(self, aspect: str):
+        """The function applied to each value ``aspect`` emits: s(scale·v), or None when unshaped."""
+        if not self.shaped(aspect):
+            return None
+        scale = float(self.aspect_scales.get(aspect, 1.0))
+        return logistic if scale == 1.0 else (lambda v: logistic(scale * v))
 
 
 def resolve_epsilon(config: CombineConfig, holistic_z: Sequence[float | None]) -> float:
@@ -88,13 +111,22 @@ def resolve_epsilon(config: CombineConfig, holistic_z: Sequence[float | None]) -
 
 
 def hierarchy_warnings(config: CombineConfig, aspects: Sequence[str], nonnegative: Sequence[str] = ()) -> list[str]:
-    """Reasons why the hierarchy guarantee can fail under ``config`` (empty list: it holds).
+    """Reasons why the hierarchy guarantee can fail under ``config`` (empty list: it holds), and why an
+    empty response can out-earn a real one (in every mode with a holistic reward).
 
     ``nonnegative`` names aspects known never to emit negative values (they are safe unshaped).
     """
-    if config.mode != "hierarchical":
-        return []
     reasons = []
+    floor = -10.0 * max(config.holistic_weight, 1.0)
+    if config.mode != "aspect_only" and config.empty_return > floor:
+        reasons.append(
+            f"empty_penalty {config.empty_return:g} is above the return of a real answer with "
+            f"h < {config.empty_return / max(config.holistic_weight, 1e-12):.2f} (w_h·h with w_h = "
+            f"{config.holistic_weight:g}): PPO is paid to answer nothing on hard prompts; leave it unset "
+            f"(w_h·(−10) = {floor:g}) or set it ≤ {floor:g}"
+        )
+    if config.mode != "hierarchical":
+        return reasons
     if config.holistic_weight <= 0:
         reasons.append(f"holistic_weight is {config.holistic_weight}; it must be > 0 for the gate to rank by h")
     for a in aspects:
@@ -146,6 +178,9 @@ def combine(
     for k, vals in aspects.items():
         if len(vals) != n:
             raise AlarmError(f"combine: aspect {k!r} has {len(vals)} values for {n} completions")
+    if epsilon is None and config.epsilon_quantile is not None and config.mode == "hierarchical":
+        raise AlarmError("combine: epsilon_quantile needs the initial policy's holistic scores; pass "
+                         "epsilon=resolve_epsilon(config, h_initial) or use RewardSet.fit")
     eps = config.epsilon if epsilon is None else epsilon
     w_h = config.holistic_weight
 
@@ -161,15 +196,14 @@ def combine(
         if needs_h and h is None and not empty:
             raise AlarmError(f"the holistic reward returned None for completion {i}; it must score every response")
         if empty:
-            r[-1] = config.empty_penalty
+            r[-1] = config.empty_return
             gate = False
         else:
             gate = config.mode in ("aspect_only", "weighted_sum") or (config.mode == "hierarchical" and h >= eps)
             if needs_h:
                 r[-1] += w_h * float(h)
             for k, vals in aspects.items():
-                shape = logistic if config.shaped(k) else None
-                a_k = config.weight(k) * place(vals[i], ends, shape=shape)
+                a_k = config.weight(k) * place(vals[i], ends, shape=config.shaping(k))
                 aspect_sums[k].append(float(a_k.sum()))
                 if gate:
                     r += a_k
@@ -230,6 +264,11 @@ class RewardSet:
         self.epsilon = config.epsilon if config.epsilon_quantile is None else None
         for reason in hierarchy_warnings(config, list(self.aspects), nonnegative):
             warnings.warn(f"hierarchy guarantee can fail: {reason}", HierarchyWarning, stacklevel=2)
+        if config.mode == "hierarchical" and config.epsilon_quantile is None and self.HOLISTIC not in self.normalize:
+            warnings.warn(
+                f"epsilon {config.epsilon:g} is a z value but the holistic reward is not normalised, so the gate "
+                "compares it with raw scores; add 'holistic' to normalize or give epsilon_quantile instead",
+                HierarchyWarning, stacklevel=2)
 
     def names(self) -> list[str]:
         return ([self.HOLISTIC] if self.holistic is not None else []) + list(self.aspects)
@@ -246,11 +285,26 @@ class RewardSet:
     def fit(self, prompts: Sequence[str], completions: Sequence[str], **columns) -> dict[str, list]:
         """Fit normalisers (and ε from its quantile) on samples of the initial policy; return the raw scores."""
         raw = self.raw_scores(prompts, completions, **columns)
-        self.normalizers = {k: Normalizer.fit(raw[k]) for k in self.normalize if k in raw}
+        self.normalizers = {k: Normalizer.fit(raw[k], name=k) for k in self.normalize if k in raw}
         if self.holistic is not None:
             z = self.normalized(raw)[self.HOLISTIC]
             self.epsilon = resolve_epsilon(self.config, z)
+            self._check_empty_penalty(z, completions)
         return raw
+
+    def _check_empty_penalty(self, z: Sequence[float | None], completions: Sequence[str]) -> None:
+        """Warn when real answers of the initial policy earn less than an empty response would."""
+        c = self.config
+        if c.mode == "aspect_only":
+            return
+        real = [c.holistic_weight * float(h) for h, text in zip(z, completions) if h is not None and text.strip()]
+        below = sum(r <= c.empty_return for r in real)
+        if below:
+            warnings.warn(
+                f"empty_penalty {c.empty_return:g} is above the holistic return w_h·h of {below} of "
+                f"{len(real)} initial-policy answers ({100 * below / len(real):.0f} %): PPO is paid to answer "
+                f"nothing on those prompts; set empty_penalty below {min(real):.2f} (or leave it unset)",
+                HierarchyWarning, stacklevel=3)
 
     def normalized(self, raw: dict[str, list]) -> dict[str, list]:
         return {k: [self.normalizers[k](v) for v in vals] if k in self.normalizers else list(vals)

@@ -22,17 +22,24 @@ class Normalizer:
     count: int
 
     @classmethod
-    def fit(cls, values: Iterable[float | None], min_std: float = 1e-6) -> Normalizer:
+    def fit(cls, values: Iterable[float | None], name: str = "reward") -> Normalizer:
+        """Mean and sample std of ``values``. A reward (near-)constant on them is refused: dividing by a tiny
+        std would turn every later difference into a z-score of thousands or millions."""
         xs = [float(v) for v in values if v is not None]
         if len(xs) < 2:
             raise AlarmError(
-                f"cannot fit a normaliser on {len(xs)} values; sample at least 2 responses (more is better)"
+                f"cannot fit a normaliser for {name!r} on {len(xs)} values; sample at least 2 responses (more is better)"
             )
         if any(not math.isfinite(x) for x in xs):
-            raise AlarmError("cannot fit a normaliser: the reward returned NaN or infinite values")
+            raise AlarmError(f"cannot fit a normaliser for {name!r}: the reward returned NaN or infinite values")
         mean = sum(xs) / len(xs)
         std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
-        return cls(mean=mean, std=max(std, min_std), count=len(xs))
+        if std <= 1e-6 * max(1.0, abs(mean)):
+            raise AlarmError(
+                f"reward {name!r} is constant on the {len(xs)} fitting samples (value {mean:.6g}, std {std:.2g}), so "
+                "it cannot be z-normalised; remove it from rewards.normalize or fit on more varied samples "
+                "(more prompts or samples per prompt)")
+        return cls(mean=mean, std=std, count=len(xs))
 
     def __call__(self, x: float | None) -> float | None:
         return None if x is None else (float(x) - self.mean) / self.std

@@ -55,6 +55,11 @@ class PPOConfig(BaseModel):
     grad_accum_steps: int = Field(2, ge=1)
     ppo_epochs: int = Field(4, ge=1)
     max_grad_norm: float | None = Field(None, gt=0)
+    # AdamW with weight_decay 0 is plain Adam, which the paper's trainer used (torch's AdamW default is 0.01).
+    weight_decay: float = Field(0.0, ge=0)
+    # The paper's trainer skipped a mini-batch whose mean ratio π/π_old exceeded 10 (a diverged batch); its
+    # loss is zeroed (so every process still runs the same backward) and counted in ppo/skipped_minibatches.
+    ratio_threshold: float | None = Field(10.0, gt=1)
     # advantage estimation and losses
     gamma: float = Field(1.0, ge=0, le=1)
     lam: float = Field(0.95, ge=0, le=1)
@@ -76,6 +81,10 @@ class PPOConfig(BaseModel):
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_target_modules: list[str] | None = None  # None: the attention projections found in the model
     lora_layers: list[int] | None = None  # only these layer indices get adapters (a cheaper backward on CPU)
+    # Dropout off in the policy (LoRA's included): the rollout and the update then see the same network, so
+    # the ratio and the approximate KL start at exactly 1 and 0 (TRL does the same). false keeps dropout on
+    # in the update passes, and then lora_dropout acts too.
+    disable_dropout: bool = True
     # run
     steps: int = Field(100, ge=1)
     seed: int = 42
@@ -238,12 +247,35 @@ def attention_projections(model: torch.nn.Module) -> list[str]:
     return found
 
 
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Switch off every dropout in ``model``: dropout modules and the attention-dropout rates that attention
+    layers keep as plain floats (Llama's ``attention_dropout``). Returns how many were on.
+
+    Why: the RL losses compare two forward passes of the same weights (old vs new log-probs, policy vs
+    reference). With dropout on in one of them they differ by noise: on a T5 with dropout 0.1 the approximate
+    KL before any update is ~0.2, above PPO's early-stop limit, and VCB's Δρ at initialisation is not 0.
+    """
+    n = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0:
+            m.p, n = 0.0, n + 1
+        for attr in ("attention_dropout", "attn_dropout", "dropout", "dropout_p", "activation_dropout"):
+            v = getattr(m, attr, None)
+            if isinstance(v, float) and v > 0:
+                setattr(m, attr, 0.0)
+                n += 1
+    return n
+
+
 def trainable_with_reference(model: torch.nn.Module, config) -> tuple[torch.nn.Module, torch.nn.Module | None]:
-    """(trained model, reference) from a config with the ``lora*`` settings (PPO and VCB share them).
+    """(trained model, reference) from a config with the ``lora*`` and ``disable_dropout`` settings (PPO and
+    VCB share them).
 
     LoRA: the reference is the same network with adapters disabled (returned as None: no second copy in
-    memory). Full fine-tuning: the reference is a frozen copy.
+    memory). Full fine-tuning: the reference is a frozen copy (in eval mode: no dropout).
     """
+    if config.disable_dropout:
+        disable_dropout(model)
     if not config.lora:
         return model, copy.deepcopy(model).eval().requires_grad_(False)
     from peft import LoraConfig, TaskType, get_peft_model
@@ -253,7 +285,10 @@ def trainable_with_reference(model: torch.nn.Module, config) -> tuple[torch.nn.M
                       target_modules=config.lora_target_modules or attention_projections(model),
                       layers_to_transform=config.lora_layers,
                       task_type=TaskType.SEQ_2_SEQ_LM if seq2seq else TaskType.CAUSAL_LM)
-    return get_peft_model(model, lora), None
+    peft_model = get_peft_model(model, lora)
+    if config.disable_dropout:
+        disable_dropout(peft_model)  # LoRA's own dropout too
+    return peft_model, None
 
 
 class PolicyWithValue(torch.nn.Module):
@@ -304,16 +339,27 @@ class PolicyWithValue(torch.nn.Module):
     def generation_model(self):
         return self.model
 
+    @property
+    def full_precision(self) -> bool:
+        """float32/float64 weights. In bf16/fp16 the sampling pass (KV cache, merged LoRA) and a full forward
+        pass round differently (tiny bf16 Llama: mean |ratio − 1| = 3e-4 at the start of the update with
+        merged LoRA, 1e-4 unmerged, 0 with a forward pass), so low-precision policies sample with adapters
+        unmerged and take their rollout log-probs and values from the update's own forward pass."""
+        return all(p.dtype in (torch.float32, torch.float64) for p in self.model.parameters()
+                   if p.is_floating_point())
+
     @contextmanager
     def merged_adapters(self):
         """LoRA folded into the base weights while sampling: no per-token adapter matmuls in the decode loop.
 
         The base weights are restored bit for bit afterwards (merge then unmerge alone would leave rounding
-        drift in the reference model). A no-op without LoRA.
+        drift in the reference model). A no-op without LoRA, and for low-precision weights (see
+        :attr:`full_precision`: merging would quantise small adapter updates into bf16 base weights).
         """
         from peft.tuners.lora import LoraLayer
 
-        layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)] if self.ref_model is None else []
+        merge = self.ref_model is None and self.full_precision
+        layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)] if merge else []
         saved = [m.get_base_layer().weight.detach().clone() for m in layers]
         if layers:
             self.model.merge_adapter()
@@ -358,7 +404,7 @@ class PPOTrainer:
         torch.manual_seed(config.seed)  # same value-head init on every rank
         policy = PolicyWithValue(model, config)
         self.optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad],
-                                           lr=config.learning_rate)
+                                           lr=config.learning_rate, weight_decay=config.weight_decay)
         self.policy, self.optimizer = self.accelerator.prepare(policy, self.optimizer)
         self.kl = KLController(config.kl_coef, config.adaptive_kl, config.kl_target, config.kl_horizon)
         self.step_idx = 0
@@ -380,6 +426,11 @@ class PPOTrainer:
         if eos is None:
             raise AlarmError("the tokenizer defines no EOS token; PPO samples until EOS, so set one")
         return eos if isinstance(eos, list) else [eos]
+
+    def _tempered(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits of the distribution actually sampled from (temperature applied): old, new and reference
+        log-probs all use it, so the ratio and the KL refer to the sampling policy (TRL does the same)."""
+        return logits if self.config.temperature == 1.0 else logits / self.config.temperature
 
     @staticmethod
     def _seed_everything(seed: int) -> None:
@@ -503,11 +554,12 @@ class PPOTrainer:
         policy.eval()
         with torch.inference_mode():
             logits, values = policy_outputs or policy(batch)
+            logits = self._tempered(logits)
             old_logprobs = logprobs_from_logits(logits, responses) * mask
             entropy = masked_mean(entropy_from_logits(logits), mask).item()
             del logits
             ref_logits, _ = policy(batch, with_values=False, reference=True)
-            ref_logprobs = logprobs_from_logits(ref_logits, responses) * mask
+            ref_logprobs = logprobs_from_logits(self._tempered(ref_logits), responses) * mask
             del ref_logits
         t_forward = time.perf_counter() - t0
 
@@ -532,7 +584,7 @@ class PPOTrainer:
         B = exp["responses"].shape[0]
         self.policy.train()
         stats = {"pg_loss": [], "vf_loss": [], "clipfrac": [], "vf_clipfrac": [], "approx_kl": []}
-        stopped_early, epochs_run = False, 0
+        stopped_early, epochs_run, skipped = False, 0, 0
         g = torch.Generator().manual_seed(c.seed + self.step_idx)
         for _epoch in range(c.ppo_epochs):
             order = torch.randperm(B, generator=g).tolist()
@@ -541,13 +593,16 @@ class PPOTrainer:
             for j, idx in enumerate(minis):
                 mb = trim_padding({k: v[idx] for k, v in exp.items()})
                 logits, values = self.policy(mb)
-                logprobs = logprobs_from_logits(logits, mb["responses"])
+                logprobs = logprobs_from_logits(self._tempered(logits), mb["responses"])
                 del logits
                 pg, clipfrac, approx_kl = policy_loss(logprobs, mb["old_logprobs"], mb["advantages"], mb["mask"],
                                                       c.cliprange)
                 vf, vf_clipfrac = value_loss(values.float(), mb["old_values"], mb["returns"], mb["mask"],
                                              c.cliprange_value)
                 loss = (pg + c.vf_coef * vf) / c.grad_accum_steps
+                ratio = masked_mean(torch.exp(logprobs.detach() - mb["old_logprobs"]), mb["mask"])
+                if c.ratio_threshold is not None and float(ratio) > c.ratio_threshold:
+                    loss, skipped = loss * 0.0, skipped + 1  # zeroed, not skipped: DDP's backward stays in step
                 self.accelerator.backward(loss)
                 last = j == len(minis) - 1
                 if (j + 1) % c.grad_accum_steps == 0 or last:
@@ -566,6 +621,7 @@ class PPOTrainer:
         out = {f"ppo/{k}": float(np.mean(v)) for k, v in stats.items()}
         out["ppo/epochs"] = float(epochs_run)
         out["ppo/early_stopped"] = float(stopped_early)
+        out["ppo/skipped_minibatches"] = float(skipped)
         return out
 
     # -- one step and the loop ----------------------------------------------------------------------------
@@ -575,7 +631,10 @@ class PPOTrainer:
         t_start = time.perf_counter()
         batch = self.encode_prompts(records)
         t0 = time.perf_counter()
-        responses, policy_outputs = self.generate(batch, with_policy_outputs=True)
+        if self.unwrapped.full_precision:
+            responses, policy_outputs = self.generate(batch, with_policy_outputs=True)
+        else:  # bf16/fp16: the rollout log-probs come from the update's own forward pass (exact ratio 1)
+            responses, policy_outputs = self.generate(batch), None
         t_gen = time.perf_counter() - t0
         exp, info = self.make_experience(records, batch, responses, policy_outputs)
         t0 = time.perf_counter()

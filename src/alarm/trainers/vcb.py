@@ -64,6 +64,7 @@ class VCBConfig(BaseModel):
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1)  # overrides epochs
     max_grad_norm: float | None = Field(1.0, gt=0)
+    weight_decay: float = Field(0.0, ge=0)  # AdamW with 0 is plain Adam (torch's AdamW default would be 0.01)
     max_response_tokens: int | None = Field(None, ge=1)  # truncate long candidates (None: keep whole)
     # model adaptation
     lora: bool = True
@@ -72,6 +73,9 @@ class VCBConfig(BaseModel):
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     lora_target_modules: list[str] | None = None  # None: the attention projections found in the model
     lora_layers: list[int] | None = None  # only these layer indices get adapters (cheaper backward on CPU)
+    # Dropout off in the policy: the training pass and the reference pass then agree, so Δρ = 0 at
+    # initialisation instead of dropout noise. false keeps dropout on in the training passes.
+    disable_dropout: bool = True
     # diagnostics
     eval_every: int = Field(0, ge=0)  # 0: before training and at the end only
     eval_at_start: bool = True  # diagnostics of the initial policy (step 0)
@@ -295,7 +299,7 @@ class VCBTrainer:
         self.reference_cache = Path(reference_cache) if reference_cache else None
         self.encoded = [self._encode(r) for r in rows]
         self.optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad],
-                                           lr=config.learning_rate)
+                                           lr=config.learning_rate, weight_decay=config.weight_decay)
         self.policy, self.optimizer = self.accelerator.prepare(policy, self.optimizer)
         self.steps_per_epoch = math.ceil(len(self.pairs) / config.batch_size)
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
@@ -385,51 +389,58 @@ class VCBTrainer:
         return torch.randperm(len(self.pairs), generator=g).tolist()
 
     def step(self) -> dict[str, float]:
-        """One optimizer step on ``batch_size`` pairs (this process's share, in micro-batches)."""
+        """One optimizer step on ``batch_size`` pairs, shared out over the processes in micro-batches.
+
+        Every process runs the same number of forward/backward passes (one short of pairs runs a zero-weight
+        pass), or DDP's collectives pair up wrongly and hang. Each pair's loss is weighted by 1 / (pairs in
+        the whole step), so the gradient and the logged numbers are the single-process ones for any split.
+        """
         c, acc = self.config, self.accelerator
         t0 = time.perf_counter()
         ref = self.reference_logprobs()
         epoch, pos = divmod(self.step_idx, self.steps_per_epoch)
         chosen = self.pair_order(epoch)[pos * c.batch_size : (pos + 1) * c.batch_size]
         mine = chosen[acc.process_index :: acc.num_processes]
+        n_micro = math.ceil(math.ceil(len(chosen) / acc.num_processes) / c.micro_batch_size)
+        scale = acc.num_processes / len(chosen)  # DDP averages over processes: this makes it a sum / len(chosen)
         loss_fn = LOSSES[c.loss]
         self.policy.train()
-        losses, drho_all = [], []
-        for s in range(0, len(mine), c.micro_batch_size):
-            idx = mine[s : s + c.micro_batch_size]
+        sums = torch.zeros(5, dtype=torch.float64)  # over this process's pairs: loss, β·Δρ, gap, (β·Δρ − gap)², hits
+        for s in range(n_micro):
+            idx = mine[s * c.micro_batch_size : (s + 1) * c.micro_batch_size]
+            n = len(idx)
+            idx = idx or chosen[:1]  # no pairs left here: a pass with weight 0 keeps the collectives in step
             i_idx = [self.pairs[k][0] for k in idx]
             j_idx = [self.pairs[k][1] for k in idx]
-            logps = self.policy(self.collate(i_idx + j_idx))  # winners and losers in one forward pass
-            dev = logps.device
-            drho = log_ratio_gap(logps[: len(idx)], ref[i_idx].to(dev), logps[len(idx) :], ref[j_idx].to(dev))
-            gap = torch.tensor(self.gaps[idx], dtype=drho.dtype, device=dev)
-            loss = loss_fn(drho, gap, c.beta)
-            acc.backward(loss * len(idx) / max(len(mine), 1))
-            losses.append(loss.item() * len(idx))
-            drho_all += drho.detach().cpu().tolist()
+            with acc.no_sync(self.policy) if s < n_micro - 1 else nullcontext():  # all-reduce on the last one
+                logps = self.policy(self.collate(i_idx + j_idx))  # winners and losers in one forward pass
+                dev = logps.device
+                drho = log_ratio_gap(logps[: len(idx)], ref[i_idx].to(dev), logps[len(idx) :],
+                                     ref[j_idx].to(dev))
+                gap = torch.tensor(self.gaps[idx], dtype=drho.dtype, device=dev)
+                loss = loss_fn(drho, gap, c.beta)
+                acc.backward(loss * (n * scale))
+            if n:  # statistics of the real pairs only
+                bd, g = c.beta * drho.detach().double().cpu(), gap.double().cpu()
+                hits = (bd > 0).double() + 0.5 * (bd == 0).double()  # ranking accuracy, a tie counts half
+                sums += torch.stack([loss.detach().double().cpu() * n, bd.sum(), g.sum(), ((bd - g) ** 2).sum(),
+                                     hits.sum()])
         grad_norm = float("nan")
         if c.max_grad_norm is not None:
             grad_norm = float(acc.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step_idx += 1
-        gaps = self.gaps[[k for k in mine]]
-        bd = c.beta * np.asarray(drho_all)
-        return {
-            "step": self.step_idx, "epoch": epoch,
-            "loss": self._mean(sum(losses) / max(len(mine), 1)),
-            "beta_delta_rho/mean": self._mean(float(bd.mean()) if len(bd) else 0.0),
-            "gap/mean": self._mean(float(gaps.mean()) if len(gaps) else 0.0),
-            "calibration/mse": self._mean(float(((bd - gaps) ** 2).mean()) if len(bd) else 0.0),
-            "train/ranking_accuracy": self._mean(ranking_accuracy(drho_all) or 0.0),
-            "grad_norm": grad_norm, "time/step": time.perf_counter() - t0,
-        }
+        means = (self._sum_over_processes(sums) / len(chosen)).tolist()  # over every process's pairs
+        names = ("loss", "beta_delta_rho/mean", "gap/mean", "calibration/mse", "train/ranking_accuracy")
+        return {"step": self.step_idx, "epoch": epoch, **dict(zip(names, means)),
+                "grad_norm": grad_norm, "time/step": time.perf_counter() - t0}
 
-    def _mean(self, x: float) -> float:
+    def _sum_over_processes(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over all processes (one collective, the same on every rank)."""
         if self.accelerator.num_processes == 1:
-            return float(x)
-        t = torch.tensor([float(x)], device=self.accelerator.device)
-        return float(self.accelerator.reduce(t, reduction="mean"))
+            return t
+        return self.accelerator.reduce(t.to(self.accelerator.device), reduction="sum").cpu()
 
     # -- diagnostics --------------------------------------------------------------------------------------
 
