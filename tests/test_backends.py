@@ -301,12 +301,78 @@ def test_classifier_overlong_completion(classifier, minilm_tokenizer):
         reward(["q", "q"], ["short", "word " * 40])
 
 
-def test_classifier_template(classifier, minilm_tokenizer):
-    templated = SequenceClassifierReward(classifier, minilm_tokenizer, template="Q: {prompt} A: {completion} END")
-    plain = SequenceClassifierReward(classifier, minilm_tokenizer)
-    assert templated(["Why?"], ["Because."]) == pytest.approx(plain(["Q: Why? A: "], ["Because. END"]), abs=1e-6)
+def bos_tokenizer():
+    """tiny's byte-level BPE with Llama's post-processor: one <s> before a text, another before a pair's second."""
+    import copy
+
+    import tiny
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend = copy.deepcopy(tiny.tokenizer().backend_tokenizer)
+    backend.add_special_tokens(["<s>"])
+    bos = backend.token_to_id("<s>")
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                           special_tokens=[("<s>", bos)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="<eos>", pad_token="<pad>")
+
+
+def tiny_llama_config(tok, **kw):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, **kw)
+
+
+ULTRA = "Human: {prompt}\nAssistant: {completion}"
+
+
+def test_template_reward_scores_the_one_string_it_renders():
+    """UltraRM-style rewards read tokenizer("Human: …\nAssistant: …"): one <s>, not a pair with a second <s>."""
+    from transformers import LlamaForSequenceClassification
+
+    tok = bos_tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(tiny_llama_config(tok, num_labels=1)).eval()
+    reward = SequenceClassifierReward(model, tok, template=ULTRA, batch_size=2)
+    prompts, answers = ["Where is Paris?", "What boils at 100 degrees?", "Why?"], ["In France.", "Water.", "Because."]
+    texts = [f"Human: {p}\nAssistant: {a}" for p, a in zip(prompts, answers)]
+    with torch.no_grad():
+        expected = [model(**tok(t, return_tensors="pt")).logits[0, 0].item() for t in texts]
+    assert reward(prompts, answers) == pytest.approx(expected, abs=1e-5)
+    enc, cut = reward.encode(prompts[0], answers[0])
+    assert enc["input_ids"] == tok(texts[0])["input_ids"] and not cut
+    assert enc["input_ids"].count(tok.bos_token_id) == 1
+    assert reward.last_stats == {"prompts_cut": 0, "inputs": 3}
     with pytest.raises(AlarmError, match="template must contain"):
-        SequenceClassifierReward(classifier, minilm_tokenizer, template="{prompt}")
+        SequenceClassifierReward(model, tok, template="{prompt}")
+
+
+def test_template_reward_cuts_the_prompt_end_never_the_response():
+    from transformers import LlamaForSequenceClassification
+
+    tok = bos_tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(tiny_llama_config(tok, num_labels=1)).eval()
+    reward = SequenceClassifierReward(model, tok, template=ULTRA, max_length=100)
+    long_prompt = "question: Where is Paris? context: wikipage: Paris text: " + "The capital of France is Paris. " * 30
+    answer = "Paris is in France, on the Seine."
+    enc, cut = reward.encode(long_prompt, answer)
+    assert cut and len(enc["input_ids"]) <= 100
+    text = tok.decode(enc["input_ids"], skip_special_tokens=True)
+    assert text.startswith("Human: question: Where is Paris? context: wikipage: Paris text: The capital")
+    assert text.endswith("\nAssistant: " + answer)  # the whole response, after the (cut) prompt
+    assert enc["input_ids"].count(tok.bos_token_id) == 1
+    head = text.removeprefix("Human: ").removesuffix("\nAssistant: " + answer)
+    assert long_prompt.startswith(head) and len(head) < len(long_prompt)
+    assert len(tok(reward.render(long_prompt[: len(head) + 32], answer))["input_ids"]) > 100  # cut no more than needed
+    scores = reward([long_prompt, "Where is Paris?"], [answer, answer])
+    with torch.no_grad():
+        assert scores[0] == pytest.approx(model(**tok(text, return_tensors="pt")).logits[0, 0].item(), abs=1e-5)
+    assert reward.last_stats == {"prompts_cut": 1, "inputs": 2}
+    with pytest.raises(AlarmError, match="completion 1 in the template takes .* lower max_new_tokens"):
+        reward(["q", "q"], ["short", "word " * 120])
 
 
 def test_classifier_checks_arguments(classifier, minilm_tokenizer):
@@ -417,3 +483,60 @@ def test_span_model_from_pretrained(tmp_path, minilm_tokenizer):
     reward = SpanRewardModel.from_pretrained(str(tmp_path), level="subsentence", value=0.3)
     (d,) = reward(["q"], ["Yes, it is."])
     assert d.points == ((4, -0.3), (11, -0.3))
+
+
+# ---------------------------------------------------------------- published reward-model layouts
+
+
+def save_ultrarm_layout(path, seed=0, head=True, shard=False):
+    """A tiny random Llama saved as openbmb/UltraRM-13b is: LlamaModel under `model.`, bias-free `regression_head`."""
+    from huggingface_hub import save_torch_state_dict
+    from transformers import LlamaModel
+
+    tok = bos_tokenizer()
+    cfg = tiny_llama_config(tok)
+    torch.manual_seed(seed)
+    base = LlamaModel(cfg).eval()
+    weights = {f"model.{k}": v.contiguous() for k, v in base.state_dict().items()}
+    if head:
+        weights["regression_head.weight"] = torch.randn(1, cfg.hidden_size)
+    cfg.architectures = ["LlamaRewardModel"]
+    cfg.save_pretrained(path)
+    tok.save_pretrained(path)
+    save_torch_state_dict(weights, path, max_shard_size="40KB" if shard else "10GB")
+    return base, weights.get("regression_head.weight"), tok
+
+
+def ultrarm_forward(base, head, enc):
+    """UltraRM's own forward: the head on every position, read at the last attended token."""
+    with torch.no_grad():
+        rewards = (base(**enc).last_hidden_state @ head.T).squeeze(-1)
+    ends = enc["attention_mask"].cumsum(dim=1).argmax(dim=1).view(-1, 1)
+    return torch.gather(rewards, 1, ends).squeeze(1).tolist()
+
+
+@pytest.mark.parametrize("shard", [False, True])
+def test_ultrarm_layout_loads_as_published(tmp_path, shard):
+    base, head, tok = save_ultrarm_layout(tmp_path, shard=shard)
+    assert (tmp_path / ("model.safetensors.index.json" if shard else "model.safetensors")).exists()
+    reward = SequenceClassifierReward.from_pretrained(str(tmp_path), template=ULTRA, batch_size=4)
+    prompts, answers = ["Where is Paris?", "Why is the sky blue at noon?"], ["In France.", "Scattering."]
+    texts = [f"Human: {p}\nAssistant: {a}" for p, a in zip(prompts, answers)]
+    expected = [ultrarm_forward(base, head, tok(t, return_tensors="pt"))[0] for t in texts]
+    assert reward(prompts, answers) == pytest.approx(expected, abs=1e-5)  # batched, padded
+    assert reward.model.config.num_labels == 1
+
+
+def test_reward_model_without_head_weights_is_an_error(tmp_path, minilm_tokenizer):
+    from transformers import BertModel
+
+    save_ultrarm_layout(tmp_path / "ultra", head=False)
+    with pytest.raises(AlarmError, match=r"^reward model .* has no weights for score.weight in its checkpoint"):
+        SequenceClassifierReward.from_pretrained(str(tmp_path / "ultra"))
+    BertModel(tiny_config(minilm_tokenizer, 1)).save_pretrained(tmp_path / "bert")  # a backbone without a head
+    minilm_tokenizer.save_pretrained(tmp_path / "bert")
+    with pytest.raises(AlarmError, match="no weights for classifier.bias and 1 more") as e:
+        SequenceClassifierReward.from_pretrained(str(tmp_path / "bert"))
+    assert "\n" not in str(e.value)
+    with pytest.raises(AlarmError, match="no weights for classifier"):
+        SpanRewardModel.from_pretrained(str(tmp_path / "bert"))

@@ -436,3 +436,15 @@ def test_bad_reward_outputs_are_caught_with_the_reward_name():
     rs = RewardSet(CombineConfig(), holistic=nan)
     with pytest.raises(AlarmError, match="'nanny'"):
         rs.fit(["p", "p"], ["a", "b"])
+
+
+def test_prompt_cuts_of_reward_models_reach_the_step_metrics():
+    class CuttingReward:  # like SequenceClassifierReward with a template: it had to shorten 1 of 4 prompts
+        def __call__(self, prompts, completions, **columns):
+            self.last_stats = {"prompts_cut": 1, "inputs": len(completions)}
+            return [float(len(c)) for c in completions]
+
+    rs = RewardSet(CombineConfig(mode="holistic_only"), holistic=CuttingReward())
+    rs.fit(PROMPTS, COMPLETIONS)
+    combined, _ = rs.combine(["p"] * 4, ["a", "bb", "ccc", "dddd"], [[1], [2], [3], [4]])
+    assert combined.stats["rewards/holistic/prompt_cut_rate"] == 0.25

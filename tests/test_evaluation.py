@@ -1,5 +1,6 @@
 """Evaluation: statistics against hand-computed values, the judge's bookkeeping against a fake OpenAI-compatible
-server (canned replies, unparseable ones, a dead endpoint, the cache, an interrupted run), and the commands."""
+server (canned replies, unparseable ones, a dead endpoint, the cache, an interrupted run), and the commands.
+Verdict parsing has its own table in test_judge_parsing.py."""
 
 from __future__ import annotations
 
@@ -11,15 +12,26 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import pytest
 import tiny
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import stats as sps
 
 from alarm.errors import AlarmError
 from alarm.evaluation.commands import add_commands, default_aspects, summarize_dense
-from alarm.evaluation.compare import align_systems, compare_systems, mean_ci, wilson_interval, win_counts
-from alarm.evaluation.judge import Judge, JudgeConfig, combine_orders, parse_verdict, summarize_outcomes
+from alarm.evaluation.compare import (
+    align_systems,
+    compare_systems,
+    mean_ci,
+    report_markdown,
+    wilson_interval,
+    win_counts,
+    win_rate_interval,
+    win_rate_matrix,
+)
+from alarm.evaluation.judge import Judge, JudgeConfig, PairOutcome, combine_orders, summarize_outcomes
 from alarm.rewards.base import Dense
 
 # ---------------------------------------------------------------------------------------------------------
@@ -57,6 +69,8 @@ def test_bad_ci_settings():
         mean_ci([1.0, 2.0], method="normal")
     with pytest.raises(AlarmError, match="confidence"):
         mean_ci([1.0, 2.0], confidence=95)
+    with pytest.raises(AlarmError, match="--n-boot"):
+        win_rate_interval([1, -1], n_boot=0)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -84,7 +98,8 @@ def test_win_counts_tie_tolerance_and_all_ties():
     assert (w.wins, w.losses, w.ties) == (2, 1, 2)
     ties = win_counts([1.0, 2.0, None], [1.0, 2.0, 5.0])
     assert (ties.wins, ties.losses, ties.ties, ties.n_missing) == (0, 0, 2, 1)
-    assert ties.win_rate is None and ties.low is None
+    assert ties.win_rate is None and ties.pct_low is None and ties.pct_high is None
+    assert (ties.win_rate_pct, ties.decisive) == (50.0, 0)  # the paper's convention when nothing is decisive
 
 
 def test_wilson_interval_by_hand():
@@ -154,28 +169,107 @@ def test_default_aspects_skip_holistic_and_duplicate_z_scores():
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The paper's win rates, their bootstrap intervals and the win-rate matrix
+
+
+def _paper(signs) -> float:
+    w, losses = int(np.sum(np.asarray(signs) > 0)), int(np.sum(np.asarray(signs) < 0))
+    return 100.0 * w / (w + losses) if w + losses else 50.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from([-1, 0, 1]), min_size=1, max_size=40), st.integers(0, 5))
+def test_paper_win_rate_and_its_interval(signs, seed):
+    pct, low, high = win_rate_interval(signs, n_boot=200, seed=seed)
+    assert pct == pytest.approx(_paper(signs))
+    assert win_rate_interval(signs, n_boot=200, seed=seed) == (pct, low, high)  # seeded
+    mirror = win_rate_interval([-s for s in signs], n_boot=200, seed=seed)
+    assert mirror[0] == pytest.approx(100 - pct)
+    if pct == 50.0 and not any(signs):
+        assert (low, high) == (None, None) and mirror[1:] == (None, None)
+    else:  # the other side's interval is the mirror image: same resamples of the prompts
+        assert 0.0 <= low <= high <= 100.0
+        assert (mirror[1], mirror[2]) == (pytest.approx(100 - high), pytest.approx(100 - low))
+
+
+def test_win_rate_interval_agrees_with_scipy_percentile_bootstrap_over_prompts():
+    signs = np.random.default_rng(5).choice([-1, 0, 1], size=60, p=[0.3, 0.3, 0.4])
+    pct, low, high = win_rate_interval(signs, n_boot=4000, seed=0)
+    ref = sps.bootstrap((signs,), _paper, vectorized=False, n_resamples=4000, method="percentile", rng=0)
+    assert pct == pytest.approx(_paper(signs))
+    assert low == pytest.approx(ref.confidence_interval.low, abs=2.0)
+    assert high == pytest.approx(ref.confidence_interval.high, abs=2.0)
+    # more prompts with the same proportions: a narrower interval
+    _, low4, high4 = win_rate_interval(np.tile(signs, 4), n_boot=4000, seed=0)
+    assert high4 - low4 < 0.7 * (high - low)
+
+
+def test_win_rate_matrix_by_hand():
+    r = {"a": [3, 1, 2, 2], "b": [1, 1, 3, 0], "c": [0, 0, 0, 5]}
+    recs = {s: [_rec(str(i), s, r=float(v)) for i, v in enumerate(vals)] for s, vals in r.items()}
+    res = compare_systems(align_systems(recs), ["r"], n_boot=500)
+    m = res["matrices"]["r"]
+    # a vs b: win, tie, loss, win (2–1); a vs c: 3–1; b vs c: 3–1
+    cells = {(x, y): c["win_rate_pct"] for x, row in m["cells"].items() for y, c in row.items()}
+    assert cells == pytest.approx({("a", "b"): 200 / 3, ("b", "a"): 100 / 3, ("a", "c"): 75.0, ("c", "a"): 25.0,
+                                   ("b", "c"): 75.0, ("c", "b"): 25.0})
+    assert (m["cells"]["a"]["b"]["decisive"], m["cells"]["a"]["b"]["ties"]) == (3, 1)
+    assert {s: a["win_rate_pct"] for s, a in m["avg"].items()} == pytest.approx(
+        {"a": (200 / 3 + 75) / 2, "b": (100 / 3 + 75) / 2, "c": 25.0})
+    assert m["avg"]["a"]["decisive"] == 3 + 4
+    # one resampling of the prompts for everything: the pair table and the matrix give the same interval
+    pair = res["pairs"]["a vs b"]["metrics"]["r"]
+    assert (pair["win_rate_pct"], pair["pct_low"], pair["pct_high"]) == (
+        pytest.approx(200 / 3), m["cells"]["a"]["b"]["pct_low"], m["cells"]["a"]["b"]["pct_high"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 4), st.integers(1, 12), st.randoms(use_true_random=False))
+def test_win_rate_matrix_properties(n_systems, n_prompts, rnd):
+    systems = [f"s{i}" for i in range(n_systems)]
+    signs = {(x, y): [rnd.choice([-1, 0, 1]) for _ in range(n_prompts)]
+             for i, x in enumerate(systems) for y in systems[i + 1:]}
+    m = win_rate_matrix(systems, signs, n_boot=100, seed=1)
+    for (x, y), sg in signs.items():
+        assert m["cells"][x][y]["win_rate_pct"] == pytest.approx(_paper(sg))
+        assert m["cells"][x][y]["win_rate_pct"] + m["cells"][y][x]["win_rate_pct"] == pytest.approx(100.0)
+        assert m["cells"][x][y]["decisive"] == m["cells"][y][x]["decisive"] == sum(s != 0 for s in sg)
+    for x in systems:
+        assert x not in m["cells"][x]  # no diagonal
+        a = m["avg"][x]
+        assert a["win_rate_pct"] == pytest.approx(np.mean([m["cells"][x][y]["win_rate_pct"] for y in systems if y != x]))
+        assert a["pct_low"] is None or 0.0 <= a["pct_low"] <= a["pct_high"] <= 100.0
+    assert np.mean([m["avg"][x]["win_rate_pct"] for x in systems]) == pytest.approx(50.0)  # zero-sum
+
+
+def test_report_has_the_papers_matrix_with_intervals():
+    r = {"a": [3, 1, 2, 2], "b": [1, 1, 3, 0], "c": [0, 0, 0, 5]}
+    recs = {s: [_rec(str(i), s, r=float(v), err=float(-v)) for i, v in enumerate(vals)] for s, vals in r.items()}
+    res = compare_systems(align_systems(recs), ["r", "err"], {"err": False}, n_boot=500)
+    judge = {"model": "fake", "n_prompts": 4, "pairs": {},
+             "matrix": win_rate_matrix(["a", "b", "c"], {("a", "b"): [1, 1, 0, 0], ("a", "c"): [1, 0, 0, 0],
+                                                         ("b", "c"): [0, 0, 0, 0]}, n_boot=500)}
+    md = report_markdown(res, judge)
+    assert res["ci"]["method"] == "bootstrap" and "percentile bootstrap over prompts (500 resamples" in md
+    assert md.count("| | a | b | c | Avg. |") == 3  # by r, by err, by the judge
+    assert "**by r (higher is better)**" in md and "**by the LLM judge fake (4 prompts)**" in md
+    a_b = res["matrices"]["r"]["cells"]["a"]["b"]
+    avg = res["matrices"]["r"]["avg"]["a"]
+    row = (f"| a | — | 66.7 [{a_b['pct_low']:.1f}, {a_b['pct_high']:.1f}] (3) | 75.0 ["
+           f"{res['matrices']['r']['cells']['a']['c']['pct_low']:.1f}, "
+           f"{res['matrices']['r']['cells']['a']['c']['pct_high']:.1f}] (4) | 70.8 [{avg['pct_low']:.1f}, "
+           f"{avg['pct_high']:.1f}] (7) |")
+    assert row in md
+    assert "| b | 33.3 [" in md and "(3) | — | 75.0 [" in md  # the diagonal is blank
+    assert "| — | 50.0 [–] (0) |" in md  # judge: b vs c never decisive -> 50, no interval
+    # the Avg. summary: one column per evaluator
+    assert "| system | r | err | judge fake |" in md
+    # lower-is-better err (= −r) ranks like r
+    assert res["matrices"]["err"]["avg"]["a"]["win_rate_pct"] == pytest.approx(avg["win_rate_pct"])
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Verdict parsing and both-orders bookkeeping
-
-
-@pytest.mark.parametrize("reply, verdict", [
-    ("Response A is clearer. [[A]]", "A"),
-    ("[[ b ]]", "B"),
-    ("The answer is: [C]", "tie"),  # single brackets (SmolLM2's habit)
-    ("The answer is B.", "B"),
-    ("[Response A] is fine", None),  # an echo of the prompt's section header is not a verdict
-    ("Both are equally good. [[C]]", "tie"),
-    ("Verdict: B", "B"),
-    ("**Verdict:** Response A", "A"),
-    ("A", "A"),
-    ("Response B.", "B"),
-    ("tie", "tie"),
-    ("I think [[A]] ... no wait, [[B]]", None),  # conflicting: never pick one
-    ("Both responses have merits.", None),
-    ("", None),
-    (None, None),
-])
-def test_parse_verdict(reply, verdict):
-    assert parse_verdict(reply) == verdict
 
 
 def test_combine_orders():
@@ -207,7 +301,8 @@ class FakeServer:
                 outer.requests.append(body)
                 outer.headers.append(dict(self.headers))
                 status, content = outer.script(body["messages"])
-                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+                message = content if isinstance(content, dict) else {"role": "assistant", "content": content}
+                data = json.dumps({"choices": [{"message": message}]}).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -286,7 +381,7 @@ def test_judge_both_orders_and_unparsed_replies(server_factory, tmp_path):
     assert len(failures) == 2 and all(len(f["replies"]) == 2 for f in failures)
     s = summarize_outcomes(outcomes)
     assert (s["wins"], s["losses"], s["ties"], s["win_rate"]) == (1, 1, 2, 0.5)
-    assert s["ties_by_reason"] == {"disagree": 0, "both_tie": 1, "unparsed": 1}
+    assert s["ties_by_reason"] == {"disagree": 0, "both_tie": 1, "unparsed": 1, "identical": 0}
     assert (s["verdicts"], s["verdicts_parsed"]) == (8, 6)
 
 
@@ -365,6 +460,8 @@ def test_api_key_comes_from_the_named_variable_and_is_never_stored(server_factor
     srv = server_factory(lambda m: (200, "nonsense"))
     judge = Judge(config(srv.url, tmp_path, api_key_env="MY_JUDGE_KEY", parse_retries=0))
     judge.judge_pair("q", "x", "y")
+    srv.script = lambda m: (200, "[[A]]")
+    judge.judge_pair("q2", "x", "y")
     assert all(h.get("Authorization") == "Bearer sk-secret-123" for h in srv.headers)
     for f in ("cache.jsonl", "unparsed.jsonl"):
         assert "sk-secret" not in (tmp_path / f).read_text()
@@ -373,7 +470,7 @@ def test_api_key_comes_from_the_named_variable_and_is_never_stored(server_factor
 
 def test_cache_makes_a_second_run_free(server_factory, tmp_path):
     srv = server_factory(fair_judge)
-    items = [("q1", "GOOD", "bad"), ("q2", "bad", "GOOD"), ("q3", "MUDDLE", "MUDDLE 2")]
+    items = [("q1", "GOOD", "bad"), ("q2", "bad", "GOOD"), ("q3", "plain", "plain 2")]
     first = Judge(config(srv.url, tmp_path)).judge_many(items)
     n = len(srv.requests)
     again = Judge(config(srv.url, tmp_path))
@@ -410,6 +507,71 @@ def test_interrupted_run_resumes_from_the_cache(server_factory, tmp_path):
     outcomes = judge.judge_many(items)
     assert len(srv.requests) - before == judge.requests_made == 12 - cached
     assert [o.outcome for o in outcomes] == ["win"] * 6
+
+
+def test_identical_generations_are_ties_without_a_request(server_factory, tmp_path):
+    srv = server_factory(lambda m: (200, "[[A]]"))
+    judge = Judge(config(srv.url, tmp_path))
+    outcomes = judge.judge_many([("q1", "same answer", "same answer"), ("q2", "x", "y"), ("q3", "z ", "z")])
+    assert [o.reason for o in outcomes] == ["identical", "disagree", "identical"]
+    assert [o.outcome for o in outcomes] == ["tie"] * 3
+    assert len(srv.requests) == judge.requests_made == 2  # only q2, in both orders
+    assert judge.judge_pair("q4", "same", "same").reason == "identical" and len(srv.requests) == 2
+    s = summarize_outcomes(outcomes)
+    assert s["ties_by_reason"] == {"disagree": 1, "both_tie": 0, "unparsed": 0, "identical": 2}
+    assert (s["verdicts"], s["position_consistency"]) == (2, 0.0)  # counted over the pairs actually asked
+
+
+def test_unparsed_verdicts_are_not_cached_so_a_rerun_asks_again(server_factory, tmp_path):
+    srv = server_factory(lambda m: (200, "Hmm, hard to say."))
+    first = Judge(config(srv.url, tmp_path, parse_retries=0)).judge_pair("q", "x", "y")
+    assert first.reason == "unparsed"
+    cache = tmp_path / "cache.jsonl"
+    assert not cache.exists() or all(json.loads(x)["verdict"] for x in cache.read_text().splitlines())
+    srv.script = lambda m: (200, "Output (a) is better")
+    again = Judge(config(srv.url, tmp_path, parse_retries=0))
+    o = again.judge_pair("q", "x", "y")
+    assert again.requests_made == 2 and (o.first.verdict, o.second.verdict) == ("A", "A")
+    assert not o.first.cached
+    # an older cache that kept an unparsed verdict as final is not trusted either
+    key = again.key("q3", "x", "y")
+    old = tmp_path / "old.jsonl"
+    old.write_text(json.dumps({"key": key, "model": "fake", "verdict": None, "replies": ["?"]}) + "\n")
+    judge = Judge(config(srv.url, tmp_path, cache_path=str(old)))
+    assert key not in judge.cache
+    assert judge.judge_once("q3", "x", "y").verdict == "A" and judge.requests_made == 1
+
+
+def test_a_forced_function_call_reply_is_read(server_factory, tmp_path):
+    """The paper's judge answers through print_best_model; the verdict is in tool_calls, not in content."""
+    call = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function",
+         "function": {"name": "print_best_model", "arguments": json.dumps({"best_output": "Output (b)"})}}]}
+    srv = server_factory(lambda m: (200, call))
+    j = Judge(config(srv.url, tmp_path)).judge_once("q", "x", "y")
+    assert j.verdict == "B" and j.attempts == 1
+    assert j.replies == ['print_best_model({"best_output": "Output (b)"})']
+
+
+def test_a_tie_in_one_order_and_b_in_the_other_is_a_tie_end_to_end(server_factory, tmp_path):
+    srv = server_factory(lambda m: (200, "My verdict is a tie." if shown(m)[0] == "X" else "[[B]]"))
+    o = Judge(config(srv.url, tmp_path)).judge_pair("q", "X", "Y")
+    assert (o.first.verdict, o.second.verdict, o.outcome) == ("tie", "B", "tie")
+
+
+def test_judge_summary_reports_the_papers_win_rate_with_an_interval():
+    def outcome(kind):
+        from alarm.evaluation.judge import Judgment
+
+        v1, v2 = {"win": ("A", "B"), "loss": ("B", "A"), "tie": ("tie", "tie")}[kind]
+        return PairOutcome(kind, Judgment("k1", v1, [v1], 1), Judgment("k2", v2, [v2], 1))
+
+    kinds = ["win"] * 6 + ["loss"] * 2 + ["tie"] * 4
+    s = summarize_outcomes([outcome(k) for k in kinds], n_boot=500, seed=2)
+    assert (s["win_rate_pct"], s["decisive"], s["win_rate"]) == (75.0, 8, 0.75)
+    assert (s["pct_low"], s["pct_high"]) == win_rate_interval([1] * 6 + [-1] * 2 + [0] * 4, 500, 2)[1:]
+    none = summarize_outcomes([outcome("tie")] * 3)
+    assert (none["win_rate_pct"], none["decisive"], none["pct_low"], none["win_rate"]) == (50.0, 0, None, None)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -535,7 +697,7 @@ def test_compare_command_with_judge_and_missing_prompts(server_factory, tmp_path
     assert res["pairs"]["a vs b"]["metrics"]["r"]["win_rate"] == 1.0  # 1 win, 1 tie
     assert res["judge"]["pairs"]["a vs b"]["wins"] == 2 and res["judge"]["requests"] == 4
     report = (out / "report.md").read_text()
-    assert "Student-t" in report and "left out" in report and "LLM judge" in report
+    assert "percentile bootstrap" in report and "left out" in report and "LLM judge" in report
     assert (out / "means.png").exists() and (out / "win_rates.png").exists()
     assert run([*base, "--allow-missing", *judge]) == 0  # rerun: every verdict from the cache
     assert json.loads((out / "compare.json").read_text())["judge"]["requests"] == 0
@@ -570,3 +732,54 @@ def test_generate_from_a_ppo_run(tiny_policy, tmp_path):
     assert run(["generate", "--policy", str(tmp_path / "run"), "--base-model", str(tiny_policy), "--prompts",
                 str(prompts), "--out", str(out), "--max-new-tokens", "3"]) == 0
     assert json.loads(out.read_text())["prompt_id"] == "a"
+
+
+def test_compare_command_writes_the_papers_matrices_for_rewards_and_judge(server_factory, tmp_path):
+    srv = server_factory(fair_judge)
+    files = [write_jsonl(tmp_path / f"{name}.jsonl", [_rec(str(i), text, r=float(v)) for i, (text, v) in enumerate(rows)])
+             for name, rows in {"a": [("GOOD 1", 2), ("GOOD 2", 3), ("same", 1)],
+                                "b": [("bad", 1), ("GOOD 3", 3), ("same", 0)],
+                                "c": [("bad", 0), ("bad", 1), ("same", 2)]}.items()]
+    out = tmp_path / "cmp"
+    assert run(["compare", *map(str, files), "--out-dir", str(out), "--n-boot", "300", "--judge-url", srv.url,
+                "--judge-model", "fake", "--judge-api-key-env", "NO_SUCH_VAR_XYZ"]) == 0
+    res = json.loads((out / "compare.json").read_text())
+    assert res["ci"] == {"method": "bootstrap", "confidence": 0.95, "n_boot": 300, "seed": 0}
+    # identical texts (prompt 2 everywhere, b vs c on prompt 0) are never sent; a vs b and a vs c share one
+    # pair on prompt 0 (GOOD 1 vs bad), read from the cache: 5 pairs asked, 4 distinct, 8 requests
+    assert res["judge"]["requests"] == 8
+    jm = res["judge"]["matrix"]
+    assert jm["cells"]["a"]["c"]["win_rate_pct"] == 100.0 and jm["cells"]["a"]["c"]["decisive"] == 2
+    assert jm["cells"]["a"]["b"]["decisive"] == 1  # prompt 1 GOOD vs GOOD ties, prompt 0 a wins
+    assert jm["avg"]["a"]["win_rate_pct"] == 100.0
+    assert res["matrices"]["r"]["cells"]["c"]["a"]["win_rate_pct"] == pytest.approx(100 / 3)
+    report = (out / "report.md").read_text()
+    assert report.count("| | a | b | c | Avg. |") == 2 and "Win rates (the paper's layout)" in report
+    cell = lambda c: f"{c['win_rate_pct']:.1f} [{c['pct_low']:.1f}, {c['pct_high']:.1f}] ({c['decisive']})"  # noqa: E731
+    assert f"| a | — | {cell(jm['cells']['a']['b'])} | {cell(jm['cells']['a']['c'])} | {cell(jm['avg']['a'])} |" in report
+    assert jm["cells"]["a"]["b"]["pct_low"] == 50.0  # one decisive pair of three: some resamples have none
+    assert "| system | r | judge fake |" in report
+
+
+def test_run_report_gives_intervals_and_decisive_pairs(tmp_path, capsys):
+    from alarm.config import load_recipe
+    from alarm.pipeline import print_summary, win_rate, write_report
+
+    initial = [0.1, 0.5, 0.2, 0.9, 0.4, None]
+    trained = [0.3, 0.5, 0.1, 1.2, 0.8, 0.7]  # win, tie, loss, win, win, n/a
+    with (tmp_path / "eval_generations.jsonl").open("w") as f:
+        for i, (a, b) in enumerate(zip(initial, trained)):
+            f.write(json.dumps({"prompt_id": str(i), "initial": {"completion": "x", "r": a},
+                                "trained": {"completion": "y", "r": b}}) + "\n")
+    w = win_rate(trained, initial)
+    assert (w["win_rate_pct"], w["decisive"], w["wins"], w["losses"]) == (75.0, 4, 3, 1)
+    result = {"n_prompts": 6, "win_rates": {"r": w},
+              "means": {"initial": {"r": float(np.mean(initial[:5]))}, "trained": {"r": float(np.mean(trained))}}}
+    report = write_report(load_recipe(None, ["name=t"]), tmp_path, [], result, None, {}).read_text()
+    assert f"75.0 [{w['pct_low']:.1f}, {w['pct_high']:.1f}] (4: 3–1, 1 ties)" in report
+    for values in (initial, trained):
+        c = mean_ci(values, method="bootstrap")
+        assert f"{c.mean:.3f} [{c.low:.3f}, {c.high:.3f}]" in report
+    print_summary(result)
+    printed = capsys.readouterr().out
+    assert f"{w['pct_low']:.1f}" in printed and "3–1" in printed

@@ -175,6 +175,33 @@ def test_prompt_formats():
     assert rec["reference"] == "The cat is sleeping on the sofa."
 
 
+def test_seq2seq_records_show_the_holistic_model_the_policy_input(grammar_type, monkeypatch, minilm_tokenizer):
+    """The paper's UltraRM read the whole policy input as its instruction: "translate Spanish to English: …"."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from alarm.config import build_reward_set, load_recipe
+    from alarm.rewards import hf_models
+
+    tok = tiny.tokenizer()
+    (rec,) = prompt_records(load_pairs(DATA)[:1], tok, seq2seq=True)
+    assert rec["prompt"] == rec["question"] == "translate Spanish to English: El gato duerme en el sofá."
+    (chat,) = prompt_records(load_pairs(DATA)[:1], tok, seq2seq=False)
+    assert chat["question"] == ("Translate the following Spanish text into English. Reply with the translation "
+                                "only.\n\nEl gato duerme en el sofá.")
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=minilm_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, num_labels=1)).eval()
+    monkeypatch.setattr(hf_models, "_load", lambda *a: (model, minilm_tokenizer))
+    holistic = build_reward_set(load_recipe(RECIPES / "mt_paper.yaml")).holistic
+    answer = "The cat is sleeping on the sofa."
+    assert holistic.render(rec["question"], answer) == (
+        "Human: translate Spanish to English: El gato duerme en el sofá.\nAssistant: The cat is sleeping on the sofa.")
+    with torch.no_grad():
+        expected = model(**minilm_tokenizer(holistic.render(rec["question"], answer), return_tensors="pt")).logits
+    assert holistic([rec["question"]], [answer]) == pytest.approx([expected[0, 0].item()], abs=1e-5)
+
+
 # ---------------------------------------------------------------- offline checker
 
 

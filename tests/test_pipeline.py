@@ -45,6 +45,9 @@ def test_recipe_runs_end_to_end(tmp_path, tiny_model_dir, minilm):
     assert [m["step"] for m in metrics] == [1, 2]
     assert set(result["means"]) == {"initial", "trained"} and result["n_prompts"] == 4
     assert "holistic" in result["win_rates"]
+    saved = json.loads((tmp_path / "eval.json").read_text())  # the intervals are in the file, not only the report
+    ci = saved["mean_ci"]["trained"]["holistic"]
+    assert ci["n"] == 4 and ci["low"] <= saved["means"]["trained"]["holistic"] <= ci["high"]
     report = (tmp_path / "report.md").read_text()
     assert "Reward selection" in report and "win rate" in report
 

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import tiny
@@ -331,12 +328,11 @@ def test_checkpoint_is_atomic_and_complete(tmp_path):
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo multi-process test runs on Linux")
 def test_two_processes_keep_identical_parameters(tmp_path):
-    script = Path(__file__).with_name("ppo_two_ranks.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           str(script), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    """Rank 1's batches are all empty. The run must finish with equal parameters, advantages whitened with the
+    statistics of both ranks, and logged statistics that are the means over both ranks' responses."""
+    from launch import run_two_ranks
+
+    run_two_ranks("ppo_two_ranks.py", tmp_path, port=29533)
     a = torch.load(tmp_path / "params_0.pt")
     b = torch.load(tmp_path / "params_1.pt")
     assert a.keys() == b.keys()
@@ -344,6 +340,36 @@ def test_two_processes_keep_identical_parameters(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     init = tiny.causal_lm().state_dict()
     assert any(not torch.equal(a[f"model.{k}"], v) for k, v in init.items() if f"model.{k}" in a)
+
+    ranks = [torch.load(tmp_path / f"rank_{r}.pt", weights_only=False) for r in (0, 1)]
+    for step in range(2):
+        r0, r1 = (rk["rollouts"][step] for rk in ranks)
+        assert all(r1["empty"]) and not all(r0["empty"])
+        assert r0["stats"].keys() == r1["stats"].keys() and "hierarchy/violated" in r1["stats"]
+
+        # Whitening: (A − mean) / std with mean and std over both ranks' tokens, not each rank's own.
+        raw = [gae(r["rewards"], r["values"], r["mask"], 1.0, 0.95)[0] for r in (r0, r1)]
+        tokens = torch.cat([x[r["mask"].bool()] for x, r in zip(raw, (r0, r1))]).double()
+        mean, std = tokens.mean(), tokens.var().add(1e-8).sqrt()  # masked_whiten: unbiased variance
+        for x, r in zip(raw, (r0, r1)):
+            torch.testing.assert_close(r["advantages"], (((x - mean) / std) * r["mask"]).float(), rtol=1e-4, atol=1e-5)
+        assert (masked_whiten(raw[1], r1["mask"]) - r1["advantages"]).abs().max() > 0.1  # local would differ
+
+        # Logged statistics: the same on both ranks, and the means over both ranks' responses.
+        m0, m1 = (rk["metrics"][step] for rk in ranks)
+        assert {k: v for k, v in m0.items() if not k.startswith("time/")} == \
+            {k: v for k, v in m1.items() if not k.startswith("time/")}
+        s0, s1 = r0["stats"], r1["stats"]
+        assert m0["empty_rate"] == pytest.approx((s0["empty_rate"] + 1.0) / 2)
+        assert m0["return/mean"] == pytest.approx((s0["return/mean"] + s1["return/mean"]) / 2)
+        # means over non-empty responses only: all on rank 0, so rank 1's 0s must not dilute them
+        assert (s0["gate_open_rate"], s0["hierarchy/violated"], s0["rewards/sink/weighted_shaped_sum"]) == \
+            (0.5, 1.0, -100.0)
+        for k in ("gate_open_rate", "rewards/holistic/mean", "hierarchy/violated", "rewards/sink/weighted_shaped_sum"):
+            assert m0[k] == pytest.approx(s0[k]) and s0[k] != s1[k], k
+        n0, n1 = (float(r["mask"].sum()) for r in (r0, r1))
+        assert m0["entropy"] == pytest.approx((n0 * r0["entropy"] + n1 * r1["entropy"]) / (n0 + n1))
+        assert m0["length/tokens_max"] == float(r0["mask"].sum(1).max())
 
 
 def test_lora_layers_limits_adapters_to_chosen_layers(tmp_path):

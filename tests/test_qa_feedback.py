@@ -27,6 +27,7 @@ from alarm.qa_feedback import (
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "qa_feedback"
 RECIPES = ROOT / "src" / "alarm" / "recipes"
+needs_shared_data = pytest.mark.skipif(not (SHARED / "prompts.json").exists(), reason=f"no QA-Feedback subset at {SHARED}")
 
 ANSWER = "Paris is the capital of France. It has two million people. The moon is made of cheese."
 
@@ -191,6 +192,98 @@ def test_passage_prompt_wrapper_builds_the_reward_input():
     assert seen["prompts"] == [reward_prompt("Q?", ["p one", "p two"])] == ["question: Q? context: text: p one | text: p two"]
     with pytest.raises(AlarmError, match="passages"):
         wrapped(["Q?"], ["A."])
+
+
+# ------------------------------------------------------------------------------------------------ the paper's inputs
+
+
+HAMLET = [("Hamlet", "Hamlet is a tragedy by William Shakespeare."),
+          ("William Shakespeare", "William Shakespeare was an English playwright and poet."),
+          ("Globe Theatre", "The Globe Theatre was a theatre in London."),
+          ("Elsinore", "Kronborg castle in Elsinore is the setting of Hamlet."),
+          ("Ophelia", "Ophelia is a character in Hamlet.")]
+HAMLET_TEXT = ("question: Who wrote Hamlet? context: wikipage: Hamlet text: Hamlet is a tragedy by William "
+               "Shakespeare. | wikipage: William Shakespeare text: William Shakespeare was an English playwright and "
+               "poet. | wikipage: Globe Theatre text: The Globe Theatre was a theatre in London. | wikipage: Elsinore "
+               "text: Kronborg castle in Elsinore is the setting of Hamlet. | wikipage: Ophelia text: Ophelia is a "
+               "character in Hamlet.")
+
+
+def hamlet_file(tmp_path, name="prompts.json") -> Path:
+    rec = {"question": "Who wrote Hamlet?", "answer": ["William Shakespeare wrote Hamlet."],
+           "passages": [{"wikipage": t, "content": c} for t, c in HAMLET], "text": HAMLET_TEXT}
+    return write(tmp_path, name, [rec])
+
+
+def test_paper_records_feed_the_sft_format_with_every_passage(tmp_path):
+    """FineGrainedRLHF's T5 read its prompt files' `text`: no chat template, no instruction, all the passages."""
+    from tiny import tokenizer
+
+    from alarm.qa_feedback import paper_records
+
+    recs = load_prompts(hamlet_file(tmp_path))
+    (out,) = paper_records(recs, tokenizer(), seq2seq=True)
+    assert out["prompt"] == HAMLET_TEXT  # all five passages, not four
+    assert out["question"] == "Who wrote Hamlet?" and out["reference"] == "William Shakespeare wrote Hamlet."
+    assert out["passages"] == [{"wikipage": t, "content": c} for t, c in HAMLET]
+    assert reward_prompt(out["question"], out["passages"]) == out["prompt"]
+    # a budget cuts the end (the last passages), between words; the passages column holds what was read
+    tok = tokenizer()
+    (cut,) = paper_records(recs, tok, seq2seq=True, max_prompt_tokens=200)
+    n = len(tok(cut["prompt"])["input_ids"])
+    assert n <= 200 and HAMLET_TEXT.startswith(cut["prompt"]) and len(cut["prompt"]) < len(HAMLET_TEXT)
+    rest = HAMLET_TEXT[len(cut["prompt"]):]
+    assert rest[0] == " " and len(tok(cut["prompt"] + " " + rest.split()[0])["input_ids"]) > 200
+    assert [p["wikipage"] for p in cut["passages"]] == ["Hamlet", "William Shakespeare", "Globe Theatre"]
+    assert HAMLET[2][1].startswith(cut["passages"][2]["content"]) and cut["passages"][2]["content"] != HAMLET[2][1]
+    assert reward_prompt(cut["question"], cut["passages"]) == cut["prompt"]
+    assert "1-3" not in out["prompt"] and "Answer" not in out["prompt"]
+    # a chat/causal policy keeps its instruction but also reads every passage
+    (causal,) = paper_records(recs, tok, seq2seq=False, max_prompt_tokens=4096)
+    assert all(c in causal["prompt"] for _, c in HAMLET) and "[5] Ophelia is a character in Hamlet." in causal["prompt"]
+
+
+@needs_shared_data
+def test_shared_prompt_files_text_is_the_paper_input():
+    from tiny import tokenizer
+
+    from alarm.qa_feedback import paper_records
+
+    raw = json.loads((SHARED / "prompts.json").read_text())[:20]
+    recs = load_prompts(SHARED / "prompts.json")[:20]
+    full = paper_records(recs, tokenizer(), seq2seq=True, max_prompt_tokens=100_000)
+    assert [r["prompt"] for r in full] == [x["text"] for x in raw]
+    cut = paper_records(recs, tokenizer(), seq2seq=True)  # FineGrainedRLHF's 1024 tokens
+    assert all(x["text"].startswith(r["prompt"]) for r, x in zip(cut, raw))
+    assert all(len(tokenizer()(r["prompt"])["input_ids"]) <= 1024 for r in cut)
+
+
+def test_paper_recipe_feeds_the_policy_and_the_holistic_model_the_papers_strings(tmp_path, monkeypatch,
+                                                                               minilm_tokenizer):
+    import tiny
+
+    from alarm.config import build_reward_set, load_recipe
+    from alarm.pipeline import prompt_records
+    from alarm.rewards import hf_models
+
+    holistic_model = tiny_bert("holistic", minilm_tokenizer).eval()
+
+    def fake_load(auto_cls, path, trust_remote_code, device, dtype):
+        kind = "holistic" if path == "openbmb/UltraRM-13b" else "factuality" if "completeness" not in path else "c"
+        model = holistic_model if kind == "holistic" else tiny_bert(kind, minilm_tokenizer).eval()
+        return model, minilm_tokenizer
+
+    monkeypatch.setattr(hf_models, "_load", fake_load)
+    hamlet_file(tmp_path, "train.json")  # one file per split, as FineGrainedRLHF ships them
+    recipe = load_recipe(RECIPES / "qa_feedback_paper.yaml", [f"data.path={tmp_path}/{{split}}.json"])
+    (train,) = prompt_records(recipe, tiny.tokenizer(), "train", seq2seq=True)
+    assert train["prompt"] == HAMLET_TEXT
+    rs = build_reward_set(recipe)
+    answer = "William Shakespeare wrote it."
+    (score,) = rs.holistic([train["question"]], [answer], passages=[train["passages"]])
+    enc = minilm_tokenizer(f"Human: {HAMLET_TEXT}\nAssistant: {answer}", return_tensors="pt")
+    with torch.no_grad():
+        assert score == pytest.approx(holistic_model(**enc).logits[0, 0].item(), abs=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------ reward-model training
@@ -399,7 +492,7 @@ def test_paper_recipe_builds_its_reward_set_and_policy_with_tiny_stand_ins(monke
     assert ("AutoModelForSequenceClassification", "openbmb/UltraRM-13b", "cuda") in loaded
     assert {p for _, p, _ in loaded} >= {"runs/rm_paper/factuality", "runs/rm_paper/relevance"}
     assert rs.config.mode == "hierarchical" and set(rs.aspects) == {"factuality", "relevance", "completeness"}
-    assert rs.holistic.template.startswith("Human: {prompt}")
+    assert rs.holistic.reward.template.startswith("Human: {prompt}")  # reads question + passages
     assert rs.aspects["relevance"].reward.level == "subsentence" and rs.aspects["factuality"].reward.value == 0.5
     # the reward set scores a batch end to end (tiny random models, so only shapes and types are checked)
     raw = rs.raw_scores(["Q?", "Q2?"], ["An answer. Two sentences.", "Another one."],

@@ -353,3 +353,179 @@ def test_rates_partition_holistic_decisive_pairs_and_flip(pairs):
     assert flipped.tie_rate == s.tie_rate
     if s.kendall_tau_b is not None:
         assert math.isclose(flipped.kendall_tau_b, -s.kendall_tau_b, abs_tol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The paper's protocol: greedy output vs pure sample, with each reward's greedy-vs-sampling win rate
+
+
+def test_win_rates_by_hand():
+    from alarm.select import win_rates
+
+    # H: greedy wins pairs 0, 6; loses 2, 4, 5; ties 1, 3 → 2 / 5. M (pair 5 dropped): wins 0; loses 1, 3, 4, 6.
+    wins = win_rates(H_A, H_B, {"m": M_A, "err": M_B}, {"m": M_B, "err": M_A}, higher_is_better={"err": False})
+    assert list(wins) == ["holistic", "err", "m"]
+    h = wins["holistic"]
+    assert (h["wins"], h["losses"], h["ties"], h["win_rate_pct"]) == (2, 3, 2, 40.0)
+    assert (wins["m"]["wins"], wins["m"]["losses"], wins["m"]["n_missing"]) == (1, 4, 1)
+    assert wins["m"]["win_rate_pct"] == pytest.approx(20.0)
+    assert wins["err"]["win_rate_pct"] == pytest.approx(20.0)  # err = M swapped and lower-is-better: same verdicts
+    assert h["pct_low"] <= 40.0 <= h["pct_high"]
+
+
+def test_report_and_figure_follow_the_papers_layout(tmp_path):
+    from alarm.select import selection_figure, win_rates
+
+    m_a = {"factuality": [1, 1, 1, 0, 1], "length": [9, 1, 9, 9, 1]}
+    m_b = {"factuality": [0, 0, 1, 1, 0], "length": [1, 9, 1, 1, 9]}
+    h_a, h_b = [3, 3, 3, 1, 2], [1, 1, 2, 2, 3]  # greedy wins 3, loses 2: 60 %
+    stats = compute_stats(h_a, h_b, m_a, m_b)
+    wins = win_rates(h_a, h_b, m_a, m_b)
+    sel = select_aspects(stats, max_conflict=0.4)
+    md = selection_markdown(stats, sel, wins, ("greedy", "sample"))
+    assert "| aspect | conflict | greedy-vs-sample win rate | agreement |" in md
+    assert f"greedy-vs-sample win rate, the reference: {wins['holistic']['win_rate_pct']:.1f}" in md
+    data = json.loads(json.dumps(selection_to_json(stats, sel, wins, ("greedy", "sample")), allow_nan=False))
+    assert data["holistic_win_rate"]["win_rate_pct"] == 60.0 and data["sides"] == ["greedy", "sample"]
+    assert data["aspects"]["length"]["win_rate"]["win_rate_pct"] == 60.0
+    fig = selection_figure(stats, sel, wins, ("greedy", "sample"))
+    ax = fig.axes[0]
+    heights = [round(b.get_height(), 6) for b in ax.patches]
+    order = sel.order
+    assert heights == [round(100 * stats[n].conflict, 6) for n in order] + [wins[n]["win_rate_pct"] for n in order]
+    dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert len(dashed) == 1 and dashed[0].get_ydata()[0] == pytest.approx(60.0)  # the holistic reference line
+    assert "holistic win rate 60.0" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert plot_selection(stats, sel, tmp_path / "s.png", wins).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.fixture(scope="module")
+def policy():
+    import tiny
+
+    return tiny.causal_lm(0), tiny.tokenizer()
+
+
+def _recipe(tmp_path, *overrides):
+    from alarm.config import load_recipe
+
+    return load_recipe(None, [f"output_dir={tmp_path}", "rewards.holistic={type: length, unit: chars}",
+                              "rewards.aspects={words: {type: length}, readability: {type: readability}}",
+                              "rewards.normalize=[holistic]", "sample.prompts=6", "sample.max_new_tokens=12",
+                              "selection.max_conflict=1.0", *overrides])
+
+
+def _rows(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_selection_step_pairs_greedy_with_a_pure_sample_by_default(tmp_path, policy):
+    import torch
+
+    from alarm.config import build_reward_set
+    from alarm.generation import generate_texts
+    from alarm.pipeline import prompt_records, sample_and_fit, select_step
+    from alarm.select import win_rates
+
+    model, tok = policy
+    recipe = _recipe(tmp_path)
+    assert recipe.selection.pairs == "greedy_vs_sample"
+    records = prompt_records(recipe, tok, "train")[:6]
+    rs = build_reward_set(recipe)
+    torch.manual_seed(0)
+    samples = sample_and_fit(recipe, model, tok, records, rs, tmp_path)
+    rows = _rows(tmp_path / "selection_pairs.jsonl")
+    greedy = {r["prompt_id"]: r for r in rows if r["side"] == "greedy"}
+    sampled = {r["prompt_id"]: r for r in rows if r["side"] == "sample"}
+    assert list(greedy) == list(sampled) == [r["id"] for r in records]
+    expected = [t[0] for t in generate_texts(model, tok, [r["prompt"] for r in records], max_new_tokens=12)]
+    assert [greedy[r["id"]]["completion"] for r in records] == expected
+    first = {x["prompt_id"]: x for x in samples if x["sample"] == 0}  # PPO samples purely: sample 0 is reused
+    assert all(sampled[p]["completion"] == first[p]["completion"] for p in sampled)
+    assert all(greedy[p]["words"] == len(greedy[p]["completion"].split()) for p in greedy)
+
+    kept = select_step(recipe, rs, samples, tmp_path)
+    out = json.loads((tmp_path / "selection.json").read_text())
+    assert out["pairs"] == "greedy_vs_sample" and out["n_pairs"] == 6 and set(kept) <= {"words", "readability"}
+    ids = list(greedy)
+    h_a, h_b = [greedy[p]["holistic"] for p in ids], [sampled[p]["holistic"] for p in ids]
+    m_a = {k: [greedy[p][k] for p in ids] for k in ("words", "readability")}
+    m_b = {k: [sampled[p][k] for p in ids] for k in ("words", "readability")}
+    stats = compute_stats(h_a, h_b, m_a, m_b)
+    wins = win_rates(h_a, h_b, m_a, m_b)
+    assert out["holistic_win_rate"] == pytest.approx(wins["holistic"])
+    for k in ("words", "readability"):
+        assert out["aspects"][k]["conflict"] == stats[k].conflict
+        assert out["aspects"][k]["win_rate"] == pytest.approx(wins[k])
+    md = (tmp_path / "selection.md").read_text()
+    assert "greedy output vs a pure sample" in md and "greedy-vs-sample win rate" in md
+
+
+def test_selection_step_two_samples_stay_an_option_and_pure_samples_are_drawn_when_ppo_is_not(tmp_path, policy):
+    from alarm.config import build_reward_set
+    from alarm.pipeline import prompt_records, sample_and_fit, select_step
+
+    model, tok = policy
+    recipe = _recipe(tmp_path / "two", "selection.pairs=two_samples")
+    (tmp_path / "two").mkdir()
+    records = prompt_records(recipe, tok, "train")[:6]
+    rs = build_reward_set(recipe)
+    samples = sample_and_fit(recipe, model, tok, records, rs, tmp_path / "two")
+    assert not (tmp_path / "two" / "selection_pairs.jsonl").exists()
+    select_step(recipe, rs, samples, tmp_path / "two")
+    out = json.loads((tmp_path / "two" / "selection.json").read_text())
+    expected = compute_stats(*pairs_from_samples(samples, aspects=["words", "readability"]))
+    assert out["pairs"] == "two_samples" and out["aspects"]["words"]["conflict"] == expected["words"].conflict
+
+    recipe = _recipe(tmp_path / "hot", "ppo.temperature=0.7")
+    (tmp_path / "hot").mkdir()
+    samples = sample_and_fit(recipe, model, tok, records, rs, tmp_path / "hot")
+    rows = _rows(tmp_path / "hot" / "selection_pairs.jsonl")
+    assert [r["side"] for r in rows] == ["greedy"] * 6 + ["sample"] * 6  # a fresh pure sample, scored
+    z = rs.normalizers["holistic"]  # fitted on this run's samples; the pairs are scored with it
+    assert [r["holistic"] for r in rows] == pytest.approx([z(float(len(r["completion"]))) for r in rows])
+
+
+def _scored_file(tmp_path, name, decoding, scores):
+    """A scored file as `alarm generate` + `alarm score` write it, with both sidecars."""
+    gen = tmp_path / f"{name}.jsonl"
+    gen.write_text("")
+    (tmp_path / f"{name}.jsonl.meta.json").write_text(json.dumps(decoding))
+    out = tmp_path / f"{name}.scored.jsonl"
+    out.write_text("".join(json.dumps({"prompt_id": str(i), "sample": 0, "prompt": "p", "completion": "c",
+                                       "scores": s}) + "\n" for i, s in enumerate(scores)))
+    (tmp_path / f"{name}.scored.jsonl.meta.json").write_text(json.dumps(
+        {"source": str(gen), "metrics": {"holistic": {"higher_is_better": True}, "m": {"higher_is_better": True},
+                                         "err": {"higher_is_better": False}}}))
+    return str(out)
+
+
+def test_select_command_defaults_to_greedy_vs_sample(tmp_path):
+    import argparse
+
+    from alarm.evaluation.commands import add_commands
+
+    def run(argv):
+        parser = argparse.ArgumentParser()
+        add_commands(parser.add_subparsers(dest="command", required=True))
+        args = parser.parse_args(argv)
+        return args.handler(args)
+
+    greedy = _scored_file(tmp_path, "greedy", {"do_sample": False}, [
+        {"holistic": h, "m": m, "err": e} for h, m, e in zip(H_A, [0.9, 0.2, 0.5, 0.3, 0.4, None, 0.1], M_A[:5] + [1, 1])])
+    sampled = _scored_file(tmp_path, "sampled", {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0}, [
+        {"holistic": h, "m": m, "err": e} for h, m, e in zip(H_B, M_B, M_B)])
+    assert run(["select", greedy, sampled, "--out-dir", str(tmp_path / "o")]) == 0
+    out = json.loads((tmp_path / "o" / "selection.json").read_text())
+    assert out["pairs"] == "greedy-vs-sample" and out["sides"] == ["greedy", "sample"]
+    h = out["holistic_win_rate"]
+    assert (h["wins"], h["losses"], h["win_rate_pct"]) == (2, 3, 40.0)
+    assert out["aspects"]["m"]["win_rate"]["win_rate_pct"] == pytest.approx(20.0)
+    assert out["aspects"]["m"]["conflict"] == aspect_stats(H_A, H_B, M_A, M_B).conflict
+    assert "greedy-vs-sample win rate" in (tmp_path / "o" / "selection.md").read_text()
+    with pytest.raises(AlarmError, match="was sampled: greedy-vs-sample pairs take the greedy file first"):
+        run(["select", sampled, greedy, "--out-dir", str(tmp_path / "x")])
+    assert run(["select", sampled, greedy, "--pairs", "systems", "--out-dir", str(tmp_path / "s")]) == 0
+    assert json.loads((tmp_path / "s" / "selection.json").read_text())["sides"] == ["sampled", "greedy"]
+    with pytest.raises(AlarmError, match="takes two scored files, got 1"):
+        run(["select", greedy, "--pairs", "greedy-vs-sample", "--out-dir", str(tmp_path / "y")])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -391,3 +392,36 @@ def test_packaged_recipes_validate():
     for name in ("vcb_quickstart.yaml", "vcb_qa_feedback.yaml"):
         r = load_vcb_recipe(str(resources.files("alarm") / "recipes" / name))
         assert r.sample.n == 4 and r.vcb.loss == "vcb" and r.combine["mode"] == "hierarchical"
+
+
+# ------------------------------------------------------------------------ two processes, uneven pair shares
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo multi-process test runs on Linux")
+def test_two_processes_with_uneven_pairs_match_one_process(tmp_path):
+    """Step 1 gives the ranks 6 and 5 pairs (2 and 1 micro-batches), step 2 gives them 1 and 0: the run must
+    finish, keep the ranks equal, and give one process's losses and parameters on the same pairs."""
+    import vcb_two_ranks as two
+    from launch import run_two_ranks
+
+    run_two_ranks("vcb_two_ranks.py", tmp_path / "two", port=29547)
+    a, b = (torch.load(tmp_path / "two" / f"params_{r}.pt") for r in (0, 1))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+    one = VCBTrainer(VCBConfig(**two.CONFIG), tiny.causal_lm(), tiny.tokenizer(), two.rows(), tmp_path / "one")
+    one_steps = [m for m in one.train(progress=False) if "loss" in m]
+    for r in (0, 1):
+        steps = [m for m in json.loads((tmp_path / "two" / f"history_{r}.json").read_text()) if "loss" in m]
+        assert len(steps) == len(one_steps) == 2
+        for m, ref in zip(steps, one_steps):
+            for k in ("loss", "beta_delta_rho/mean", "gap/mean", "calibration/mse"):
+                assert m[k] == pytest.approx(ref[k], rel=1e-4, abs=1e-6), (r, m["step"], k)
+        # At step 1 Δρ is 0 up to rounding, whose sign depends on the batching: compare the ranking at step 2.
+        assert steps[1]["train/ranking_accuracy"] == pytest.approx(one_steps[1]["train/ranking_accuracy"])
+    assert one_steps[1]["beta_delta_rho/mean"] != 0  # step 2 sees the policy step 1 moved
+    p1 = two.trainable(one)
+    assert p1.keys() == a.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], p1[k], rtol=0, atol=1e-5)  # Adam steps are 1e-2

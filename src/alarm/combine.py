@@ -227,11 +227,18 @@ def combine(
         emitted = [x for v in vals if v is not None for x in (v.values() if isinstance(v, Dense) else [float(v)])]
         stats[f"rewards/{k}/mean"] = _mean(emitted)
         stats[f"rewards/{k}/weighted_shaped_sum"] = _mean(aspect_sums[k])
-    if config.mode == "hierarchical" and kept:
+    if config.mode == "hierarchical":  # always present (0 for an all-empty batch): the key set never varies
         open_r = [returns[i] for i in kept if gates[i]]
         closed_r = [returns[i] for i in kept if not gates[i]]
         stats["hierarchy/violated"] = float(bool(open_r and closed_r and min(open_r) <= max(closed_r)))
     return Combined(token_rewards, returns, gates, empties, stats)
+
+
+def over_nonempty(key: str) -> bool:
+    """Whether :func:`combine`'s statistic ``key`` averages over the non-empty responses only (the others
+    average over every response): what a mean over several processes must weight it by."""
+    return key in ("gate_open_rate", "rewards/holistic/mean", "hierarchy/violated") or key.endswith(
+        "/weighted_shaped_sum")
 
 
 class RewardSet:
@@ -328,6 +335,10 @@ class RewardSet:
         if self.HOLISTIC in raw:
             vals = [v for v in raw[self.HOLISTIC] if v is not None]
             result.stats["rewards/holistic/raw_mean"] = _mean(vals)
+        for name, fn in [(self.HOLISTIC, self.holistic), *self.aspects.items()]:
+            cut = getattr(fn, "last_stats", None) or {}
+            if cut.get("inputs"):  # reward models that had to shorten a prompt to fit (never the response)
+                result.stats[f"rewards/{name}/prompt_cut_rate"] = cut["prompts_cut"] / cut["inputs"]
         return result, raw
 
     def state(self) -> dict:
@@ -411,5 +422,5 @@ def trl_component_logger(reward_fn):
 
 __all__ = [
     "MODES", "CombineConfig", "Combined", "HierarchyWarning", "RewardSet", "as_trl_reward", "combine",
-    "hierarchy_warnings", "logistic", "resolve_epsilon", "reward_name", "trl_component_logger",
+    "hierarchy_warnings", "logistic", "over_nonempty", "resolve_epsilon", "reward_name", "trl_component_logger",
 ]

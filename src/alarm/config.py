@@ -28,12 +28,17 @@ class ModelSpec(BaseModel):
 
 class DataSpec(BaseModel):
     model_config = _STRICT
-    task: Literal["qa", "mt"] = "qa"  # qa: QA JSONL (alarm.datasets); mt: parallel pairs (alarm.mt)
-    path: str | None = None  # qa: None = the packaged quickstart set; mt: a JSONL/TSV file or "europarl"
+    # qa: QA JSONL (alarm.datasets); qa_feedback: QA-Feedback prompt files, every passage, the paper's inputs
+    # (alarm.qa_feedback.paper_records); mt: parallel pairs (alarm.mt)
+    task: Literal["qa", "qa_feedback", "mt"] = "qa"
+    # qa: None = the packaged quickstart set; qa_feedback: a prompt file or URL ({split} in it: one file per
+    # split); mt: a JSONL/TSV file or "europarl"
+    path: str | None = None
     train_split: str = "train"
     test_split: str = "test"
     max_train_prompts: int | None = Field(None, ge=1)
     system_prompt: str | None = None
+    max_prompt_tokens: int | None = Field(None, ge=16)  # qa_feedback: the policy input's budget (None: 1024)
 
 
 class RewardsSpec(BaseModel):
@@ -53,6 +58,9 @@ class SelectionSpec(BaseModel):
     top_k: int | None = Field(None, ge=1)
     min_decisive: float = Field(0.0, ge=0, le=1)
     apply: bool = True  # train only on the kept aspects
+    # the paper's pairs: the initial policy's greedy output vs a pure sample (T 1, top-p 1, top-k 0) per prompt;
+    # two_samples: the first two of sample.samples_per_prompt
+    pairs: Literal["greedy_vs_sample", "two_samples"] = "greedy_vs_sample"
 
 
 class SampleSpec(BaseModel):

@@ -226,10 +226,18 @@ def format_mt_prompt(tokenizer, source: str, seq2seq: bool, source_lang: str = "
 def prompt_records(pairs: list[Pair], tokenizer, seq2seq: bool, source_lang: str = "es",
                    target_lang: str = "en") -> list[dict]:
     """PPO prompt records: ``id``, ``prompt`` (policy input), ``question`` (the plain instruction rewards see),
-    ``source`` and ``reference`` (for reference-based rewards)."""
-    return [{"id": p.id or f"pair-{i}", "prompt": format_mt_prompt(tokenizer, p.source, seq2seq, source_lang, target_lang),
-             "question": instruction(p.source, source_lang, target_lang),
-             "source": p.source, "reference": p.target} for i, p in enumerate(pairs)]
+    ``source`` and ``reference`` (for reference-based rewards).
+
+    The instruction is the policy's input as plain text, as the paper showed UltraRM: for a seq2seq policy
+    ``"translate Spanish to English: <source>"`` itself, for a chat policy the user turn (:func:`instruction`).
+    """
+    out = []
+    for i, p in enumerate(pairs):
+        prompt = format_mt_prompt(tokenizer, p.source, seq2seq, source_lang, target_lang)
+        out.append({"id": p.id or f"pair-{i}", "prompt": prompt,
+                    "question": prompt if seq2seq else instruction(p.source, source_lang, target_lang),
+                    "source": p.source, "reference": p.target})
+    return out
 
 
 __all__ = [

@@ -43,6 +43,14 @@ def prompt_records(recipe: Recipe, tokenizer, split: str, seq2seq: bool = False)
         if split not in splits:
             raise AlarmError(f"the MT data has no split {split!r} (has {', '.join(splits)}); check data.*_split")
         return mt.prompt_records(splits[split], tokenizer, seq2seq=seq2seq)
+    if recipe.data.task == "qa_feedback":
+        from alarm import qa_feedback
+
+        if recipe.data.path is None:
+            raise AlarmError("data.task qa_feedback needs data.path: a QA-Feedback prompt file or URL")
+        records = qa_feedback.load_split(recipe.data.path, split, seed=recipe.seed)
+        return qa_feedback.paper_records(records, tokenizer, seq2seq, recipe.data.max_prompt_tokens,
+                                         recipe.data.system_prompt)
     from alarm.datasets import format_prompt, load_qa_jsonl, split_records
 
     records = split_records(load_qa_jsonl(recipe.data.path), split)
@@ -66,12 +74,18 @@ def write_json(path: Path, data) -> None:
 
 
 def sample_and_fit(recipe: Recipe, model, tokenizer, records: list[dict], reward_set: RewardSet, run_dir: Path):
-    """(a) Sample the initial policy, fit normalisation (and ε) on the samples, keep them for selection."""
+    """(a) Sample the initial policy, fit normalisation (and ε) on the samples, keep them for selection.
+
+    For the paper's selection pairs (``selection.pairs: greedy_vs_sample``) it also writes the initial policy's
+    greedy output and one pure sample (T 1, top-p 1, top-k 0; sample 0 when PPO samples so) per prompt, scored
+    with the fitted normalisers, to ``selection_pairs.jsonl``.
+    """
     from alarm.generation import generate_texts
 
     s = recipe.sample
     chosen = records[: s.prompts]
-    outs = generate_texts(model, tokenizer, [r["prompt"] for r in chosen], max_new_tokens=s.max_new_tokens,
+    prompts = [r["prompt"] for r in chosen]
+    outs = generate_texts(model, tokenizer, prompts, max_new_tokens=s.max_new_tokens,
                           do_sample=True, num_samples=s.samples_per_prompt, temperature=recipe.ppo.temperature,
                           top_p=recipe.ppo.top_p, top_k=recipe.ppo.top_k, batch_size=s.batch_size,
                           progress="sampling the initial policy")
@@ -79,6 +93,7 @@ def sample_and_fit(recipe: Recipe, model, tokenizer, records: list[dict], reward
     flat_records = [r for r, _, _ in flat]
     texts = [t for _, _, t in flat]
     raw = reward_set.fit([r["question"] for r in flat_records], texts, **_columns(flat_records))
+    _print_prompt_cuts(reward_set, len(texts))
     norm = reward_set.normalized(raw)
     samples = [{"prompt_id": r["id"], "sample": k, "completion": t,
                 **{name: summarize(norm[name][i]) for name in norm}}
@@ -86,36 +101,89 @@ def sample_and_fit(recipe: Recipe, model, tokenizer, records: list[dict], reward
     with open(run_dir / "initial_samples.jsonl", "w") as f:
         f.writelines(json.dumps(x) + "\n" for x in samples)
     write_json(run_dir / "reward_state.json", reward_set.state())
+    if recipe.selection.enabled and recipe.selection.pairs == "greedy_vs_sample" and reward_set.aspects:
+        greedy = [t[0] for t in generate_texts(model, tokenizer, prompts, max_new_tokens=s.max_new_tokens,
+                                               batch_size=s.batch_size, progress="greedy outputs of the initial policy")]
+        sides = [("greedy", r, t) for r, t in zip(chosen, greedy)]
+        pure = (recipe.ppo.temperature, recipe.ppo.top_p, recipe.ppo.top_k) == (1.0, 1.0, 0)
+        if not pure:
+            pure_texts = generate_texts(model, tokenizer, prompts, max_new_tokens=s.max_new_tokens, do_sample=True,
+                                        temperature=1.0, top_p=1.0, top_k=0, batch_size=s.batch_size,
+                                        progress="pure samples of the initial policy")
+            sides += [("sample", r, t[0]) for r, t in zip(chosen, pure_texts)]
+        recs = [r for _, r, _ in sides]
+        scored = reward_set.normalized(reward_set.raw_scores([r["question"] for r in recs], [t for *_, t in sides],
+                                                             **_columns(recs)))
+        rows = [{"prompt_id": r["id"], "side": side, "completion": t,
+                 **{name: summarize(scored[name][i]) for name in scored}} for i, (side, r, t) in enumerate(sides)]
+        if pure:
+            rows += [{"prompt_id": x["prompt_id"], "side": "sample", **{k: v for k, v in x.items() if k != "prompt_id"}}
+                     for x in samples if x["sample"] == 0]
+        with open(run_dir / "selection_pairs.jsonl", "w") as f:
+            f.writelines(json.dumps(x) + "\n" for x in rows)
     return samples
 
 
+def _print_prompt_cuts(reward_set: RewardSet, n: int) -> None:
+    """Say how many inputs a reward model had to cut the prompt of (``last_stats`` of the latest call)."""
+    for name, reward in [("holistic", reward_set.holistic), *reward_set.aspects.items()]:
+        cut = (getattr(reward, "last_stats", None) or {}).get("prompts_cut", 0)
+        if cut:
+            console.print(f"[yellow]{name}: the prompt of {cut} of {n} inputs was cut to fit the reward model "
+                          "(the response never is); raise its max_length or lower data.max_prompt_tokens[/yellow]")
+
+
 def select_step(recipe: Recipe, reward_set: RewardSet, samples: list[dict], run_dir: Path) -> list[str]:
-    """(b) Which aspects agree with the holistic reward on pairs of initial samples; returns the kept ones."""
+    """(b) Which aspects agree with the holistic reward on pairs of initial responses; returns the kept ones.
+
+    Pairs (``selection.pairs``): the paper's greedy output vs pure sample per prompt (``selection_pairs.jsonl``
+    from :func:`sample_and_fit`), or the first two samples. The report adds each reward's win rate of side a
+    over side b, the holistic reward's own as the reference (the paper's Figures 3–4).
+    """
     from alarm.select import (
         compute_stats,
+        pair_up,
         pairs_from_samples,
         plot_selection,
         select_aspects,
         selection_markdown,
         selection_to_json,
+        win_rates,
     )
 
     aspects = list(reward_set.aspects)
     if not aspects:
         return []
-    two = [x for x in samples if x["sample"] < 2]
-    h_a, h_b, m_a, m_b = pairs_from_samples(two, holistic="holistic", aspects=aspects)
+    sel = recipe.selection
+    if sel.pairs == "greedy_vs_sample":
+        path = run_dir / "selection_pairs.jsonl"
+        if not path.exists():
+            raise AlarmError(f"{path} is missing (a run from before greedy-vs-sample selection?); run again without "
+                             "--resume, or set selection.pairs=two_samples")
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        a = {r["prompt_id"]: r for r in rows if r["side"] == "greedy"}
+        b = {r["prompt_id"]: r for r in rows if r["side"] == "sample"}
+        h_a, h_b, m_a, m_b = pair_up(a, b, holistic="holistic", aspects=aspects)
+        sides, described = ("greedy", "sample"), "the initial policy's greedy output vs a pure sample per prompt"
+    else:
+        two = [x for x in samples if x["sample"] < 2]
+        h_a, h_b, m_a, m_b = pairs_from_samples(two, holistic="holistic", aspects=aspects)
+        sides, described = ("sample 1", "sample 2"), "two samples of the initial policy per prompt"
     hib = {k: getattr(reward_set.aspects[k], "higher_is_better", True) for k in aspects}
     stats = compute_stats(h_a, h_b, m_a, m_b, higher_is_better=hib)
-    sel = recipe.selection
+    wins = win_rates(h_a, h_b, m_a, m_b, higher_is_better=hib)
     selection = select_aspects(stats, max_conflict=sel.max_conflict, top_k=sel.top_k, min_decisive=sel.min_decisive)
-    write_json(run_dir / "selection.json", selection_to_json(stats, selection))
-    (run_dir / "selection.md").write_text(selection_markdown(stats, selection))
-    plot_selection(stats, selection, run_dir / "selection.png")
-    console.print("[bold]Reward selection[/bold] (pairs of initial samples, against the holistic reward)")
+    write_json(run_dir / "selection.json", {"pairs": sel.pairs, "n_pairs": len(h_a),
+                                            **selection_to_json(stats, selection, wins, sides)})
+    (run_dir / "selection.md").write_text(f"Pairs: {len(h_a)}, {described}.\n\n"
+                                          + selection_markdown(stats, selection, wins, sides))
+    plot_selection(stats, selection, run_dir / "selection.png", wins, sides)
+    h = wins["holistic"]
+    console.print(f"[bold]Reward selection[/bold] ({described}, against the holistic reward; holistic "
+                  f"{sides[0]}-vs-{sides[1]} win rate {h['win_rate_pct']:.1f})")
     for name in aspects:
         mark = "[green]kept[/green]" if name in selection.kept else "[red]dropped[/red]"
-        console.print(f"  {mark} {name}: {selection.reasons[name]}")
+        console.print(f"  {mark} {name}: {selection.reasons[name]}; win rate {wins[name]['win_rate_pct']:.1f}")
     return list(selection.kept)
 
 
@@ -133,16 +201,19 @@ def train_step(recipe: Recipe, model, tokenizer, reward_set: RewardSet, records:
     return trainer
 
 
-def evaluate_step(recipe: Recipe, model, tokenizer, reward_set: RewardSet, records: list[dict], run_dir: Path,
+def evaluate_step(recipe: Recipe, tokenizer, reward_set: RewardSet, records: list[dict], run_dir: Path,
                   systems: dict) -> dict:
-    """(d) Greedy outputs of each system on the test prompts: mean of every reward, win rates, length."""
+    """(d) Greedy outputs of each system on the test prompts: mean of every reward, win rates, length.
+
+    ``systems``: name → (model, context manager factory under which that model is the system), e.g. the LoRA
+    policy with adapters disabled for "initial"."""
     from alarm.generation import generate_texts
 
     e = recipe.eval
     chosen = records[: e.max_prompts] if e.max_prompts else records
     prompts = [r["prompt"] for r in chosen]
     per_system = {}
-    for name, ctx in systems.items():
+    for name, (model, ctx) in systems.items():
         with ctx():
             texts = [t[0] for t in generate_texts(model, tokenizer, prompts, max_new_tokens=e.max_new_tokens,
                                                   batch_size=e.batch_size, progress=f"evaluating {name}")]
@@ -164,8 +235,24 @@ def evaluate_step(recipe: Recipe, model, tokenizer, reward_set: RewardSet, recor
     a, b = names[-1], names[0]  # trained vs initial
     for metric in per_system[a]["scores"]:
         result["win_rates"][metric] = win_rate(per_system[a]["scores"][metric], per_system[b]["scores"][metric])
+    result["mean_ci"] = _mean_intervals(run_dir / "eval_generations.jsonl", names, list(per_system[a]["scores"]))
     write_json(run_dir / "eval.json", result)
     return result
+
+
+def initial_and_trained(model, trainer=None) -> dict:
+    """The systems to evaluate: the initial policy, and the trained one after PPO.
+
+    LoRA: one network, the initial policy being it with adapters disabled. Full fine-tuning trains ``model``
+    in place, so the initial policy is the trainer's frozen reference copy (evaluating ``model`` twice would
+    compare the trained policy with itself).
+    """
+    if trainer is None:
+        return {"initial": (model, nullcontext)}
+    policy = trainer.unwrapped
+    if policy.ref_model is None:
+        return {"initial": (policy.model, policy.model.disable_adapter), "trained": (policy.model, nullcontext)}
+    return {"initial": (policy.ref_model, nullcontext), "trained": (policy.model, nullcontext)}
 
 
 def _mean(xs) -> float | None:
@@ -173,13 +260,15 @@ def _mean(xs) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def win_rate(a: list, b: list, higher_is_better: bool = True) -> dict:
-    """Pairwise wins of ``a`` over ``b`` by one metric: wins / (wins + losses), ties and missing excluded."""
+def win_rate(a: list, b: list, higher_is_better: bool = True, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Pairwise wins of ``a`` over ``b`` by one metric (aligned by prompt): the paper's 100·wins / (wins + losses)
+    (ties and missing excluded, 50 when none is decisive) with its bootstrap interval over prompts, the counts,
+    and ``win_rate`` as a fraction (None when none is decisive)."""
     from dataclasses import asdict
 
     from alarm.evaluation.compare import win_counts
 
-    return asdict(win_counts(a, b, higher_is_better=higher_is_better))
+    return asdict(win_counts(a, b, higher_is_better=higher_is_better, n_boot=n_boot, seed=seed))
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -187,7 +276,9 @@ def win_rate(a: list, b: list, higher_is_better: bool = True) -> dict:
 
 def write_report(recipe: Recipe, run_dir: Path, history: list[dict], result: dict | None, kept: list[str] | None,
                  timings: dict) -> Path:
-    """report.md with plots of training curves and a before/after chart."""
+    """report.md with plots of training curves and a before/after chart. Every mean and win rate carries its
+    bootstrap 95 % interval over the test prompts (means from eval_generations.jsonl; the intervals are also left
+    in ``result["mean_ci"]`` for :func:`print_summary`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -219,14 +310,16 @@ def write_report(recipe: Recipe, run_dir: Path, history: list[dict], result: dic
     if result:
         systems = list(result["means"])
         metrics = list(result["means"][systems[0]])
-        lines += ["## Evaluation (greedy, test prompts)", "", f"{result['n_prompts']} test prompts.", "",
+        cis = result.setdefault("mean_ci", _mean_intervals(run_dir / "eval_generations.jsonl", systems, metrics))
+        lines += ["## Evaluation (greedy, test prompts)", "",
+                  f"{result['n_prompts']} test prompts. Means with a 95 % percentile bootstrap interval over prompts. "
+                  "Win rate: 100·wins / (wins + losses) (ties excluded, 50 when no pair is decisive), its 95 % "
+                  "bootstrap interval over prompts, and the decisive pairs (wins–losses, ties).", "",
                   "| metric | " + " | ".join(systems) + " | win rate (trained vs initial) |",
                   "|---|" + "---|" * len(systems) + "---|"]
         for k in metrics:
-            w = result["win_rates"][k]
-            wr = "n/a" if w["win_rate"] is None else f"{w['win_rate']:.0%} ({w['wins']}–{w['losses']}, {w['ties']} ties)"
-            vals = " | ".join(_fmt(result["means"][s][k]) for s in systems)
-            lines.append(f"| {k} | {vals} | {wr} |")
+            vals = " | ".join(_fmt_mean(result["means"][s][k], cis.get(s, {}).get(k)) for s in systems)
+            lines.append(f"| {k} | {vals} | {_fmt_win(result['win_rates'][k])} |")
         fig, ax = plt.subplots(figsize=(6, 3.2))
         width = 0.8 / len(systems)
         for j, s in enumerate(systems):
@@ -250,17 +343,45 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def _mean_intervals(path: Path, systems: list[str], metrics: list[str]) -> dict:
+    """Bootstrap 95 % intervals of each system's mean of each metric, from the per-prompt evaluation records."""
+    from alarm.evaluation.compare import mean_ci
+
+    if not path.exists():
+        return {}
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    out: dict = {}
+    for s in systems:
+        for k in metrics:
+            c = mean_ci([(r.get(s) or {}).get(k) for r in rows], method="bootstrap")
+            out.setdefault(s, {})[k] = {"low": c.low, "high": c.high, "n": c.n}
+    return out
+
+
+def _fmt_mean(mean, ci: dict | None) -> str:
+    if ci is None or ci["low"] is None:
+        return _fmt(mean)
+    return f"{_fmt(mean)} [{ci['low']:.3f}, {ci['high']:.3f}]"
+
+
+def _fmt_win(w: dict) -> str:
+    """The paper's win rate with its interval and the decisive pairs: '63.6 [36.4, 90.9] (11: 7–4, 5 ties)'."""
+    interval = "–" if w.get("pct_low") is None else f"{w['pct_low']:.1f}, {w['pct_high']:.1f}"
+    return (f"{w['win_rate_pct']:.1f} [{interval}] ({w['wins'] + w['losses']}: {w['wins']}–{w['losses']}, "
+            f"{w['ties']} ties)")
+
+
 def print_summary(result: dict) -> None:
     systems = list(result["means"])
-    table = Table(title=f"Evaluation on {result['n_prompts']} test prompts (greedy)")
+    cis = result.get("mean_ci", {})
+    table = Table(title=f"Evaluation on {result['n_prompts']} test prompts (greedy; 95 % bootstrap intervals)")
     table.add_column("metric")
     for s in systems:
         table.add_column(s, justify="right")
     table.add_column("win rate (trained vs initial)", justify="right")
     for k in result["means"][systems[0]]:
-        w = result["win_rates"][k]
-        wr = "n/a" if w["win_rate"] is None else f"{w['win_rate']:.0%} ({w['wins']}–{w['losses']}, {w['ties']} ties)"
-        table.add_row(k, *[_fmt(result["means"][s][k]) for s in systems], wr)
+        table.add_row(k, *[_fmt_mean(result["means"][s][k], cis.get(s, {}).get(k)) for s in systems],
+                      _fmt_win(result["win_rates"][k]))
     console.print(table)
 
 
@@ -323,11 +444,8 @@ def run(recipe: Recipe, steps: tuple[str, ...] = ("sample", "select", "train", "
         t0 = time.perf_counter()
         console.print("[bold](d)[/bold] evaluating initial and trained policies on the test prompts")
         test_records = prompt_records(recipe, tokenizer, recipe.data.test_split, seq2seq)
-        policy = trainer.unwrapped.model if trainer else model
-        systems = {"initial": (policy.disable_adapter if trainer and recipe.ppo.lora else nullcontext)}
-        if trainer:
-            systems["trained"] = nullcontext
-        result = evaluate_step(recipe, policy, tokenizer, reward_set, test_records, run_dir, systems)
+        systems = initial_and_trained(model, trainer)
+        result = evaluate_step(recipe, tokenizer, reward_set, test_records, run_dir, systems)
         timings["eval"] = time.perf_counter() - t0
     report = write_report(recipe, run_dir, history, result, kept, timings)
     if result and "trained" in result["means"]:

@@ -11,8 +11,9 @@ dicts (the shared files use one form each); both become :class:`Passage`. Every 
 file, the record index and the question, so a broken record is quick to find.
 
 The reward models read ``reward_prompt(question, passages)`` as their first sequence (the FineGrainedRLHF
-"question: … context: wikipage: … text: …" layout); the policy reads ``format_prompt`` with passages cut so
-the whole prompt fits a token budget.
+"question: … context: wikipage: … text: …" layout). A chat policy reads ``format_prompt`` with passages cut so
+the whole prompt fits a token budget; a seq2seq policy (the paper's T5) reads what FineGrainedRLHF's SFT model
+was trained on: that same layout with every passage, cut at the token budget (:func:`paper_records`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ RELEVANCE_ERRORS = ("Irrelevant", "Redundant", "Incoherent")
 # preference[k] compares these predictions (1-based): 1 = first preferred, 2 = second, 0 = no preference
 PREFERENCE_PAIRS = ((1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4))
 DEFAULT_DIR = "../shared/data/qa_feedback"
+PAPER_MAX_INPUT_TOKENS = 1024  # FineGrainedRLHF's env.max_input_len for its T5-large policy
 
 
 @dataclass(frozen=True)
@@ -209,10 +211,13 @@ def split_questions(questions: Sequence[str], validation_fraction: float = 0.2, 
 # ---------------------------------------------------------------------------------------------- inputs
 
 
-def reward_prompt(question: str, passages: Sequence[Passage | str]) -> str:
-    """The reward models' first sequence (FineGrainedRLHF layout); the trainer and the rewards share it."""
+def reward_prompt(question: str, passages: Sequence[Passage | dict | str]) -> str:
+    """The reward models' first sequence (FineGrainedRLHF layout, its prompt files' ``text`` field); the trainer,
+    the rewards and the paper's seq2seq policy share it. Passages: Passage, ``{wikipage, content}`` or text."""
     parts = []
     for p in passages:
+        if isinstance(p, dict):
+            p = normalize_passage(p, "passage")
         parts.append(f"wikipage: {p.title} text: {p.text}" if isinstance(p, Passage) else f"text: {p}")
     return f"question: {question} context: " + " | ".join(parts)
 
@@ -296,6 +301,78 @@ def policy_records(records: Sequence[PromptRecord | FeedbackRecord], tokenizer, 
     return out
 
 
+def fit_paper_passages(tokenizer, question: str, passages: Sequence[Passage], max_tokens: int) -> list[Passage]:
+    """The passages, in order, as far as ``reward_prompt(question, passages)`` fits ``max_tokens`` (special tokens
+    included): the first that does not fit is cut between words, the rest dropped. FineGrainedRLHF cut its T5
+    input at 1024 tokens the same way (at the end), so the policy sees what its SFT checkpoint was trained on and
+    the passages column holds exactly what it read."""
+    def fits(ps) -> bool:
+        return len(tokenizer(reward_prompt(question, ps))["input_ids"]) <= max_tokens
+
+    kept = list(passages)
+    if fits(kept):
+        return kept
+    if not fits([]):
+        raise AlarmError(f"question {question[:60]!r}: max_prompt_tokens={max_tokens} leaves no room for the "
+                         "question itself; raise it")
+    k = 0
+    while fits(kept[: k + 1]):
+        k += 1
+    title, text = kept[k].title, kept[k].text
+    cuts = [j for j, ch in enumerate(text) if ch.isspace()]
+    lo, hi = -1, len(cuts) - 1  # the longest head of passage k that fits: cuts[lo] (-1: none)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits([*kept[:k], Passage(title, text[: cuts[mid]])]):
+            lo = mid
+        else:
+            hi = mid - 1
+    return kept[:k] + ([Passage(title, text[: cuts[lo]])] if lo >= 0 else [])
+
+
+def paper_records(records: Sequence[PromptRecord | FeedbackRecord], tokenizer, seq2seq: bool,
+                  max_prompt_tokens: int | None = PAPER_MAX_INPUT_TOKENS, system: str | None = None) -> list[dict]:
+    """Policy records ``{"id", "prompt", "question", "passages", "reference"}`` with every passage of a record.
+
+    Seq2seq (the paper's T5): the prompt is ``reward_prompt`` — "question: … context: wikipage: … text: … |
+    wikipage: …", no chat template, no instruction — cut at ``max_prompt_tokens`` (None: FineGrainedRLHF's 1024).
+    Causal: the chat prompt of :func:`policy_records`, with all the passages fitted to the budget. ``passages``
+    holds what the policy read, as ``{wikipage, content}``, so a reward with ``prompt_with_passages`` (the
+    holistic one: UltraRM's instruction was the whole policy input) rebuilds exactly that input.
+    """
+    from alarm.datasets import format_prompt
+
+    budget = PAPER_MAX_INPUT_TOKENS if max_prompt_tokens is None else max_prompt_tokens
+    out = []
+    for r in records:
+        passages = [p for p in r.passages if p.text.strip()]
+        if seq2seq:
+            kept = fit_paper_passages(tokenizer, r.question, passages, budget)
+            prompt = reward_prompt(r.question, kept)
+        else:
+            texts = fit_passages(tokenizer, r.question, [p.text for p in passages], budget, system) if passages else []
+            kept = [Passage(p.title, t) for p, t in zip(passages, texts)]
+            prompt = format_prompt(tokenizer, r.question, texts, system)
+        reference = r.answers[0] if isinstance(r, PromptRecord) else r.gold
+        out.append({"id": record_id(r.question), "prompt": prompt, "question": r.question,
+                    "passages": [{"wikipage": p.title, "content": p.text} for p in kept], "reference": reference})
+    return out
+
+
+def load_split(source: str, split: str, validation_fraction: float = 0.2, seed: int = 42) -> list[PromptRecord]:
+    """One split of QA-Feedback prompts: ``source`` with ``{split}`` in it names one file per split
+    (FineGrainedRLHF's ``train.json`` / ``dev.json`` / ``test.json``); one file is split by question, 80/20."""
+    if "{split}" in source:
+        return load_prompts(source.replace("{split}", split))
+    records = load_prompts(source)
+    train, held_out = split_questions([r.question for r in records], validation_fraction, seed)
+    if split not in ("train", "test", "dev", "validation"):
+        raise AlarmError(f"QA-Feedback split {split!r}: one prompt file splits into 'train' and 'test'; name the "
+                         "splits so, or give a path with {split} in it (one file per split)")
+    keep = train if split == "train" else held_out
+    return [r for r in records if r.question in keep]
+
+
 class PassagePrompt:
     """Wrap a reward model so it reads ``reward_prompt(question, passages)`` as its prompt.
 
@@ -315,6 +392,10 @@ class PassagePrompt:
                              "the question with its passages)")
         full = [reward_prompt(q, ps) for q, ps in zip(prompts, passages)]
         return self.reward(full, completions, passages=passages, **columns)
+
+    @property
+    def last_stats(self) -> dict:
+        return getattr(self.reward, "last_stats", {})
 
 
 # ---------------------------------------------------------------------------------------------- command

@@ -7,6 +7,11 @@ agreement among pairs where both are decisive, the aspect's tie rate, and rank c
 responses, and :func:`select_aspects` can refuse tie-heavy aspects (``min_decisive``).
 
 Undefined quantities (0/0, correlation of a constant) are ``None``, never NaN.
+
+The paper's protocol (DESIGN 2.3, §7; the default of ``alarm run`` and ``alarm select``): each pair is the
+initial policy's greedy output (side a) against a pure sample (T 1, top-p 1, top-k 0; side b), and besides each
+aspect's conflict ("inconsistency") it reports each reward's greedy-vs-sampling win rate, the holistic reward's
+own being the reference line of its Figures 3–4 (:func:`win_rates`, :func:`plot_selection`).
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ __all__ = [
     "select_aspects",
     "pair_up",
     "pairs_from_samples",
+    "win_rates",
     "selection_to_json",
     "selection_markdown",
+    "selection_figure",
     "plot_selection",
 ]
 
@@ -396,22 +403,47 @@ def pairs_from_samples(
     return pair_up(scores_a, scores_b, holistic=holistic, aspects=aspects)
 
 
+def win_rates(
+    h_a: Sequence[float],
+    h_b: Sequence[float],
+    m_a: Mapping[str, Sequence[float | None]],
+    m_b: Mapping[str, Sequence[float | None]],
+    higher_is_better: Mapping[str, bool] | None = None,
+    tie_tol: float = 0.0,
+    holistic: str = "holistic",
+) -> dict[str, dict]:
+    """Side a's win rate over side b by the holistic reward (first) and by every aspect: with greedy outputs as
+    side a, the paper's greedy-vs-sampling win rates. Each is :class:`alarm.evaluation.compare.WinCounts` as a
+    dict: ``win_rate_pct`` = 100·wins / (wins + losses) with its bootstrap interval over pairs, and the counts."""
+    from alarm.evaluation.compare import win_counts
+
+    _check_tie_tol(tie_tol)
+    directions = dict(higher_is_better or {})
+    out = {holistic: asdict(win_counts(list(h_a), list(h_b), True, tie_tol))}
+    for name in sorted(m_a):
+        out[name] = asdict(win_counts(list(m_a[name]), list(m_b[name]), directions.get(name, True), tie_tol))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Reports
 
 
-def selection_to_json(stats: Mapping[str, AspectStats], selection: Selection) -> dict:
-    """A JSON-ready record of the rule, the decision and every aspect's numbers (None stays null)."""
+def selection_to_json(stats: Mapping[str, AspectStats], selection: Selection, wins: Mapping[str, dict] | None = None,
+                      sides: tuple[str, str] = ("a", "b")) -> dict:
+    """A JSON-ready record of the rule, the decision and every aspect's numbers (None stays null); with
+    :func:`win_rates`, each aspect's and the holistic reward's win rate of side a over side b."""
     aspects = {}
     for name in selection.order:
         s = stats[name]
         aspects[name] = {
             **asdict(s),
             "decisive_rate": s.decisive_rate,
+            **({"win_rate": wins[name]} if wins else {}),
             "kept": name in selection.kept,
             "reason": selection.reasons[name],
         }
-    return {
+    out = {
         "rule": {
             "max_conflict": selection.max_conflict,
             "top_k": selection.top_k,
@@ -421,27 +453,45 @@ def selection_to_json(stats: Mapping[str, AspectStats], selection: Selection) ->
         "dropped": list(selection.dropped),
         "aspects": aspects,
     }
+    if wins:
+        holistic = next(k for k in wins if k not in stats)
+        out["sides"] = list(sides)
+        out["holistic_win_rate"] = wins[holistic]
+    return out
 
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def selection_markdown(stats: Mapping[str, AspectStats], selection: Selection) -> str:
-    """A Markdown table of every aspect's numbers and why it was kept or dropped."""
+def _fmt_win(w: Mapping[str, Any]) -> str:
+    """'73.7 [65.0, 81.2] (95: 70–25)': the paper's win rate, its interval, the decisive pairs (wins–losses)."""
+    interval = "" if w.get("pct_low") is None else f" [{w['pct_low']:.1f}, {w['pct_high']:.1f}]"
+    return f"{w['win_rate_pct']:.1f}{interval} ({w['wins'] + w['losses']}: {w['wins']}–{w['losses']})"
+
+
+def selection_markdown(stats: Mapping[str, AspectStats], selection: Selection, wins: Mapping[str, dict] | None = None,
+                       sides: tuple[str, str] = ("a", "b")) -> str:
+    """A Markdown table of every aspect's numbers and why it was kept or dropped; with :func:`win_rates`, a
+    column of side a's win rate over side b and the holistic reward's own as the reference line."""
     guard = f"; decisive rate ≥ {selection.min_decisive:.2f}" if selection.min_decisive > 0 else ""
-    lines = [
-        f"Reward selection: keep {selection.rule}{guard}. Kept: {', '.join(selection.kept) or 'none'}.",
-        "",
-        "| aspect | conflict | agreement | tie rate | τ-b | Spearman ρ | pairs | kept | reason |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    versus = f"{sides[0]}-vs-{sides[1]} win rate"
+    lines = [f"Reward selection: keep {selection.rule}{guard}. Kept: {', '.join(selection.kept) or 'none'}.", ""]
+    if wins:
+        holistic = next(k for k in wins if k not in stats)
+        lines += [f"Holistic reward ({holistic}) {versus}, the reference: {_fmt_win(wins[holistic])}. Win rates are "
+                  "100·wins / (wins + losses) with a 95 % bootstrap interval over pairs (decisive pairs: wins–losses).",
+                  ""]
+    head = ["aspect", "conflict", *([versus] if wins else []), "agreement", "tie rate", "τ-b", "Spearman ρ", "pairs",
+            "kept", "reason"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in selection.order:
         s = stats[name]
         pairs = f"{s.n_pairs}" + (f" ({s.n_dropped} dropped)" if s.n_dropped else "")
         cells = [
             name,
             _fmt(s.conflict, s),
+            *([_fmt_win(wins[name])] if wins else []),
             _fmt(s.agreement, s),
             _fmt(s.tie_rate, s),
             _fmt(s.kendall_tau_b, s),
@@ -454,8 +504,21 @@ def selection_markdown(stats: Mapping[str, AspectStats], selection: Selection) -
     return "\n".join(lines) + "\n"
 
 
-def plot_selection(stats: Mapping[str, AspectStats], selection: Selection, path: str | Path) -> Path:
-    """PNG bar chart of conflict and tie rate per aspect, with the threshold line; kept aspects in bold.
+def plot_selection(stats: Mapping[str, AspectStats], selection: Selection, path: str | Path,
+                   wins: Mapping[str, dict] | None = None, sides: tuple[str, str] = ("a", "b")) -> Path:
+    """Write :func:`selection_figure` as a PNG."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    selection_figure(stats, selection, wins, sides).savefig(path, format="png", dpi=100)
+    return path
+
+
+def selection_figure(stats: Mapping[str, AspectStats], selection: Selection, wins: Mapping[str, dict] | None = None,
+                     sides: tuple[str, str] = ("a", "b")):
+    """The layout of the paper's Figures 3–4: per aspect, the inconsistency with the holistic reward (conflict,
+    %) and, with :func:`win_rates`, side a's win rate over side b (%), the holistic reward's own win rate as a
+    dashed reference line; the threshold as a dotted line; kept aspects in bold. Without win rates the second
+    bar is the tie rate.
 
     Uses matplotlib's Agg canvas directly, so it never touches the global pyplot backend.
     """
@@ -464,46 +527,42 @@ def plot_selection(stats: Mapping[str, AspectStats], selection: Selection, path:
 
     names = selection.order
     x = np.arange(len(names))
-    conflict = [stats[n].conflict or 0.0 for n in names]
-    ties = [stats[n].tie_rate or 0.0 for n in names]
+    conflict = [100 * (stats[n].conflict or 0.0) for n in names]
+    if wins:
+        second = [wins[n]["win_rate_pct"] for n in names]
+        second_label = f"{sides[0]}-vs-{sides[1]} win rate"
+    else:
+        second, second_label = [100 * (stats[n].tie_rate or 0.0) for n in names], "tie rate"
 
-    fig = Figure(figsize=(max(4.0, 1.2 * len(names) + 2), 3.5))
+    fig = Figure(figsize=(max(4.5, 1.3 * len(names) + 2.5), 3.6))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     width = 0.38
-    ax.bar(x - width / 2, conflict, width, label="conflict", color="tab:red")
-    ax.bar(x + width / 2, ties, width, label="tie rate", color="tab:gray")
+    bars = ax.bar(x - width / 2, conflict, width, label="inconsistency with holistic", color="tab:red")
+    ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    bars = ax.bar(x + width / 2, second, width, label=second_label, color="tab:blue" if wins else "tab:gray")
+    ax.bar_label(bars, fmt="%.1f", fontsize=7)
     for i, n in enumerate(names):
         if stats[n].conflict is None:
-            ax.text(i - width / 2, 0.01, "n/a", ha="center", va="bottom", fontsize=7)
+            ax.text(i - width / 2, 1, "n/a", ha="center", va="bottom", fontsize=7)
+    if wins:
+        holistic = next(k for k in wins if k not in stats)
+        h = wins[holistic]["win_rate_pct"]
+        ax.axhline(h, color="tab:blue", linestyle="--", linewidth=1.2, label=f"{holistic} win rate {h:.1f}")
     if selection.max_conflict is not None:
-        ax.axhline(
-            selection.max_conflict,
-            color="black",
-            linestyle="--",
-            linewidth=1,
-            label=f"max conflict {selection.max_conflict:.2f}",
-        )
-    if selection.min_decisive > 0:
-        ax.axhline(
-            1 - selection.min_decisive,
-            color="tab:gray",
-            linestyle=":",
-            linewidth=1,
-            label=f"max tie rate {1 - selection.min_decisive:.2f}",
-        )
+        ax.axhline(100 * selection.max_conflict, color="black", linestyle=":", linewidth=1,
+                   label=f"max conflict {100 * selection.max_conflict:.0f}")
+    if selection.min_decisive > 0 and not wins:
+        ax.axhline(100 * (1 - selection.min_decisive), color="tab:gray", linestyle="-.", linewidth=1,
+                   label=f"max tie rate {100 * (1 - selection.min_decisive):.0f}")
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=20, ha="right")
     for label, n in zip(ax.get_xticklabels(), names):
         if n in selection.kept:
             label.set_fontweight("bold")
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("rate over pairs")
-    ax.set_title(f"Reward selection (kept in bold): {selection.rule}")
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("%")
+    ax.set_title(f"Reward selection on {sides[0]}-vs-{sides[1]} pairs (kept in bold): {selection.rule}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=100)
-    return path
+    return fig

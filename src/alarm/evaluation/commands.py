@@ -354,7 +354,8 @@ def score(args: argparse.Namespace) -> int:
         for name in reward_set.normalize:
             if name not in sequence_level:  # dense rewards are summarised, not z-normalised
                 continue
-            normalizers[name] = Normalizer.fit([s.get(name) for scores, _ in results.values() for s in scores])
+            normalizers[name] = Normalizer.fit([s.get(name) for scores, _ in results.values() for s in scores],
+                                               name=name)
         norm_source = Path(args.save_normalizers or Path(args.out_dir or Path(args.files[0]).parent) / "normalizers.json")
         save_normalizers(norm_source, normalizers, fitted_on=[str(f) for f in args.files])
         _info(f"score: fitted normalisers for {', '.join(normalizers) or 'nothing'} on {sum(len(v) for v in inputs.values())} "
@@ -441,6 +442,29 @@ def default_aspects(names: Iterable[str], holistic: str) -> list[str]:
                   and not (n.endswith(".z") and n[:-2] in names))
 
 
+def _decoding(path: str) -> dict | None:
+    """How a scored file's responses were generated (its generation sidecar's settings), if the sidecars tell."""
+    scored = meta_path(path)
+    source = json.loads(scored.read_text()).get("source") if scored.exists() else None
+    gen = meta_path(source) if source else meta_path(path)
+    return json.loads(gen.read_text()) if gen.exists() else None
+
+
+def _check_greedy_vs_sample(greedy: str, sampled: str) -> None:
+    """The paper's pairs: the first file greedy, the second a pure sample (T 1, top-p 1, top-k 0)."""
+    for path, want_sample in ((greedy, False), (sampled, True)):
+        d = _decoding(path)
+        if d is None:
+            _info(f"select: {path} has no generation sidecar; taking it as {'sampled' if want_sample else 'greedy'}")
+            continue
+        if bool(d.get("do_sample")) != want_sample:
+            raise AlarmError(f"{path} was {'greedy' if want_sample else 'sampled'}: greedy-vs-sample pairs take the "
+                             "greedy file first and the sampled one second (or pass --pairs systems)")
+        if want_sample and (d.get("temperature"), d.get("top_p"), d.get("top_k")) != (1.0, 1.0, 0):
+            _info(f"select: {path} was sampled with temperature {d.get('temperature')}, top-p {d.get('top_p')}, "
+                  f"top-k {d.get('top_k')}; the paper's pure sample is 1, 1, 0")
+
+
 def select(args: argparse.Namespace) -> int:
     from alarm.select import (
         compute_stats,
@@ -449,41 +473,57 @@ def select(args: argparse.Namespace) -> int:
         select_aspects,
         selection_markdown,
         selection_to_json,
+        win_rates,
     )
 
     if args.top_k is None and args.max_conflict is None:
         args.max_conflict = 0.4
-    if len(args.files) == 1:
+    pairs = args.pairs or ("two-samples" if len(args.files) == 1 else "greedy-vs-sample")
+    need = 1 if pairs == "two-samples" else 2
+    if len(args.files) != need:
+        raise AlarmError(f"--pairs {pairs} takes {'one scored file (two samples per prompt)' if need == 1 else 'two scored files'}"
+                         f", got {len(args.files)}" + ("; for the paper's pairs give the greedy file, then the sampled "
+                                                        "one" if pairs == "greedy-vs-sample" else ""))
+    if pairs == "two-samples":
         records, directions = read_scored(args.files[0])
         s0, s1 = (int(x) for x in (_csv(args.samples) or ["0", "1"]))
         a = _by_prompt(records, s0, f"{args.files[0]} sample {s0}")
         b = _by_prompt(records, s1, f"{args.files[0]} sample {s1}")
         source = f"{args.files[0]}, samples {s0} and {s1} of each prompt"
+        sides = (f"sample {s0}", f"sample {s1}")
         dirs = _directions([directions], _csv(args.lower_is_better))
-    elif len(args.files) == 2:
-        (ra, da), (rb, db) = read_scored(args.files[0]), read_scored(args.files[1])
-        a = _by_prompt(ra, args.sample, args.files[0])
-        b = _by_prompt(rb, args.sample, args.files[1])
-        source = f"{args.files[0]} vs {args.files[1]} (sample {args.sample})"
-        dirs = _directions([da, db], _csv(args.lower_is_better))
     else:
-        raise AlarmError("select takes one scored file (two samples per prompt) or two (two systems)")
+        if pairs == "greedy-vs-sample":
+            _check_greedy_vs_sample(*args.files)
+        (ra, da), (rb, db) = read_scored(args.files[0]), read_scored(args.files[1])
+        a = _by_prompt(ra, 0 if pairs == "greedy-vs-sample" else args.sample, args.files[0])
+        b = _by_prompt(rb, args.sample, args.files[1])
+        if pairs == "greedy-vs-sample":
+            source = f"greedy outputs {args.files[0]} vs samples {args.files[1]} (sample {args.sample})"
+            sides = ("greedy", "sample")
+        else:
+            source = f"{args.files[0]} vs {args.files[1]} (sample {args.sample})"
+            sides = (_stem(args.files[0]), _stem(args.files[1]))
+        dirs = _directions([da, db], _csv(args.lower_is_better))
     names = {k for s in [*a.values(), *b.values()] for k in s}
     if args.holistic not in names:
         raise AlarmError(f"no holistic score {args.holistic!r} in the scores (found: {', '.join(sorted(names))}); "
                          "name it with --holistic")
     aspects = _csv(args.aspects) or default_aspects(names, args.holistic)
     h_a, h_b, m_a, m_b = pair_up(a, b, holistic=args.holistic, aspects=aspects)
-    stats = compute_stats(h_a, h_b, m_a, m_b, {k: dirs[k] for k in aspects if k in dirs}, args.tie_tol)
+    directions = {k: dirs[k] for k in aspects if k in dirs}
+    stats = compute_stats(h_a, h_b, m_a, m_b, directions, args.tie_tol)
+    wins = win_rates(h_a, h_b, m_a, m_b, directions, args.tie_tol, holistic=args.holistic)
     selection = select_aspects(stats, max_conflict=args.max_conflict, top_k=args.top_k, min_decisive=args.min_decisive)
     out = Path(args.out_dir)
-    _write_json(out / "selection.json", {"source": source, "holistic": args.holistic, "n_pairs": len(h_a),
-                                         **selection_to_json(stats, selection)})
+    _write_json(out / "selection.json", {"source": source, "pairs": pairs, "holistic": args.holistic,
+                                         "n_pairs": len(h_a), **selection_to_json(stats, selection, wins, sides)})
+    table = selection_markdown(stats, selection, wins, sides)
     md = f"# Reward selection\n\nPairs: {len(h_a)} from {source}; holistic reward: `{args.holistic}`.\n\n"
-    md += selection_markdown(stats, selection) + "\n![selection](selection.png)\n"
+    md += table + "\n![selection](selection.png)\n"
     (out / "selection.md").write_text(md)
-    plot_selection(stats, selection, out / "selection.png")
-    print(selection_markdown(stats, selection))
+    plot_selection(stats, selection, out / "selection.png", wins, sides)
+    print(table)
     _info(f"select: kept {', '.join(selection.kept) or 'none'}; wrote {out}/selection.json, selection.md, selection.png")
     return 0
 
@@ -554,7 +594,8 @@ def compare(args: argparse.Namespace) -> int:
         if not os.environ.get(args.judge_api_key_env):
             _info(f"compare: ${args.judge_api_key_env} is not set; calling the judge without an API key")
         _info(f"compare: judge {args.judge_model} at {args.judge_url}; {len(judge.cache)} verdicts already cached")
-        judge_result = judge_systems(judge, al, args.judge_max_prompts, progress=sys.stderr.isatty())
+        judge_result = judge_systems(judge, al, args.judge_max_prompts, progress=sys.stderr.isatty(),
+                                     n_boot=args.n_boot, seed=args.seed, confidence=args.confidence)
         judge_result["model"] = args.judge_model
         judge_result["requests"] = judge.requests_made
         judge_result["unparsed_replies"] = judge.unparsed
@@ -613,9 +654,15 @@ def add_commands(subparsers) -> None:
     p.set_defaults(handler=score)
 
     p = subparsers.add_parser("select", allow_abbrev=False, help="choose the aspect rewards that agree with the holistic reward",
-                              description="Conflict rate, agreement, tie rate, Kendall τ-b and Spearman ρ of each "
-                                          "aspect against the holistic reward on paired responses; select and explain.")
-    p.add_argument("files", nargs="+", help="one scored file with two samples per prompt, or two systems' scored files")
+                              description="Conflict rate (inconsistency), agreement, tie rate, Kendall τ-b and Spearman ρ "
+                                          "of each aspect against the holistic reward on paired responses, and each "
+                                          "reward's win rate of side a over side b; select and explain. The paper's "
+                                          "pairs: the initial policy's greedy outputs (first file) vs its pure samples "
+                                          "(second file: alarm generate --sample, T 1, top-p 1, top-k 0).")
+    p.add_argument("files", nargs="+", help="greedy then sampled scored files (default), one file with two samples "
+                                            "per prompt, or two systems' scored files")
+    p.add_argument("--pairs", choices=("greedy-vs-sample", "two-samples", "systems"), default=None,
+                   help="how to pair responses (default: greedy-vs-sample for two files, two-samples for one)")
     p.add_argument("--holistic", default="holistic", help="the holistic metric's name (default holistic)")
     p.add_argument("--aspects", default=None, help="comma-separated aspects (default: every other metric)")
     rule = p.add_mutually_exclusive_group()
@@ -629,7 +676,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--out-dir", required=True)
     p.set_defaults(handler=select)
 
-    p = subparsers.add_parser("compare", allow_abbrev=False, help="compare systems: means with CIs, win rates, optional LLM judge",
+    p = subparsers.add_parser("compare", allow_abbrev=False, help="compare systems: means and win rates with CIs, the paper's win-rate matrix, optional LLM judge",
                               description="Align systems' scored files by prompt id; means with confidence intervals, "
                                           "pairwise win rates by every reward, an optional LLM judge; Markdown + PNG report.")
     p.add_argument("files", nargs="+", help="scored (or plain generation) JSONL files, one per system")
@@ -638,10 +685,11 @@ def add_commands(subparsers) -> None:
     p.add_argument("--lower-is-better", default=None, help="comma-separated metrics where lower is better")
     p.add_argument("--sample", type=int, default=0, help="which sample of each prompt to compare (default 0)")
     p.add_argument("--allow-missing", action="store_true", help="compare only prompts every system answered; report counts")
-    p.add_argument("--ci", choices=("t", "bootstrap"), default="t", help="confidence interval of means (default t)")
+    p.add_argument("--ci", choices=("t", "bootstrap"), default="bootstrap",
+                   help="confidence interval of means (default bootstrap over prompts; win rates always bootstrap)")
     p.add_argument("--confidence", type=float, default=0.95)
-    p.add_argument("--n-boot", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples of the prompts")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument("--tie-tol", type=float, default=0.0)
     p.add_argument("--out-dir", required=True)
     j = p.add_argument_group("LLM judge (any OpenAI-compatible chat endpoint)")

@@ -2,14 +2,17 @@
 reward, an optional LLM judge, and a report (JSON + Markdown + PNG).
 
 Statistics, precisely:
-- **Mean and CI** over prompts, per system and metric. ``method="t"`` (default): mean ± t_{(1+c)/2, n−1}·s/√n with
-  s the sample standard deviation (n − 1). ``method="bootstrap"``: percentile interval of the mean over
-  ``n_boot`` resamples of the prompts (seeded). Responses where a reward does not apply (None) are left out of
-  that metric and counted.
+- **Mean and CI** over prompts, per system and metric. ``method="bootstrap"`` (compare's default): percentile
+  interval of the mean over ``n_boot`` resamples of the prompts (seeded). ``method="t"``: mean ± t_{(1+c)/2,
+  n−1}·s/√n with s the sample standard deviation (n − 1). Responses where a reward does not apply (None) are left
+  out of that metric and counted.
 - **Win rate** of X over Y by a metric: on prompts where both have a value, a win when X is better by more than
-  ``tie_tol`` (for lower-is-better metrics "better" is lower), a loss when Y is, else a tie.
-  win rate = wins / (wins + losses) — ties are excluded; None when every pair ties. Reported with the counts and
-  a Wilson interval.
+  ``tie_tol`` (for lower-is-better metrics "better" is lower), a loss when Y is, else a tie. Reported as the paper
+  does: 100·wins / (wins + losses), ties excluded, 50 when no pair is decisive (``win_rate`` keeps the fraction,
+  None then), with the number of decisive pairs and a percentile bootstrap interval over prompts (seeded).
+- **Matrix** (the paper's Tables 1 and 3): every system's win rate over every other, by each metric and by the
+  judge, and "Avg.", the mean of a row's win rates against the other systems. All cells and averages share one
+  resampling of the prompts, so an interval of the average accounts for the cells moving together.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from scipy import stats as sps
 
 from alarm.errors import AlarmError
 
-__all__ = ["MeanCI", "WinCounts", "Alignment", "mean_ci", "wilson_interval", "win_counts", "align_systems",
-           "compare_systems", "judge_systems", "report_markdown", "plot_means", "plot_win_rates"]
+__all__ = ["MeanCI", "WinCounts", "Alignment", "mean_ci", "wilson_interval", "paper_win_rate", "win_rate_interval",
+           "win_counts", "win_rate_matrix", "align_systems", "compare_systems", "judge_systems", "report_markdown",
+           "plot_means", "plot_win_rates"]
 
 
 @dataclass(frozen=True)
@@ -47,9 +51,11 @@ class WinCounts:
     losses: int
     ties: int
     n_missing: int  # prompts where either side has no value
-    win_rate: float | None  # wins / (wins + losses)
-    low: float | None  # Wilson interval of the win rate
-    high: float | None
+    win_rate: float | None  # wins / (wins + losses); None when no pair is decisive
+    decisive: int  # wins + losses
+    win_rate_pct: float  # the paper's 100·wins / (wins + losses), 50 when no pair is decisive
+    pct_low: float | None  # percentile bootstrap interval of win_rate_pct over prompts; None when nothing decisive
+    pct_high: float | None
 
 
 def _values(values: Sequence[float | None]) -> tuple[np.ndarray, int]:
@@ -93,29 +99,108 @@ def wilson_interval(wins: int, n: int, confidence: float = 0.95) -> tuple[float 
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def win_counts(x: Sequence[float | None], y: Sequence[float | None], higher_is_better: bool = True,
-               tie_tol: float = 0.0, confidence: float = 0.95) -> WinCounts:
-    """X against Y prompt by prompt; ties excluded from the win rate; lower-is-better metrics flipped."""
+def paper_win_rate(wins, losses):
+    """The paper's win rate, 100·wins / (wins + losses), and 50 when no pair is decisive; element-wise on arrays."""
+    wins, losses = np.asarray(wins, dtype=float), np.asarray(losses, dtype=float)
+    decided = wins + losses
+    return np.where(decided > 0, 100.0 * wins / np.maximum(decided, 1.0), 50.0)
+
+
+def _check_boot(n_boot: int, confidence: float) -> None:
+    if n_boot < 1:
+        raise AlarmError(f"the bootstrap needs at least 1 resample (--n-boot), got {n_boot}")
+    if not 0 < confidence < 1:
+        raise AlarmError(f"confidence must be in (0, 1), got {confidence}")
+
+
+def _resample(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n) prompt indices; the same seed and n give the same draws, so every pair shares them."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def _percentile(samples: np.ndarray, confidence: float) -> tuple[float, float]:
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(samples, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def _boot_counts(signs: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    drawn = signs[idx]
+    return (drawn > 0).sum(axis=1), (drawn < 0).sum(axis=1)
+
+
+def win_rate_interval(signs: Sequence[int], n_boot: int = 2000, seed: int = 0,
+                      confidence: float = 0.95) -> tuple[float, float | None, float | None]:
+    """(paper win rate, low, high) from one outcome per prompt (+1 win, −1 loss, 0 tie or missing); the interval
+    is the percentile bootstrap over prompts, None when no pair is decisive."""
+    _check_boot(n_boot, confidence)
+    s = np.asarray(signs, dtype=np.int8)
+    wins, losses = int((s > 0).sum()), int((s < 0).sum())
+    pct = float(paper_win_rate(wins, losses))
+    if wins + losses == 0:
+        return pct, None, None
+    low, high = _percentile(paper_win_rate(*_boot_counts(s, _resample(len(s), n_boot, seed))), confidence)
+    return pct, low, high
+
+
+def _signs(x: Sequence[float | None], y: Sequence[float | None], higher_is_better: bool = True,
+           tie_tol: float = 0.0) -> tuple[np.ndarray, int]:
+    """+1 where X is better by more than tie_tol, −1 where Y is, 0 for ties and missing values; and #missing."""
     if len(x) != len(y):
         raise AlarmError(f"win counts need aligned values: got {len(x)} and {len(y)}")
     if tie_tol < 0:
         raise AlarmError(f"tie_tol must be ≥ 0, got {tie_tol}")
-    wins = losses = ties = missing = 0
-    sign = 1.0 if higher_is_better else -1.0
-    for a, b in zip(x, y):
-        if a is None or b is None or (isinstance(a, float) and math.isnan(a)) or (isinstance(b, float) and math.isnan(b)):
-            missing += 1
-            continue
-        d = sign * (float(a) - float(b))
-        if abs(d) <= tie_tol:
-            ties += 1
-        elif d > 0:
-            wins += 1
-        else:
-            losses += 1
+    a = np.array([np.nan if v is None else float(v) for v in x], dtype=float)
+    b = np.array([np.nan if v is None else float(v) for v in y], dtype=float)
+    missing = np.isnan(a) | np.isnan(b)
+    d = np.where(missing, 0.0, (1.0 if higher_is_better else -1.0) * (a - b))
+    signs = np.where(np.abs(d) <= tie_tol, 0, np.sign(d)).astype(np.int8)
+    return signs, int(missing.sum())
+
+
+def win_counts(x: Sequence[float | None], y: Sequence[float | None], higher_is_better: bool = True,
+               tie_tol: float = 0.0, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0) -> WinCounts:
+    """X against Y prompt by prompt; ties excluded from the win rate; lower-is-better metrics flipped."""
+    signs, missing = _signs(x, y, higher_is_better, tie_tol)
+    wins, losses = int((signs > 0).sum()), int((signs < 0).sum())
+    pct, low, high = win_rate_interval(signs, n_boot, seed, confidence)
     decided = wins + losses
-    low, high = wilson_interval(wins, decided, confidence)
-    return WinCounts(wins, losses, ties, missing, wins / decided if decided else None, low, high)
+    return WinCounts(wins, losses, len(signs) - decided - missing, missing, wins / decided if decided else None,
+                     decided, pct, low, high)
+
+
+def win_rate_matrix(systems: Sequence[str], signs: Mapping[tuple[str, str], Sequence[int]], n_boot: int = 2000,
+                    seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
+    """The paper's layout: ``cells[x][y]`` is x's win rate over y; ``avg[x]`` ("Avg.") the mean of x's win rates
+    against the other systems. ``signs`` holds one outcome per prompt (for the first system) for each pair once.
+
+    Every cell and average carries its percentile bootstrap interval from one shared resampling of the prompts.
+    """
+    _check_boot(n_boot, confidence)
+    n = len(next(iter(signs.values()))) if signs else 0
+    idx = _resample(n, n_boot, seed) if n else None
+    cells: dict[str, dict[str, dict]] = {x: {} for x in systems}
+    boot: dict[tuple[str, str], np.ndarray] = {}
+    for (x, y), sg in signs.items():
+        sg = np.asarray(sg, dtype=np.int8)
+        wins, losses = int((sg > 0).sum()), int((sg < 0).sum())
+        bw, bl = _boot_counts(sg, idx) if n else (np.zeros(1), np.zeros(1))
+        for row, col, w, ll, bwr, blr in ((x, y, wins, losses, bw, bl), (y, x, losses, wins, bl, bw)):
+            boot[row, col] = paper_win_rate(bwr, blr)
+            low, high = _percentile(boot[row, col], confidence) if w + ll else (None, None)
+            cells[row][col] = {"win_rate_pct": float(paper_win_rate(w, ll)), "pct_low": low, "pct_high": high,
+                               "wins": w, "losses": ll, "ties": len(sg) - w - ll, "decisive": w + ll}
+    avg = {}
+    for x in systems:
+        others = [y for y in systems if y != x and y in cells[x]]
+        if not others:
+            continue
+        decisive = sum(cells[x][y]["decisive"] for y in others)
+        low, high = (_percentile(np.mean([boot[x, y] for y in others], axis=0), confidence) if decisive
+                     else (None, None))
+        avg[x] = {"win_rate_pct": float(np.mean([cells[x][y]["win_rate_pct"] for y in others])), "pct_low": low,
+                  "pct_high": high, "decisive": decisive}
+    return {"systems": list(systems), "n_prompts": n, "cells": cells, "avg": avg}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -179,9 +264,11 @@ def _metric_values(al: Alignment, system: str, metric: str) -> list[float | None
 
 
 def compare_systems(al: Alignment, metrics: Sequence[str], higher_is_better: Mapping[str, bool] | None = None,
-                    method: str = "t", confidence: float = 0.95, tie_tol: float = 0.0, n_boot: int = 2000,
+                    method: str = "bootstrap", confidence: float = 0.95, tie_tol: float = 0.0, n_boot: int = 2000,
                     seed: int = 0) -> dict[str, Any]:
-    """Means + CIs per system and metric, and win counts for every ordered-once pair of systems and metric."""
+    """Means + CIs per system and metric, win counts for every pair of systems (once) and metric, and per metric
+    the paper's win-rate matrix with its "Avg." column."""
+    _check_boot(n_boot, confidence)
     directions = {m: True for m in metrics} | dict(higher_is_better or {})
     systems = list(al.records)
     means = {s: {m: asdict(mean_ci(_metric_values(al, s, m), method, confidence, n_boot, seed)) for m in metrics}
@@ -191,8 +278,12 @@ def compare_systems(al: Alignment, metrics: Sequence[str], higher_is_better: Map
         pairs[f"{x} vs {y}"] = {
             "x": x, "y": y,
             "metrics": {m: asdict(win_counts(_metric_values(al, x, m), _metric_values(al, y, m),
-                                             directions[m], tie_tol, confidence)) for m in metrics},
+                                             directions[m], tie_tol, confidence, n_boot, seed)) for m in metrics},
         }
+    matrices = {m: win_rate_matrix(systems, {(x, y): _signs(_metric_values(al, x, m), _metric_values(al, y, m),
+                                                            directions[m], tie_tol)[0]
+                                             for x, y in combinations(systems, 2)}, n_boot, seed, confidence)
+                for m in metrics}
     return {
         "systems": systems,
         "metrics": list(metrics),
@@ -200,10 +291,11 @@ def compare_systems(al: Alignment, metrics: Sequence[str], higher_is_better: Map
         "n_prompts": len(al.prompt_ids),
         "excluded_prompts": {s: len(v) for s, v in al.excluded.items()},
         "missing_prompts": {s: len(v) for s, v in al.missing.items()},
-        "ci": {"method": method, "confidence": confidence, **({"n_boot": n_boot, "seed": seed} if method == "bootstrap" else {})},
+        "ci": {"method": method, "confidence": confidence, "n_boot": n_boot, "seed": seed},
         "tie_tol": tie_tol,
         "means": means,
         "pairs": pairs,
+        "matrices": matrices,
     }
 
 
@@ -219,20 +311,23 @@ def judge_question(record: Mapping[str, Any]) -> str:
     return str(record.get("prompt", ""))
 
 
-def judge_systems(judge, al: Alignment, max_prompts: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """The judge on every pair of systems (both orders each); outcomes are for the first system of a pair."""
-    from alarm.evaluation.judge import summarize_outcomes
+def judge_systems(judge, al: Alignment, max_prompts: int | None = None, progress: bool = True, n_boot: int = 2000,
+                  seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
+    """The judge on every pair of systems (both orders each); outcomes are for the first system of a pair; and the
+    judge's win-rate matrix."""
+    from alarm.evaluation.judge import OUTCOME_SIGN, summarize_outcomes
 
     prompts = al.prompt_ids[:max_prompts] if max_prompts else al.prompt_ids
     systems = list(al.records)
-    out = {}
+    out, signs = {}, {}
     for x, y in combinations(systems, 2):
         items = [(judge_question(al.records[x][p]), al.records[x][p]["completion"], al.records[y][p]["completion"])
                  for p in prompts]
         outcomes = judge.judge_many(items, progress=f"judge {x} vs {y}" if progress else None)
-        out[f"{x} vs {y}"] = {"x": x, "y": y, **summarize_outcomes(outcomes),
+        out[f"{x} vs {y}"] = {"x": x, "y": y, **summarize_outcomes(outcomes, n_boot, seed, confidence),
                               "outcomes": {p: o.outcome for p, o in zip(prompts, outcomes)}}
-    return {"n_prompts": len(prompts), "pairs": out}
+        signs[x, y] = [OUTCOME_SIGN[o.outcome] for o in outcomes]
+    return {"n_prompts": len(prompts), "pairs": out, "matrix": win_rate_matrix(systems, signs, n_boot, seed, confidence)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -243,11 +338,29 @@ def _f(v: float | None, digits: int = 3) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
+def _wr(c: Mapping[str, Any]) -> str:
+    """A win rate as the paper prints it, with its interval and the number of decisive pairs."""
+    interval = "–" if c["pct_low"] is None else f"{c['pct_low']:.1f}, {c['pct_high']:.1f}"
+    return f"{c['win_rate_pct']:.1f} [{interval}] ({c['decisive']})"
+
+
+def matrix_markdown(matrix: Mapping[str, Any], title: str) -> list[str]:
+    """One evaluator's block of the paper's Tables 1 / 3: rows over columns, then "Avg."."""
+    systems = matrix["systems"]
+    lines = [f"**{title}**", "", "| | " + " | ".join(systems) + " | Avg. |", "|---|" + "---|" * (len(systems) + 1)]
+    for x in systems:
+        cells = ["—" if y == x else _wr(matrix["cells"][x][y]) for y in systems]
+        avg = _wr(matrix["avg"][x]) if x in matrix["avg"] else "—"
+        lines.append(f"| {x} | " + " | ".join(cells) + f" | {avg} |")
+    return [*lines, ""]
+
+
 def report_markdown(result: Mapping[str, Any], judge: Mapping[str, Any] | None = None,
                     plots: Sequence[str] = ()) -> str:
     ci = result["ci"]
+    n_boot = ci.get("n_boot", 2000)
     how = ("Student-t interval (mean ± t·s/√n)" if ci["method"] == "t"
-           else f"percentile bootstrap over prompts ({ci['n_boot']} resamples, seed {ci['seed']})")
+           else f"percentile bootstrap over prompts ({n_boot} resamples, seed {ci.get('seed', 0)})")
     lines = [f"# Comparison of {', '.join(result['systems'])}", "",
              f"{result['n_prompts']} prompts answered by every system. Means with {ci['confidence']:.0%} "
              f"confidence intervals: {how}.", ""]
@@ -257,6 +370,25 @@ def report_markdown(result: Mapping[str, Any], judge: Mapping[str, Any] | None =
                   "Prompts each system lacks: "
                   + ", ".join(f"{s}: {n}" for s, n in result["missing_prompts"].items()) + ".", ""]
     metrics = result["metrics"]
+    matrices = [(m, f"by {m} ({'higher' if result['higher_is_better'][m] else 'lower'} is better)",
+                 result["matrices"][m]) for m in metrics if m in result.get("matrices", {})]
+    if judge and "matrix" in judge:
+        matrices.append((f"judge {judge.get('model', '?')}",
+                         f"by the LLM judge {judge.get('model', '?')} ({judge['n_prompts']} prompts)", judge["matrix"]))
+    if matrices and len(result["systems"]) > 1:
+        lines += ["## Win rates (the paper's layout)", "",
+                  "Each cell: the row system's win rate over the column system, 100·wins / (wins + losses) (ties "
+                  "excluded; 50 when no pair is decisive), its " f"{ci['confidence']:.0%} percentile bootstrap "
+                  f"interval over prompts ({n_boot} resamples) and, in parentheses, the number of decisive pairs. "
+                  "Avg.: the mean of the row's win rates against the other systems.", ""]
+        lines += ["Avg. by each evaluator:", "", "| system | " + " | ".join(short for short, _, _ in matrices) + " |",
+                  "|---|" + "---|" * len(matrices)]
+        for x in result["systems"]:
+            lines.append(f"| {x} | " + " | ".join(_wr(mx["avg"][x]) if x in mx["avg"] else "—"
+                                                  for _, _, mx in matrices) + " |")
+        lines.append("")
+        for _, title, mx in matrices:
+            lines += matrix_markdown(mx, title)
     if metrics:
         lines += ["## Means", "", "| metric | better | " + " | ".join(result["systems"]) + " |",
                   "|---|---|" + "---|" * len(result["systems"])]
@@ -270,28 +402,31 @@ def report_markdown(result: Mapping[str, Any], judge: Mapping[str, Any] | None =
                 cells.append(cell)
             better = "higher" if result["higher_is_better"][m] else "lower"
             lines.append(f"| {m} | {better} | " + " | ".join(cells) + " |")
-        lines += ["", "## Win rates by reward", "",
-                  "Win rate of the first system = wins / (wins + losses); ties excluded; lower-is-better metrics "
-                  f"flipped; ties within {result['tie_tol']:g}. Interval: Wilson {ci['confidence']:.0%}.", ""]
+        lines += ["", "## Win rates by reward, pair by pair", "",
+                  "Win rate of the first system = 100·wins / (wins + losses); ties excluded (50 when none is "
+                  f"decisive); lower-is-better metrics flipped; ties within {result['tie_tol']:g}. Interval: "
+                  f"{ci['confidence']:.0%} percentile bootstrap over prompts.", ""]
         for label, pair in result["pairs"].items():
-            lines += [f"### {label}", "", "| metric | win rate | interval | wins | losses | ties | n/a |",
-                      "|---|---|---|---|---|---|---|"]
+            lines += [f"### {label}", "", "| metric | win rate | interval | decisive | wins | losses | ties | n/a |",
+                      "|---|---|---|---|---|---|---|---|"]
             for m in metrics:
                 w = pair["metrics"][m]
-                lines.append(f"| {m} | {_f(w['win_rate'])} | [{_f(w['low'])}, {_f(w['high'])}] | {w['wins']} | "
-                             f"{w['losses']} | {w['ties']} | {w['n_missing']} |")
+                lines.append(f"| {m} | {w['win_rate_pct']:.1f} | [{_f(w['pct_low'], 1)}, {_f(w['pct_high'], 1)}] | "
+                             f"{w['decisive']} | {w['wins']} | {w['losses']} | {w['ties']} | {w['n_missing']} |")
             lines.append("")
     if judge:
         lines += ["## LLM judge", "",
                   f"Judge {judge.get('model', '?')} on {judge['n_prompts']} prompts, each pair in both orders: a win "
-                  "counts only when both orders agree, anything else is a tie; an unreadable reply (after a re-ask) "
-                  "is a tie and is logged. Win rate = wins / (wins + losses).", "",
-                  "| pair | win rate | wins | losses | ties (disagree / both tie / unparsed) | verdicts parsed | "
-                  "position consistency |", "|---|---|---|---|---|---|---|"]
+                  "counts only when both orders agree, anything else is a tie; identical responses are ties without "
+                  "a request; an unreadable reply (after a re-ask) is a tie, logged, and asked again on a rerun. "
+                  "Win rate = 100·wins / (wins + losses) (50 when none is decisive), with its bootstrap interval.", "",
+                  "| pair | win rate | interval | decisive | wins | losses | ties (disagree / both tie / unparsed / "
+                  "identical) | verdicts parsed | position consistency |", "|---|---|---|---|---|---|---|---|---|"]
         for label, j in judge["pairs"].items():
             r = j["ties_by_reason"]
-            lines.append(f"| {label} | {_f(j['win_rate'])} | {j['wins']} | {j['losses']} | {j['ties']} "
-                         f"({r['disagree']} / {r['both_tie']} / {r['unparsed']}) | "
+            lines.append(f"| {label} | {j['win_rate_pct']:.1f} | [{_f(j['pct_low'], 1)}, {_f(j['pct_high'], 1)}] | "
+                         f"{j['decisive']} | {j['wins']} | {j['losses']} | {j['ties']} ({r['disagree']} / "
+                         f"{r['both_tie']} / {r['unparsed']} / {r.get('identical', 0)}) | "
                          f"{j['verdicts_parsed']}/{j['verdicts']} | {_f(j['position_consistency'], 2)} |")
         lines.append("")
     for p in plots:
@@ -334,7 +469,7 @@ def plot_means(result: Mapping[str, Any], path: str | Path) -> Path:
 
 
 def plot_win_rates(result: Mapping[str, Any], path: str | Path, judge: Mapping[str, Any] | None = None) -> Path:
-    """One panel per pair of systems: the first system's win rate by each metric (and the judge), 0.5 marked."""
+    """One panel per pair of systems: the first system's win rate (%) by each metric (and the judge), 50 marked."""
     pairs = list(result["pairs"])
     fig = _figure(6.0, max(2.2, 0.35 * (len(result["metrics"]) + 2)) * len(pairs))
     for k, label in enumerate(pairs):
@@ -343,28 +478,28 @@ def plot_win_rates(result: Mapping[str, Any], path: str | Path, judge: Mapping[s
         for m in result["metrics"]:
             w = result["pairs"][label]["metrics"][m]
             names.append(m)
-            rates.append(w["win_rate"])
-            lows.append(w["low"])
-            highs.append(w["high"])
+            rates.append(w["win_rate_pct"])
+            lows.append(w["pct_low"])
+            highs.append(w["pct_high"])
         if judge and label in judge["pairs"]:
             j = judge["pairs"][label]
             names.append("LLM judge")
-            rates.append(j["win_rate"])
-            low, high = wilson_interval(j["wins"], j["wins"] + j["losses"])
-            lows.append(low)
-            highs.append(high)
+            rates.append(j["win_rate_pct"])
+            lows.append(j["pct_low"])
+            highs.append(j["pct_high"])
         y = np.arange(len(names))
         for i, (r, lo, hi) in enumerate(zip(rates, lows, highs)):
-            if r is None:
-                ax.text(0.5, i, "all ties", ha="center", va="center", fontsize=7)
+            if lo is None:
+                ax.text(50, i, "no decisive pair", ha="center", va="center", fontsize=7)
                 continue
-            ax.barh(i, r, xerr=[[r - lo], [hi - r]], capsize=3, color="tab:blue" if names[i] != "LLM judge" else "tab:orange")
-        ax.axvline(0.5, color="black", linestyle="--", linewidth=1)
+            ax.barh(i, r, xerr=[[max(0.0, r - lo)], [max(0.0, hi - r)]], capsize=3, color="tab:blue" if names[i] != "LLM judge" else "tab:orange")
+        ax.axvline(50, color="black", linestyle="--", linewidth=1)
         ax.invert_yaxis()  # first metric on top, as in the table
         ax.set_yticks(y)
         ax.set_yticklabels(names, fontsize=8)
-        ax.set_xlim(0, 1)
-        ax.set_title(f"win rate of {result['pairs'][label]['x']} over {result['pairs'][label]['y']} (ties excluded)",
+        ax.set_xlim(0, 100)
+        ax.set_title(f"win rate of {result['pairs'][label]['x']} over {result['pairs'][label]['y']} "
+                     f"(%, ties excluded, bootstrap {result['ci']['confidence']:.0%} CI)",
                      fontsize=9)
     fig.tight_layout()
     path = Path(path)

@@ -4,10 +4,12 @@ Why each rule (the original script broke all of them):
 - **Both orders.** Small and large judges prefer a position; a pair is a win for X only when the judge prefers
   X with X shown first *and* with X shown second. Any disagreement is a tie.
 - **No stale verdicts.** A reply that does not parse is retried (with a reminder of the format); if it still
-  does not parse, that order counts as a tie and the reply is logged. An earlier verdict is never reused.
+  does not parse, that order counts as a tie and the reply is logged, but it is not cached: a rerun asks again.
+  An earlier verdict is never reused.
+- **Identical responses tie** without a request (the paper's rule): a judge would only show its position bias.
 - **The key stays secret.** It is read from an environment variable whose *name* is configurable; it is never
   accepted as an argument, never logged, never written to the cache.
-- **Pay once.** Every finished judgment is appended to a JSONL cache keyed by a hash of
+- **Pay once.** Every parsed judgment is appended to a JSONL cache keyed by a hash of
   (model, instructions, question, response shown as A, response shown as B); a rerun, or a compare that was
   interrupted, reads the cache and only asks for what is missing.
 - **Fail clearly.** Transport errors and 5xx / 429 replies are retried with exponential backoff, a bounded
@@ -84,34 +86,55 @@ class JudgeConfig:
             raise AlarmError("judge concurrency must be ≥ 1 and retries ≥ 0")
 
 
-_BRACKET = re.compile(r"\[\[?\s*([ABC])\s*\]\]?", re.IGNORECASE)
-_LABELLED = re.compile(r"\b(?:verdict|winner|better response|final answer|answer is)\s*(?:is)?\s*[:\-]?\s*\**\s*"
-                       r"(?:response\s+|answer\s+)?\[?\s*([ABC]|tie)\b", re.IGNORECASE)
-_BARE = re.compile(r"^\W*(?:response\s+|answer\s+)?([ABC]|tie)\W*$", re.IGNORECASE)
+# A verdict letter is a token: "(a)" in parentheses (any case, as in "Output (a)") or a capital A/B/C that is not
+# part of a word; a lower-case letter only right after a label and before punctuation or the end ("Verdict: b.").
+# So the article "a" is never a verdict: "My verdict is a tie." is a tie, "is a bit longer" nothing.
+_NAME = r"(?:(?i:output|response|answer|assistant|model)\s*)?"
+_TOKEN = _NAME + r"(?:\((?i:([abc]))\)|([ABC])(?![\w']))"
+_TIE = r"((?i:\ba\s+)?(?i:tie|draw)\b)"
+# After a label the token ends the clause: punctuation, a line end, or "is/wins/because ..." -- not "A tie", "A bit".
+_END = r"(?=[ \t]*(?:$|\n|[^\w\s])|\s+(?i:is|was|wins|won|because|since|as|for)\b)"
+_LABEL = (r"(?i:\b(?:final\s+)?(?:verdict|winner|decision|choice|judge?ment|answer|preference"
+          r"|better\s+(?:response|output)|best\s+(?:response|output)|best_output)\b)"
+          r"[\s\"'*\\]*(?i:is\b)?[\s\"'*\\]*[:=\-]?[\s\"'*\\]*")
+_BETTER = (r"(?=\s+(?i:is|was)\s+(?i:clearly\s+|much\s+|slightly\s+|somewhat\s+|overall\s+)?(?i:a\s+|the\s+)?"
+           r"(?i:better|best|preferred|superior)\b|\s+(?i:wins)\b)")
+# In order of trust (the first kind found decides): the format the prompt asks for; a labelled verdict, including
+# the paper's forced function call print_best_model(best_output="Output (a)"); "X is better" / "I prefer X" /
+# "it's a tie"; a reply that is, or starts with, only a verdict ("A", "**Output (b)**", "Tie.").
+_LEVELS = [
+    re.compile(r"\[\[?\s*([ABCabc])\s*\]\]?"),
+    re.compile(_LABEL + r"(?:" + _TOKEN + _END + r"|" + _NAME + r"([abc])(?=\s*(?:$|[.!)\]*\"'\\]))|" + _TIE + r")"),
+    re.compile(r"(?<![\w(])(?<!nor )" + _TOKEN + _BETTER
+               + r"|(?i:\b(?:prefer|choose|pick)\s+)" + _TOKEN + _END
+               + r"|(?i:\b(?:it|this|that)(?:'s|\s+is)\s+)" + _TIE),
+    re.compile(r"^[\W_]*(?:" + _NAME + r"\(?(?i:([abc]))\)?|" + _TIE + r")(?:[\W_]*$|[.!]\s|\s*\n)"),
+]
+
+
+def _normalize(x: str) -> str:
+    x = x.upper()
+    return TIE if x == "C" or x.endswith(("TIE", "DRAW")) else x
 
 
 def parse_verdict(reply: str | None) -> str | None:
     """'A', 'B', 'tie', or None when the reply names no verdict or names conflicting ones.
 
-    Accepted: ``[[A]]`` / ``[[B]]`` / ``[[C]]`` (C = tie; small models often write ``[A]``), ``Verdict: A`` /
-    ``The answer is: B``, or a reply that is just ``A`` / ``B`` / ``Tie`` (optionally "Response A"). Anything else
-    is unparsed — never guessed.
+    Read strictly, in order of trust (the first kind found decides): ``[[A]]`` / ``[B]`` / ``[[C]]`` (C = tie);
+    a label — ``Verdict: A``, ``The better response is Response B``, ``"best_output": "Output (a)"``, ``My verdict
+    is a tie``; ``Output (a) is better`` / ``I prefer B`` / ``It's a tie``; a reply that is (or starts with) only
+    ``A`` / ``**Output (b)**`` / ``Tie.``. Two different verdicts of the same kind are a conflict: None, never a
+    guess; so is anything else (the judge is then asked again).
     """
     if not reply:
         return None
-
-    def norm(x: str) -> str:
-        x = x.upper()
-        return TIE if x in ("C", "TIE") else x
-
-    for pattern in (_BRACKET, _LABELLED):
-        found = {norm(m) for m in pattern.findall(reply)}
+    for pattern in _LEVELS:
+        found = {_normalize(next(g for g in m.groups() if g)) for m in pattern.finditer(reply.strip())}
         if len(found) == 1:
             return found.pop()
-        if len(found) > 1:
+        if found:
             return None  # conflicting verdicts in one reply: do not pick one
-    m = _BARE.match(reply.strip())
-    return norm(m.group(1)) if m else None
+    return None
 
 
 def combine_orders(first: str | None, second: str | None) -> str:
@@ -147,10 +170,13 @@ class PairOutcome:
     outcome: str  # win / loss / tie for X
     first: Judgment
     second: Judgment
+    identical: bool = False  # X and Y were the same text: a tie, nothing asked
 
     @property
     def reason(self) -> str:
         v1, v2 = self.first.verdict, self.second.verdict
+        if self.identical:
+            return "identical"
         if self.outcome != "tie":
             return "agree"
         if v1 is None or v2 is None:
@@ -160,24 +186,36 @@ class PairOutcome:
         return "disagree"
 
 
-def summarize_outcomes(outcomes: Sequence[PairOutcome]) -> dict[str, Any]:
-    """Counts and win rate = wins / (wins + losses) (None when every pair tied)."""
-    wins = sum(o.outcome == "win" for o in outcomes)
-    losses = sum(o.outcome == "loss" for o in outcomes)
+OUTCOME_SIGN = {"win": 1, "loss": -1, "tie": 0}
+
+
+def summarize_outcomes(outcomes: Sequence[PairOutcome], n_boot: int = 2000, seed: int = 0,
+                       confidence: float = 0.95) -> dict[str, Any]:
+    """Counts; win rate = wins / (wins + losses) (None when every pair tied) and the paper's 100·wins/(wins+losses)
+    (50 when none is decisive) with a bootstrap interval over prompts (one outcome per prompt)."""
+    from alarm.evaluation.compare import win_rate_interval
+
+    signs = [OUTCOME_SIGN[o.outcome] for o in outcomes]
+    wins, losses = signs.count(1), signs.count(-1)
     ties = len(outcomes) - wins - losses
-    reasons = {r: sum(o.reason == r for o in outcomes) for r in ("disagree", "both_tie", "unparsed")}
-    replies = [j for o in outcomes for j in (o.first, o.second)]
+    reasons = {r: sum(o.reason == r for o in outcomes) for r in ("disagree", "both_tie", "unparsed", "identical")}
+    asked = [o for o in outcomes if not o.identical]
+    replies = [j for o in asked for j in (o.first, o.second)]
+    pct, low, high = win_rate_interval(signs, n_boot, seed, confidence)
     return {
         "pairs": len(outcomes),
         "wins": wins,
         "losses": losses,
         "ties": ties,
+        "decisive": wins + losses,
         "win_rate": wins / (wins + losses) if wins + losses else None,
+        "win_rate_pct": pct,
+        "pct_low": low,
+        "pct_high": high,
         "ties_by_reason": reasons,
         "verdicts": len(replies),
         "verdicts_parsed": sum(j.verdict is not None for j in replies),
-        "position_consistency": (sum(o.reason in ("agree", "both_tie") for o in outcomes) / len(outcomes))
-        if outcomes else None,
+        "position_consistency": (sum(o.reason in ("agree", "both_tie") for o in asked) / len(asked)) if asked else None,
     }
 
 
@@ -213,10 +251,13 @@ class Judge:
                 continue
             try:
                 entry = json.loads(line)
-                cache[entry["key"]] = entry
+                key, verdict = entry["key"], entry["verdict"]
             except (json.JSONDecodeError, KeyError, TypeError):
                 # a line cut short by an interrupted run: ignore it, that judgment is asked again
                 log.warning("judge cache %s line %d is incomplete; that judgment will be asked again", path, lineno)
+                continue
+            if verdict in (A, B, TIE):  # an unparsed verdict (older caches kept them) is asked again
+                cache[key] = entry
         return cache
 
     def _append(self, path: str | None, entry: dict) -> None:
@@ -285,11 +326,17 @@ class Judge:
                     f"check the base URL and that it serves the model {cfg.model!r}"
                 )
             try:
-                content = resp.json()["choices"][0]["message"]["content"]
-            except (ValueError, KeyError, IndexError, TypeError):
+                message = resp.json()["choices"][0]["message"]
+                content = message.get("content")
+                calls = message.get("tool_calls") or []
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError):
                 last = "a reply that is not an OpenAI chat completion"
                 continue
-            return content if isinstance(content, str) else ""
+            if isinstance(content, str) and content.strip():
+                return content
+            # a forced function call (the paper's print_best_model) answers in tool_calls, not in content
+            fns = [c.get("function") or {} for c in calls if isinstance(c, dict)]
+            return " ".join(f"{f.get('name', '')}({f.get('arguments', '')})" for f in fns) or ""
         raise AlarmError(
             f"judge endpoint {self.url} failed {cfg.max_retries + 1} times (last: {last}); check that the server "
             "is running and the URL ends in /v1 (finished judgments are cached: rerun to resume)"
@@ -316,17 +363,28 @@ class Judge:
         if verdict is None:
             with self._lock:
                 self.unparsed += 1
-            log.warning("judge reply did not parse after %d attempt(s); counted as a tie: %r",
+            log.warning("judge reply did not parse after %d attempt(s); a tie this run, asked again next run: %r",
                         len(replies), replies[-1][:200])
             self._append(self.config.failures_path, {"key": key, "question": question[:500], "replies": replies})
-        entry = {"key": key, "model": self.config.model, "verdict": verdict, "replies": replies}
-        self._append(self.config.cache_path, entry)
-        with self._lock:
-            self.cache[key] = entry
+        else:  # only a readable verdict is final; an unparsed one is asked again next run
+            entry = {"key": key, "model": self.config.model, "verdict": verdict, "replies": replies}
+            self._append(self.config.cache_path, entry)
+            with self._lock:
+                self.cache[key] = entry
         return Judgment(key, verdict, replies, len(replies))
+
+    def _identical(self, question: str, x: str, y: str) -> PairOutcome | None:
+        """The paper's rule: the same text on both sides is a tie, and the judge is not asked."""
+        if x.strip() != y.strip():
+            return None
+        return PairOutcome("tie", Judgment(self.key(question, x, y), TIE, [], 0),
+                           Judgment(self.key(question, y, x), TIE, [], 0), identical=True)
 
     def judge_pair(self, question: str, x: str, y: str) -> PairOutcome:
         """Both orders of (x, y); the outcome is for x."""
+        same = self._identical(question, x, y)
+        if same is not None:
+            return same
         first = self.judge_once(question, x, y)
         second = self.judge_once(question, y, x)
         return PairOutcome(combine_orders(first.verdict, second.verdict), first, second)
@@ -339,7 +397,8 @@ class Judge:
         """
         from rich.progress import Progress
 
-        tasks = [(q, a, b) for q, x, y in items for a, b in ((x, y), (y, x))]
+        same = [self._identical(*item) for item in items]
+        tasks = [(q, a, b) for (q, x, y), s in zip(items, same) if s is None for a, b in ((x, y), (y, x))]
         results: list[Judgment | None] = [None] * len(tasks)
         abort = threading.Event()  # set on the first fatal error: queued tasks then return without a request
 
@@ -363,10 +422,13 @@ class Judge:
                         pool.shutdown(wait=True, cancel_futures=True)
                         raise fut.exception()
                     bar.update(task_id, advance=1)
+        asked = iter(range(0, len(tasks), 2))
         out = []
-        for i in range(0, len(tasks), 2):
-            first, second = results[i], results[i + 1]
-            out.append(PairOutcome(combine_orders(first.verdict, second.verdict), first, second))
+        for s in same:
+            if s is None:
+                i = next(asked)
+                s = PairOutcome(combine_orders(results[i].verdict, results[i + 1].verdict), results[i], results[i + 1])
+            out.append(s)
         return out
 
     def stats(self) -> dict[str, Any]:

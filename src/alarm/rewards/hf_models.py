@@ -1,8 +1,11 @@
 """Rewards from Hugging Face reward models: a holistic sequence classifier and a FineGrainedRLHF span model.
 
-Both read the prompt as the first sequence and the response as the second, and when the pair is too long
-they truncate the *prompt* only: a reward for a response it did not fully read would be a reward for the
-wrong text. A response that does not fit on its own is an error, not a silent cut.
+Without a template they read the prompt as the first sequence and the response as the second; with a template
+(e.g. UltraRM's ``"Human: {prompt}\\nAssistant: {completion}"``) they read the one string the model was trained on.
+Either way, when the input is too long only the *prompt* is cut, at its end (the passages in the question-first
+QA-Feedback layout): a reward for a response it did not fully read would be a reward for the wrong text. A
+response that does not fit on its own is an error, not a silent cut. A checkpoint without weights for its head
+is an error too (transformers would start that head at random and score noise).
 """
 
 from __future__ import annotations
@@ -25,19 +28,37 @@ def _first_line(e: Exception) -> str:
 
 
 def _load(auto_cls, path: str, trust_remote_code: bool, device: str, dtype):
-    """Model + tokenizer from a local directory or hub id; safetensors only (no pickle code execution)."""
-    from transformers import AutoTokenizer
+    """Model + tokenizer from a local directory or hub id; safetensors only (no pickle code execution).
+
+    openbmb/UltraRM's ``LlamaRewardModel`` (a LlamaModel under ``model.`` and a bias-free ``regression_head``
+    read at the last non-pad token) is LlamaForSequenceClassification with one label and its head named
+    ``score``: it loads as that, its head weights renamed on the way in, without its remote code.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        extra = {}
+        if auto_cls is AutoModelForSequenceClassification and "LlamaRewardModel" in (config.architectures or []):
+            config.num_labels = 1
+            extra["key_mapping"] = {r"^regression_head\.": "score."}
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = auto_cls.from_pretrained(
-            path, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype
+        model, info = auto_cls.from_pretrained(
+            path, config=config, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype,
+            output_loading_info=True, **extra,
         )
     except (OSError, ValueError) as e:
         raise AlarmError(
             f"could not load reward model {path!r} ({_first_line(e)}); pass a directory with safetensors "
             "weights and a tokenizer, or a hub id this machine can reach"
         ) from None
+    missing = sorted(info["missing_keys"])
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise AlarmError(
+            f"reward model {path!r} has no weights for {missing[0]}{more} in its checkpoint, so that part would be "
+            f"random; give a checkpoint trained as a {auto_cls.__name__.removeprefix('AutoModelFor')} reward model"
+        )
     return model.to(device).eval(), tokenizer
 
 
@@ -105,8 +126,11 @@ class SequenceClassifierReward:
     """Holistic reward: ``logits[:, label_index]`` of an ``AutoModelForSequenceClassification`` reward model.
 
     Input is the pair (prompt, completion), or with ``template`` (a string containing ``{completion}`` and
-    usually ``{prompt}``) the pair (template text up to ``{completion}``, completion + the rest). Pairs are
-    scored ``batch_size`` at a time, sorted by length to limit padding.
+    usually ``{prompt}``) the one string it renders, encoded as the tokenizer encodes a single text: UltraRM was
+    trained on ``tokenizer("Human: …\\nAssistant: …")`` (one BOS, the answer's first token as in running text),
+    so scoring a tokenizer pair would feed it a second BOS at the answer. Inputs are scored ``batch_size`` at a
+    time, sorted by length to limit padding. ``last_stats`` counts the inputs of the latest call whose prompt
+    was cut to fit ``max_length`` (``prompts_cut`` of ``inputs``).
     """
 
     higher_is_better = True
@@ -135,6 +159,7 @@ class SequenceClassifierReward:
         self.name = name
         self.label_index = label_index
         self.template = template
+        self.last_stats: dict[str, int] = {}
 
     @classmethod
     def from_pretrained(cls, path: str, trust_remote_code: bool = False, device: str = "cpu", dtype=None, **kw):
@@ -147,35 +172,61 @@ class SequenceClassifierReward:
             model.config.pad_token_id = tokenizer.pad_token_id
         return cls(model, tokenizer, **kw)
 
-    def pairs(self, prompts: Sequence[str], completions: Sequence[str]) -> tuple[list[str], list[str]]:
-        if self.template is None:
-            return list(prompts), list(completions)
+    def render(self, prompt: str, completion: str) -> str:
+        """The template filled in: the one string a template reward model reads."""
         head, tail = self.template.split("{completion}", 1)
-        firsts = [head.replace("{prompt}", p) for p in prompts]
-        seconds = [c + tail.replace("{prompt}", p) for p, c in zip(prompts, completions)]
-        return firsts, seconds
+        return head.replace("{prompt}", prompt) + completion + tail.replace("{prompt}", prompt)
+
+    def encode(self, prompt: str, completion: str, i: int = 0) -> tuple[dict, bool]:
+        """The model's input for one response, and whether its prompt was cut (at its end) to fit."""
+        tok, limit = self.tokenizer, self.max_length
+        if self.template is None:
+            enc = tok(prompt, completion)
+            if len(enc["input_ids"]) <= limit:
+                return dict(enc), False
+            bad = _too_long(tok, [prompt], [completion], limit)
+            if bad is not None:
+                raise AlarmError(f"reward {self.name!r}: " + _too_long_message(f"completion {i}", bad[1], bad[2], limit))
+            return dict(tok(prompt, completion, truncation="only_first", max_length=limit)), True
+
+        def fitting(n_chars: int):
+            enc = tok(self.render(prompt[:n_chars], completion))
+            return dict(enc) if len(enc["input_ids"]) <= limit else None
+
+        best = fitting(len(prompt))
+        if best is not None:
+            return best, False
+        best = fitting(0)
+        if best is None:
+            n = len(tok(self.render("", completion))["input_ids"])
+            raise AlarmError(f"reward {self.name!r}: completion {i} in the template takes {n} tokens with an empty "
+                             f"prompt but the reward model reads at most {limit}; lower max_new_tokens or raise max_length")
+        cuts = [0] + [j for j, ch in enumerate(prompt) if ch.isspace()]  # cut between words
+        lo, hi = 0, len(cuts) - 1  # the longest prompt head that fits: cuts[lo] does
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            enc = fitting(cuts[mid])
+            if enc is None:
+                hi = mid - 1
+            else:
+                lo, best = mid, enc
+        return best, True
 
     def __call__(self, prompts, completions, **columns) -> list[float | None]:
         check_batch(self.name, prompts, completions)
         for i, p in enumerate(prompts):
             if not isinstance(p, str):
                 raise AlarmError(f"reward {self.name!r}: prompt {i} is {type(p).__name__}; expected a string")
-        firsts, seconds = self.pairs(prompts, completions)
-        bad = _too_long(self.tokenizer, firsts, seconds, self.max_length)
-        if bad is not None:
-            i, n, specials = bad
-            raise AlarmError(f"reward {self.name!r}: " + _too_long_message(f"completion {i}", n, specials, self.max_length))
-        order = sorted(range(len(firsts)), key=lambda i: len(firsts[i]) + len(seconds[i]))
-        out: list[float | None] = [None] * len(firsts)
+        items = [self.encode(p, c, i) for i, (p, c) in enumerate(zip(prompts, completions))]
+        self.last_stats = {"prompts_cut": sum(cut for _, cut in items), "inputs": len(items)}
+        order = sorted(range(len(items)), key=lambda i: len(items[i][0]["input_ids"]))
+        out: list[float | None] = [None] * len(items)
         device = _device(self.model)
         with _EvalMode(self.model):
             for k in range(0, len(order), self.batch_size):
                 idx = order[k : k + self.batch_size]
-                enc = self.tokenizer(
-                    [firsts[i] for i in idx], [seconds[i] for i in idx], truncation="only_first",
-                    max_length=self.max_length, padding=True, return_tensors="pt",
-                ).to(device)
-                logits = self.model(**enc).logits
+                batch = self.tokenizer.pad([items[i][0] for i in idx], return_tensors="pt").to(device)
+                logits = self.model(**batch).logits
                 for i, v in zip(idx, logits[:, self.label_index].float().tolist()):
                     out[i] = v
         return out

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from alarm import checkpoints
-from alarm.combine import RewardSet
+from alarm.combine import RewardSet, over_nonempty
 from alarm.errors import AlarmError
 from alarm.placement import token_char_ends
 
@@ -447,6 +447,28 @@ class PPOTrainer:
         t = torch.tensor([x], dtype=torch.float64, device=self.accelerator.device)
         return float(self.accelerator.reduce(t, reduction="mean").item())
 
+    def _global_stats(self, values: dict[str, float], weights: dict[str, float],
+                      maxima: tuple[str, ...] = (), totals: tuple[str, ...] = ()) -> dict[str, float]:
+        """``values`` of every process combined, in ONE collective over the sorted keys: the weighted mean
+        (each process's value counts ``weights[k]`` times, default 1; the plain mean where no process has
+        weight), for the keys in ``maxima`` the maximum, for those in ``totals`` the sum.
+
+        One collective of a size every process knows: one all-reduce per key pairs the processes' calls up
+        wrongly, and hangs, as soon as one process's key set differs.
+        """
+        keys = sorted(values)
+        v = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+        w = torch.tensor([float(weights.get(k, 1.0)) for k in keys], dtype=torch.float64)
+        local = torch.stack([torch.where(w > 0, v * w, 0.0), w, v])[None]  # [1, 3, K]
+        if self.accelerator.num_processes > 1:
+            local = self.accelerator.gather(local.to(self.accelerator.device)).cpu()  # [processes, 3, K]
+        weighted, weight, plain = local.sum(0)
+        mean = torch.where(weight > 0, weighted / weight.clamp(min=1e-12), plain / local.shape[0])
+        highest = local[:, 2].max(0).values
+        total = local[:, 2].sum(0)
+        return {k: float(highest[i] if k in maxima else total[i] if k in totals else mean[i])
+                for i, k in enumerate(keys)}
+
     def prompt_batch(self, step: int) -> list[dict]:
         """The prompts of step ``step`` on this process: a seeded shuffle per pass, sharded by rank.
 
@@ -641,19 +663,22 @@ class PPOTrainer:
         ppo_stats = self.update(exp)
         t_update = time.perf_counter() - t0
 
-        kl_seq = self._reduce_mean(info["kl_seq"])
-        n_global = exp["responses"].shape[0] * self.accelerator.num_processes
-        metrics = {"step": self.step_idx + 1}
-        metrics.update({k: self._reduce_mean(v) for k, v in info["combined"].stats.items()})
+        # Statistics of the whole step over all processes, each weighted by what this process's value averages.
+        n = exp["responses"].shape[0]
+        kept = n - sum(info["combined"].empty)
+        local = {**info["combined"].stats, "kl": info["kl_seq"], "entropy": info["entropy"],
+                 "score/mean": float(exp["scores"].sum(1).mean()), "length/tokens_max": float(exp["mask"].sum(1).max()),
+                 **ppo_stats}
+        weights = {k: float(kept if over_nonempty(k) else n) for k in info["combined"].stats}
+        weights.update({"kl": n, "entropy": float(exp["mask"].sum()), "score/mean": n})  # ppo/*: 1 per process
+        metrics = {"step": self.step_idx + 1, **self._global_stats(local, weights, maxima=("length/tokens_max",),
+                                                                   totals=("ppo/skipped_minibatches",))}
         metrics.update({
-            "kl": kl_seq, "beta": self.kl.value, "entropy": self._reduce_mean(info["entropy"]),
-            "score/mean": self._reduce_mean(float(exp["scores"].sum(1).mean())),
-            "length/tokens_max": float(exp["mask"].sum(1).max()),
-            **ppo_stats,
+            "beta": self.kl.value,
             "time/generate": t_gen, "time/score": info["time/score"], "time/forward": info["time/forward"],
             "time/update": t_update, "time/step": time.perf_counter() - t_start,
         })
-        self.kl.update(kl_seq, n_global)
+        self.kl.update(metrics["kl"], n * self.accelerator.num_processes)
         self.step_idx += 1
         self.last_texts = info["texts"]
         return metrics
