@@ -114,7 +114,7 @@ def machine_line(info: dict, load: dict) -> str:
 
 def quickstart_records(tokenizer, split: str = "train") -> list[dict]:
     """The quickstart QA records as PPO prompt records (the same columns `alarm quickstart` gives PPO)."""
-    from alarm.datasets import format_prompt, load_qa_jsonl, split_records
+    from alarm.data.qa import format_prompt, load_qa_jsonl, split_records
 
     return [{"prompt": format_prompt(tokenizer, r.question, r.passages), "question": r.question,
              "passages": list(r.passages), "reference": r.reference}

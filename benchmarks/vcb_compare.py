@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from alarm.vcb_commands import load_policy, load_vcb_recipe, run_sample, run_train
+from alarm.recipes.vcb import load_policy, load_vcb_recipe, run_sample, run_train
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -5,7 +5,7 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from alarm.datasets import QARecord, format_prompt, load_qa_jsonl, split_records
+from alarm.data.qa import QARecord, format_prompt, load_qa_jsonl, split_records
 from alarm.errors import AlarmError
 from alarm.models import minilm_path
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from scipy import stats as sps
 
 from alarm.errors import AlarmError
-from alarm.evaluation.commands import add_commands, default_aspects, summarize_dense
+from alarm.recipes.evaluation import add_commands, default_aspects, summarize_dense
 from alarm.evaluation.compare import (
     align_systems,
     compare_systems,
@@ -660,7 +660,7 @@ def test_score_raw_normalised_and_fit(tmp_path):
 
 
 def test_select_command_matches_the_library(tmp_path):
-    from alarm.select import compute_stats, pairs_from_samples
+    from alarm.selection import compute_stats, pairs_from_samples
 
     h = [(5, 1), (3, 3), (2, 4), (4, 4), (1, 2), (7, 0)]
     m = [(0.9, 0.1), (0.2, 0.8), (0.5, 0.5), (0.3, 0.7), (0.4, 0.6), (0.1, 0.2)]
@@ -719,7 +719,7 @@ def test_generate_from_a_ppo_run(tiny_policy, tmp_path):
     import torch
     from test_ppo import trainer
 
-    from alarm.evaluation.commands import load_policy
+    from alarm.recipes.evaluation import load_policy
 
     trainer(tmp_path / "run", steps=1, model=tiny.causal_lm(0), learning_rate=5e-2).train(progress=False)
     model, _, described = load_policy(str(tmp_path / "run"), base_model=str(tiny_policy))
@@ -763,7 +763,7 @@ def test_compare_command_writes_the_papers_matrices_for_rewards_and_judge(server
 
 def test_run_report_gives_intervals_and_decisive_pairs(tmp_path, capsys):
     from alarm.config import load_recipe
-    from alarm.pipeline import print_summary, win_rate, write_report
+    from alarm.recipes.ppo import print_summary, win_rate, write_report
 
     initial = [0.1, 0.5, 0.2, 0.9, 0.4, None]
     trained = [0.3, 0.5, 0.1, 1.2, 0.8, 0.7]  # win, tie, loss, win, win, n/a

@@ -19,7 +19,7 @@ import torch
 
 from alarm.combine import CombineConfig, RewardSet
 from alarm.errors import AlarmError
-from alarm.mt import (
+from alarm.data.mt import (
     format_mt_prompt,
     load_europarl,
     load_pairs,
@@ -412,7 +412,7 @@ def test_seq2seq_ppo_step_puts_grammar_rewards_on_the_misspelt_tokens(tmp_path, 
 def test_alarm_sft_lowers_validation_loss_and_scores_with_sacrebleu(tmp_path):
     import sacrebleu
 
-    from alarm import sft
+    from alarm.recipes import sft
 
     model_dir = tmp_path / "tiny-t5"
     tiny.seq2seq_lm().save_pretrained(model_dir)
@@ -439,7 +439,7 @@ def test_alarm_sft_lowers_validation_loss_and_scores_with_sacrebleu(tmp_path):
 
 
 def test_sft_causal_labels_cover_only_the_translation():
-    from alarm.sft import SFTConfig, encode_pair
+    from alarm.trainers.sft import SFTConfig, encode_pair
 
     tok = tiny.tokenizer()
     ex = encode_pair(tok, "Hola.", "Hello.", seq2seq=False, config=SFTConfig())
@@ -453,7 +453,7 @@ def test_sft_causal_labels_cover_only_the_translation():
 
 
 def test_sft_config_rejects_unknown_settings(tmp_path):
-    from alarm.sft import load_sft_config
+    from alarm.trainers.sft import load_sft_config
 
     with pytest.raises(AlarmError, match="learnig_rate: unknown setting"):
         load_sft_config(None, ["learnig_rate=1e-4"])

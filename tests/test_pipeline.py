@@ -6,7 +6,7 @@ import pytest
 import tiny
 
 from alarm.config import load_recipe
-from alarm.pipeline import run, win_rate
+from alarm.recipes.ppo import run, win_rate
 
 
 def test_win_rate_counts_ties_and_direction():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from alarm.errors import AlarmError
-from alarm.qa_feedback import (
+from alarm.data.qa_feedback import (
     FACTUALITY_ERRORS,
     RELEVANCE_ERRORS,
     Passage,
@@ -219,7 +219,7 @@ def test_paper_records_feed_the_sft_format_with_every_passage(tmp_path):
     """FineGrainedRLHF's T5 read its prompt files' `text`: no chat template, no instruction, all the passages."""
     from tiny import tokenizer
 
-    from alarm.qa_feedback import paper_records
+    from alarm.data.qa_feedback import paper_records
 
     recs = load_prompts(hamlet_file(tmp_path))
     (out,) = paper_records(recs, tokenizer(), seq2seq=True)
@@ -247,7 +247,7 @@ def test_paper_records_feed_the_sft_format_with_every_passage(tmp_path):
 def test_shared_prompt_files_text_is_the_paper_input():
     from tiny import tokenizer
 
-    from alarm.qa_feedback import paper_records
+    from alarm.data.qa_feedback import paper_records
 
     raw = json.loads((SHARED / "prompts.json").read_text())[:20]
     recs = load_prompts(SHARED / "prompts.json")[:20]
@@ -263,7 +263,7 @@ def test_paper_recipe_feeds_the_policy_and_the_holistic_model_the_papers_strings
     import tiny
 
     from alarm.config import build_reward_set, load_recipe
-    from alarm.pipeline import prompt_records
+    from alarm.recipes.ppo import prompt_records
     from alarm.rewards import hf_models
 
     holistic_model = tiny_bert("holistic", minilm_tokenizer).eval()
@@ -406,7 +406,8 @@ def test_grounding_bt_errors_are_one_line(tmp_path):
 
 def test_span_model_trains_and_loads_as_a_reward(tmp_path, minilm_tokenizer):
     from alarm.reward_models.evaluate import evaluate_reward_model
-    from alarm.reward_models.train import RMTrainConfig, split_records, train_reward_model
+    from alarm.reward_models.train import RMTrainConfig, train_reward_model
+    from alarm.data.qa_feedback import split_feedback
     from alarm.rewards.hf_models import SpanRewardModel
 
     recs = []
@@ -420,7 +421,7 @@ def test_span_model_trains_and_loads_as_a_reward(tmp_path, minilm_tokenizer):
     train_reward_model(cfg, records=records, model=tiny_bert("factuality", minilm_tokenizer),
                        tokenizer=minilm_tokenizer, evaluate=False)
     reward = SpanRewardModel.from_pretrained(str(tmp_path / "f"), level="sentence", value=0.5)
-    train, _ = split_records(records, cfg)
+    train, _ = split_feedback(records, cfg.validation_fraction, cfg.seed)
     assert len(train) == 6
     d = reward([reward_prompt(r.question, r.passages) for r in train], [r.predictions[0] for r in train])
     assert [[v for _, v in x.points] for x in d] == [[0.5, -0.5]] * 6
@@ -441,7 +442,7 @@ def test_freeze_lower_layers(minilm_tokenizer):
 
 
 def test_rm_config_rejects_unknown_keys(tmp_path):
-    from alarm.reward_models.train import load_config
+    from alarm.recipes.reward_models import load_config
 
     p = tmp_path / "rm.yaml"
     p.write_text("kind: holistic\nepochz: 2\n")
@@ -476,7 +477,7 @@ def test_paper_recipe_builds_its_reward_set_and_policy_with_tiny_stand_ins(monke
 
     from alarm import models
     from alarm.config import build_reward_set, load_recipe
-    from alarm.pipeline import load_policy
+    from alarm.recipes.ppo import load_policy
     from alarm.rewards import hf_models
 
     loaded = []

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy import stats as sps
 
 from alarm.errors import AlarmError
-from alarm.select import (
+from alarm.selection import (
     AspectStats,
     aspect_stats,
     compute_stats,
@@ -360,7 +360,7 @@ def test_rates_partition_holistic_decisive_pairs_and_flip(pairs):
 
 
 def test_win_rates_by_hand():
-    from alarm.select import win_rates
+    from alarm.selection import win_rates
 
     # H: greedy wins pairs 0, 6; loses 2, 4, 5; ties 1, 3 → 2 / 5. M (pair 5 dropped): wins 0; loses 1, 3, 4, 6.
     wins = win_rates(H_A, H_B, {"m": M_A, "err": M_B}, {"m": M_B, "err": M_A}, higher_is_better={"err": False})
@@ -374,7 +374,7 @@ def test_win_rates_by_hand():
 
 
 def test_report_and_figure_follow_the_papers_layout(tmp_path):
-    from alarm.select import selection_figure, win_rates
+    from alarm.selection import selection_figure, win_rates
 
     m_a = {"factuality": [1, 1, 1, 0, 1], "length": [9, 1, 9, 9, 1]}
     m_b = {"factuality": [0, 0, 1, 1, 0], "length": [1, 9, 1, 1, 9]}
@@ -424,8 +424,8 @@ def test_selection_step_pairs_greedy_with_a_pure_sample_by_default(tmp_path, pol
 
     from alarm.config import build_reward_set
     from alarm.generation import generate_texts
-    from alarm.pipeline import prompt_records, sample_and_fit, select_step
-    from alarm.select import win_rates
+    from alarm.recipes.ppo import prompt_records, sample_and_fit, select_step
+    from alarm.selection import win_rates
 
     model, tok = policy
     recipe = _recipe(tmp_path)
@@ -463,7 +463,7 @@ def test_selection_step_pairs_greedy_with_a_pure_sample_by_default(tmp_path, pol
 
 def test_selection_step_two_samples_stay_an_option_and_pure_samples_are_drawn_when_ppo_is_not(tmp_path, policy):
     from alarm.config import build_reward_set
-    from alarm.pipeline import prompt_records, sample_and_fit, select_step
+    from alarm.recipes.ppo import prompt_records, sample_and_fit, select_step
 
     model, tok = policy
     recipe = _recipe(tmp_path / "two", "selection.pairs=two_samples")
@@ -503,7 +503,7 @@ def _scored_file(tmp_path, name, decoding, scores):
 def test_select_command_defaults_to_greedy_vs_sample(tmp_path):
     import argparse
 
-    from alarm.evaluation.commands import add_commands
+    from alarm.recipes.evaluation import add_commands
 
     def run(argv):
         parser = argparse.ArgumentParser()

@@ -297,7 +297,7 @@ def test_full_finetuning_evaluates_the_frozen_initial_policy(tmp_path):
 
     from alarm.config import load_recipe
     from alarm.generation import generate_texts
-    from alarm.pipeline import prompt_records, run
+    from alarm.recipes.ppo import prompt_records, run
 
     model_dir = tmp_path / "policy"
     tiny.causal_lm().save_pretrained(model_dir)

@@ -31,7 +31,7 @@ from alarm.trainers.vcb import (
     vcb_hinge_loss,
     vcb_loss,
 )
-from alarm.vcb_commands import load_vcb_recipe, run_sample, run_train
+from alarm.recipes.vcb import load_vcb_recipe, run_sample, run_train
 
 # ------------------------------------------------------------------------------------------- the tabular test
 
@@ -322,7 +322,7 @@ def test_sample_then_train_end_to_end(tmp_path, monkeypatch):
     assert len(datasets.load_from_disk(str(path))) == 9
 
     # train with the recipe's (real) reward set swapped for the fast test one
-    import alarm.vcb_commands as vc
+    import alarm.recipes.vcb as vc
 
     monkeypatch.setattr(vc, "build_reward_set", lambda r: _reward_set())
     lora0 = {n: p.detach().clone() for n, p in tiny.causal_lm().named_parameters()}
@@ -374,7 +374,7 @@ def test_unknown_key_is_a_one_line_error(tmp_path):
 
 
 def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):
-    from alarm.vcb_commands import main
+    from alarm.recipes.vcb import main
 
     assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
     err = capsys.readouterr().err.strip()

@@ -1,4 +1,5 @@
-"""The `alarm` command. Each subcommand's arguments and handler live beside the code they drive.
+"""The `alarm` command. Each command family is a recipe module (`alarm.recipes.*`) that reads a YAML recipe
+top to bottom to a report, building every input through the library; this file only collects them.
 
 Errors a user can cause are printed as one line (``alarm: error: …``) with exit code 2.
 """
@@ -10,21 +11,14 @@ import os
 import sys
 
 from alarm.errors import AlarmError
+from alarm.recipes import evaluation, ppo, qa_feedback, reward_models, sft, vcb
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from alarm import pipeline, qa_feedback, sft, vcb_commands
-    from alarm.evaluation import commands as evaluation
-    from alarm.reward_models import train as rm_train
-
     parser = argparse.ArgumentParser(prog="alarm", description="Align language models with hierarchical rewards.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    pipeline.add_commands(sub)
-    evaluation.add_commands(sub)
-    sft.add_commands(sub)
-    vcb_commands.add_commands(sub)
-    rm_train.add_commands(sub)
-    qa_feedback.add_commands(sub)
+    for recipe in (ppo, evaluation, sft, vcb, reward_models, qa_feedback):
+        recipe.add_commands(sub)
     return parser
 
 

@@ -28,8 +28,8 @@ class ModelSpec(BaseModel):
 
 class DataSpec(BaseModel):
     model_config = _STRICT
-    # qa: QA JSONL (alarm.datasets); qa_feedback: QA-Feedback prompt files, every passage, the paper's inputs
-    # (alarm.qa_feedback.paper_records); mt: parallel pairs (alarm.mt)
+    # qa: QA JSONL (alarm.data.qa); qa_feedback: QA-Feedback prompt files, every passage, the paper's inputs
+    # (alarm.data.qa_feedback.paper_records); mt: parallel pairs (alarm.data.mt)
     task: Literal["qa", "qa_feedback", "mt"] = "qa"
     # qa: None = the packaged quickstart set; qa_feedback: a prompt file or URL ({split} in it: one file per
     # split); mt: a JSONL/TSV file or "europarl"
@@ -190,6 +190,7 @@ def _reward_classes() -> dict[str, Any]:
     from alarm.rewards.embedding import GroundingReward, ReferenceSimilarityReward, RelevanceReward
     from alarm.rewards.grammar import GrammarReward
     from alarm.rewards.hf_models import SequenceClassifierReward, SpanRewardModel
+    from alarm.rewards.remote import RemoteReward
     from alarm.rewards.simple import LanguageConfidenceReward, LengthReward, ReadabilityReward
 
     return {
@@ -203,6 +204,7 @@ def _reward_classes() -> dict[str, Any]:
         "sequence_classifier": SequenceClassifierReward.from_pretrained,
         "span_model": SpanRewardModel.from_pretrained,
         "grounding_bt": GroundingBTReward,
+        "remote": RemoteReward,  # a reward model served over HTTP (vLLM, TEI, OpenRLHF, plain JSON)
     }
 
 
@@ -247,7 +249,7 @@ def build_reward(where: str, spec: dict, encoder_name: str | None, default_name:
         reward.name = default_name
     if spec.get("prompt_with_passages"):
         # Reward models trained on QA-Feedback read "question + passages"; the trainer passes the question.
-        from alarm.qa_feedback import PassagePrompt
+        from alarm.data.qa_feedback import PassagePrompt
 
         reward = PassagePrompt(reward)
     return reward

@@ -1,1 +1,1 @@
-"""Packaged data: quickstart.jsonl, the hand-written offline QA set (see alarm.datasets)."""
+"""Packaged data: quickstart.jsonl, the hand-written offline QA set (see alarm.data.qa)."""

@@ -13,8 +13,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from alarm.data.qa_feedback import (
+    FeedbackRecord,
+    PassagePrompt,
+    completeness_label,
+    error_labels,
+    load_feedback,
+    reward_prompt,
+    split_feedback,
+)
 from alarm.errors import AlarmError
-from alarm.qa_feedback import FeedbackRecord, PassagePrompt, error_labels, load_feedback, reward_prompt
 
 
 def prf(pred: list[int], gold: list[int]) -> dict:
@@ -85,8 +93,6 @@ def evaluate_span(reward, records: list[FeedbackRecord], types, level: str) -> d
 
 
 def evaluate_completeness(reward, records: list[FeedbackRecord]) -> dict:
-    from alarm.reward_models.train import completeness_label
-
     records = [r for r in records if r.predictions[0].strip()]
     scores = reward([reward_prompt(r.question, r.passages) for r in records], [r.predictions[0] for r in records])
     labels = [completeness_label(r) for r in records]
@@ -115,16 +121,15 @@ def load_reward(model_dir: str | Path, info: dict):
 def evaluate_reward_model(model_dir: str | Path, records: list[FeedbackRecord] | None = None,
                           data: str | None = None) -> dict:
     """Score the validation questions (the training split's complement), print and save ``eval.json``."""
-    from alarm.reward_models.train import RMTrainConfig, split_records
-
     model_dir = Path(model_dir)
     info_path = model_dir / "rm_config.json"
     if not info_path.exists():
         raise AlarmError(f"{model_dir} has no rm_config.json; give a directory written by `alarm rm train`")
     info = json.loads(info_path.read_text())
-    config = RMTrainConfig.model_validate(info["config"])
+    config = info["config"]
     if records is None:
-        _, records = split_records(load_feedback(data or config.data), config)
+        _, records = split_feedback(load_feedback(data or config["data"]), config.get("validation_fraction", 0.2),
+                                    config.get("seed", 42))
     reward = load_reward(model_dir, info)
     kind = info["kind"]
     if kind == "holistic":

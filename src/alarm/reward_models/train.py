@@ -34,20 +34,21 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from alarm.errors import AlarmError
-from alarm.qa_feedback import (
+from alarm.data.qa_feedback import (
     DEFAULT_DIR,
     FACTUALITY_ERRORS,
     RELEVANCE_ERRORS,
     FeedbackRecord,
+    completeness_label,
     error_labels,
     load_feedback,
     reward_prompt,
-    split_questions,
+    split_feedback,
 )
+from alarm.errors import AlarmError
+from alarm.reward_models.evaluate import evaluate_reward_model
 
 SPAN_KINDS = {"factuality": ("sentence", FACTUALITY_ERRORS, 0.5), "relevance": ("subsentence", RELEVANCE_ERRORS, 0.3)}
-INCOMPLETE = ("Missing-Answer", "Missing-Major-Auxiliary")
 
 
 class RMTrainConfig(BaseModel):
@@ -84,18 +85,6 @@ class RMTrainConfig(BaseModel):
         if self.architecture != "cross_encoder" and self.kind != "holistic":
             raise ValueError(f"architecture {self.architecture!r} is for kind holistic only")
         return self
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RMTrainConfig:
-    from alarm.config import read_settings, validate_settings
-
-    if not Path(path).exists():
-        raise AlarmError(f"reward-model config {path} not found; see recipes/rm_*.yaml")
-    data = read_settings(path, overrides)
-    try:
-        return validate_settings(RMTrainConfig, data)
-    except AlarmError as e:
-        raise AlarmError(f"{path}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------- examples
@@ -147,10 +136,6 @@ def span_examples(records: list[FeedbackRecord], tokenizer, kind: str, max_lengt
             token_labels[pos] = y
         out.append({**inp.encoding, "labels": token_labels})
     return out
-
-
-def completeness_label(r: FeedbackRecord) -> int:
-    return int(not any(m.get("error type") in INCOMPLETE for m in r.missing_info))
 
 
 def completeness_examples(records: list[FeedbackRecord], tokenizer, max_length: int) -> list[dict]:
@@ -302,15 +287,6 @@ def freeze_lower_layers(model, train_layers: int | None) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def split_records(records: list[FeedbackRecord], config: RMTrainConfig):
-    train_q, val_q = split_questions([r.question for r in records], config.validation_fraction, config.seed)
-    train = [r for r in records if r.question in train_q]
-    val = [r for r in records if r.question in val_q]
-    if config.max_train_questions:
-        train = train[: config.max_train_questions]
-    return train, val
-
-
 def make_examples(kind: str, records, tokenizer, max_length: int) -> list[dict]:
     if kind == "holistic":
         return holistic_examples(records, tokenizer, max_length)
@@ -330,7 +306,7 @@ def train_reward_model(config: RMTrainConfig, records: list[FeedbackRecord] | No
         torch.set_num_threads(config.threads)
     set_seed(config.seed)
     records = load_feedback(config.data) if records is None else records
-    train, val = split_records(records, config)
+    train, val = split_feedback(records, config.validation_fraction, config.seed)
     if config.architecture == "grounding_features":
         return _train_grounding_bt(config, train, val, evaluate)
     backbone = config.backbone or minilm_path()
@@ -370,8 +346,6 @@ def train_reward_model(config: RMTrainConfig, records: list[FeedbackRecord] | No
     stats["loss_history"] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     save_reward_model(trainer.model, tokenizer, config, out, stats)
     if evaluate and val:
-        from alarm.reward_models.evaluate import evaluate_reward_model
-
         stats["eval"] = evaluate_reward_model(out, val)
     (out / "train_stats.json").write_text(json.dumps(stats, indent=2))
     return stats
@@ -383,8 +357,6 @@ def _train_grounding_bt(config: RMTrainConfig, train, val, evaluate: bool) -> di
     stats = {"kind": config.kind, "architecture": config.architecture, "train_questions": len(train),
              "validation_questions": len(val), **train_grounding_bt(config, train)}
     if evaluate and val:
-        from alarm.reward_models.evaluate import evaluate_reward_model
-
         stats["eval"] = evaluate_reward_model(config.out_dir(), val)
     (config.out_dir() / "train_stats.json").write_text(json.dumps(stats, indent=2))
     return stats
@@ -401,44 +373,9 @@ def save_reward_model(model, tokenizer, config: RMTrainConfig, out: Path, stats:
         tokenizer.save_pretrained(out)
     finally:
         tokenizer.model_max_length = limit
-    info = {"kind": config.kind, "config": config.model_dump(), "prompt_format": "alarm.qa_feedback.reward_prompt"}
+    info = {"kind": config.kind, "config": config.model_dump(), "prompt_format": "alarm.data.qa_feedback.reward_prompt"}
     if config.kind in SPAN_KINDS:
         level, types, value = SPAN_KINDS[config.kind]
         info.update(level=level, error_types=list(types), value=value, error_label=1)
     (out / "rm_config.json").write_text(json.dumps(info, indent=2))
     shutil.rmtree(out / "trainer", ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------------------------- command
-
-
-def cmd_train(args) -> int:
-    config = load_config(args.config, args.overrides)
-    if args.out:
-        config.output_dir = args.out
-    stats = train_reward_model(config)
-    print(f"saved {config.kind} reward model to {config.out_dir()} ({stats['train_seconds']} s training)")
-    return 0
-
-
-def cmd_evaluate(args) -> int:
-    from alarm.reward_models.evaluate import evaluate_reward_model
-
-    evaluate_reward_model(args.model, data=args.data)
-    return 0
-
-
-def add_commands(subparsers) -> None:
-    """``alarm rm train --config rm.yaml`` and ``alarm rm evaluate --model DIR``."""
-    p = subparsers.add_parser("rm", help="train and evaluate reward models from QA-Feedback",
-                              description="train and evaluate reward models from QA-Feedback")
-    sub = p.add_subparsers(dest="rm_command", required=True, metavar="ACTION")
-    t = sub.add_parser("train", help="train one reward model (holistic, factuality, relevance, completeness)")
-    t.add_argument("--config", required=True, help="YAML config (see recipes/rm_*.yaml)")
-    t.add_argument("--out", help="output directory (default runs/rm/<kind>)")
-    t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=1")
-    t.set_defaults(handler=cmd_train)
-    e = sub.add_parser("evaluate", help="held-out quality of a trained reward model vs trivial baselines")
-    e.add_argument("--model", required=True, help="directory written by `alarm rm train`")
-    e.add_argument("--data", help="feedback file (default: the one the model was trained from)")
-    e.set_defaults(handler=cmd_evaluate)

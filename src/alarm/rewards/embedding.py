@@ -86,7 +86,7 @@ def _texts(name: str, column: str, entry: Any, i: int) -> list[str]:
         text = entry.get("content", entry.get("text"))
         if isinstance(text, str):
             return [text]
-    elif isinstance(getattr(entry, "text", None), str):  # alarm.qa_feedback.Passage
+    elif isinstance(getattr(entry, "text", None), str):  # alarm.data.qa_feedback.Passage
         return [entry.text]
     elif isinstance(entry, (list, tuple)):
         return [t for item in entry for t in _texts(name, column, item, i)]

@@ -18,7 +18,6 @@ was trained on: that same layout with every passage, cut at the token budget (:f
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import random
@@ -208,6 +207,22 @@ def split_questions(questions: Sequence[str], validation_fraction: float = 0.2, 
     return set(unique[n_val:]), set(unique[:n_val])
 
 
+def split_feedback(records: Sequence[FeedbackRecord], validation_fraction: float = 0.2,
+                   seed: int = 42) -> tuple[list[FeedbackRecord], list[FeedbackRecord]]:
+    """(train, validation) feedback records by question (:func:`split_questions`, the split PPO, VCB, reward
+    models and benchmarks all use)."""
+    train_q, val_q = split_questions([r.question for r in records], validation_fraction, seed)
+    return [r for r in records if r.question in train_q], [r for r in records if r.question in val_q]
+
+
+INCOMPLETE = ("Missing-Answer", "Missing-Major-Auxiliary")
+
+
+def completeness_label(r: FeedbackRecord) -> int:
+    """1 when the annotators marked no missing answer or major auxiliary information."""
+    return int(not any(m.get("error type") in INCOMPLETE for m in r.missing_info))
+
+
 # ---------------------------------------------------------------------------------------------- inputs
 
 
@@ -241,7 +256,7 @@ def record_id(question: str) -> str:
 def fit_passages(tokenizer, question: str, passages: Sequence[str], max_prompt_tokens: int | None,
                  system: str | None = None) -> list[str]:
     """Cut every passage to one character budget, the largest for which the formatted prompt fits."""
-    from alarm.datasets import format_prompt
+    from alarm.data.qa import format_prompt
 
     passages = list(passages)
 
@@ -289,7 +304,7 @@ def policy_records(records: Sequence[PromptRecord | FeedbackRecord], tokenizer, 
 
     ``passages`` holds the cut texts the policy saw; rewards build their own input from question + passages.
     """
-    from alarm.datasets import format_prompt
+    from alarm.data.qa import format_prompt
 
     out = []
     for r in records:
@@ -340,7 +355,7 @@ def paper_records(records: Sequence[PromptRecord | FeedbackRecord], tokenizer, s
     holds what the policy read, as ``{wikipage, content}``, so a reward with ``prompt_with_passages`` (the
     holistic one: UltraRM's instruction was the whole policy input) rebuilds exactly that input.
     """
-    from alarm.datasets import format_prompt
+    from alarm.data.qa import format_prompt
 
     budget = PAPER_MAX_INPUT_TOKENS if max_prompt_tokens is None else max_prompt_tokens
     out = []
@@ -396,58 +411,3 @@ class PassagePrompt:
     @property
     def last_stats(self) -> dict:
         return getattr(self.reward, "last_stats", {})
-
-
-# ---------------------------------------------------------------------------------------------- command
-
-
-def prepare(prompts_source: str, out: str | Path, tokenizer_name: str | None = "smollm2-135m-instruct",
-            max_prompt_tokens: int | None = 384, validation_fraction: float = 0.2, seed: int = 42,
-            system: str | None = None) -> dict:
-    """Write a QA JSONL (alarm.datasets format) from a QA-Feedback prompt file: train/test by question.
-
-    Passages are cut so the policy prompt fits ``max_prompt_tokens`` of ``tokenizer_name``; a lone passage is
-    split in two (the QA JSONL needs 2-4 passages); questions without any passage are dropped.
-    """
-    from alarm.models import load_tokenizer, resolve_model_path
-
-    records = load_prompts(prompts_source)
-    _, val = split_questions([r.question for r in records], validation_fraction, seed)
-    tokenizer = load_tokenizer(resolve_model_path(tokenizer_name))
-    rows, dropped = [], 0
-    for r in records:
-        texts = _two_or_more(r.passages)
-        if len(texts) < 2:
-            dropped += 1
-            continue
-        texts = fit_passages(tokenizer, r.question, texts, max_prompt_tokens, system)
-        rows.append({"id": record_id(r.question), "split": "test" if r.question in val else "train",
-                     "question": r.question, "passages": texts, "reference": r.answers[0]})
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(x) + "\n" for x in rows))
-    summary = {"out": str(out), "train": sum(x["split"] == "train" for x in rows),
-               "test": sum(x["split"] == "test" for x in rows), "dropped_without_passages": dropped}
-    return summary
-
-
-def cmd_prepare(args) -> int:
-    s = prepare(args.prompts, args.out, args.tokenizer, args.max_prompt_tokens, args.validation_fraction, args.seed)
-    print(f"wrote {s['out']}: {s['train']} train / {s['test']} test questions "
-          f"({s['dropped_without_passages']} without passages dropped)")
-    return 0
-
-
-def add_commands(subparsers) -> None:
-    """``alarm qa-feedback prepare``: QA-Feedback prompts → the QA JSONL the recipes read."""
-    p = subparsers.add_parser("qa-feedback", help="QA-Feedback data tools", description="QA-Feedback data tools")
-    sub = p.add_subparsers(dest="qa_feedback_command", required=True, metavar="ACTION")
-    q = sub.add_parser("prepare", help="convert a prompt file into the QA JSONL of the recipes",
-                       description=prepare.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    q.add_argument("--prompts", default=f"{DEFAULT_DIR}/prompts.json", help="prompt file path or http(s) URL")
-    q.add_argument("--out", default="runs/qa_feedback/data.jsonl")
-    q.add_argument("--tokenizer", default="smollm2-135m-instruct", help="policy tokenizer used for the budget")
-    q.add_argument("--max-prompt-tokens", type=int, default=384)
-    q.add_argument("--validation-fraction", type=float, default=0.2)
-    q.add_argument("--seed", type=int, default=42)
-    q.set_defaults(handler=cmd_prepare)

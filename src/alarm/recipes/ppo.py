@@ -37,21 +37,21 @@ def load_policy(recipe: Recipe):
 def prompt_records(recipe: Recipe, tokenizer, split: str, seq2seq: bool = False) -> list[dict]:
     """The recipe's records of one split as policy inputs (``prompt``) plus the columns rewards read."""
     if recipe.data.task == "mt":
-        from alarm import mt
+        from alarm.data import mt
 
         splits = mt.load_splits(recipe.data.path)
         if split not in splits:
             raise AlarmError(f"the MT data has no split {split!r} (has {', '.join(splits)}); check data.*_split")
         return mt.prompt_records(splits[split], tokenizer, seq2seq=seq2seq)
     if recipe.data.task == "qa_feedback":
-        from alarm import qa_feedback
+        from alarm.data import qa_feedback
 
         if recipe.data.path is None:
             raise AlarmError("data.task qa_feedback needs data.path: a QA-Feedback prompt file or URL")
         records = qa_feedback.load_split(recipe.data.path, split, seed=recipe.seed)
         return qa_feedback.paper_records(records, tokenizer, seq2seq, recipe.data.max_prompt_tokens,
                                          recipe.data.system_prompt)
-    from alarm.datasets import format_prompt, load_qa_jsonl, split_records
+    from alarm.data.qa import format_prompt, load_qa_jsonl, split_records
 
     records = split_records(load_qa_jsonl(recipe.data.path), split)
     if not records:
@@ -73,7 +73,8 @@ def write_json(path: Path, data) -> None:
 # ------------------------------------------------------------------------------------------------ steps
 
 
-def sample_and_fit(recipe: Recipe, model, tokenizer, records: list[dict], reward_set: RewardSet, run_dir: Path):
+def sample_and_fit(recipe: Recipe, model, tokenizer, records: list[dict], reward_set: RewardSet, run_dir: Path,
+                   selection_pairs: bool = True):
     """(a) Sample the initial policy, fit normalisation (and ε) on the samples, keep them for selection.
 
     For the paper's selection pairs (``selection.pairs: greedy_vs_sample``) it also writes the initial policy's
@@ -101,7 +102,8 @@ def sample_and_fit(recipe: Recipe, model, tokenizer, records: list[dict], reward
     with open(run_dir / "initial_samples.jsonl", "w") as f:
         f.writelines(json.dumps(x) + "\n" for x in samples)
     write_json(run_dir / "reward_state.json", reward_set.state())
-    if recipe.selection.enabled and recipe.selection.pairs == "greedy_vs_sample" and reward_set.aspects:
+    if selection_pairs and recipe.selection.enabled and recipe.selection.pairs == "greedy_vs_sample" \
+            and reward_set.aspects:
         greedy = [t[0] for t in generate_texts(model, tokenizer, prompts, max_new_tokens=s.max_new_tokens,
                                                batch_size=s.batch_size, progress="greedy outputs of the initial policy")]
         sides = [("greedy", r, t) for r, t in zip(chosen, greedy)]
@@ -140,7 +142,7 @@ def select_step(recipe: Recipe, reward_set: RewardSet, samples: list[dict], run_
     from :func:`sample_and_fit`), or the first two samples. The report adds each reward's win rate of side a
     over side b, the holistic reward's own as the reference (the paper's Figures 3–4).
     """
-    from alarm.select import (
+    from alarm.selection import (
         compute_stats,
         pair_up,
         pairs_from_samples,
@@ -419,7 +421,8 @@ def run(recipe: Recipe, steps: tuple[str, ...] = ("sample", "select", "train", "
     else:
         t0 = time.perf_counter()
         console.print(f"[bold](a)[/bold] sampling the initial policy on {recipe.sample.prompts} prompts")
-        samples = sample_and_fit(recipe, model, tokenizer, train_records, reward_set, run_dir)
+        samples = sample_and_fit(recipe, model, tokenizer, train_records, reward_set, run_dir,
+                                 selection_pairs="select" in steps)
         timings["sample + fit"] = time.perf_counter() - t0
     if "select" in steps and recipe.selection.enabled and reward_set.aspects:
         console.print("[bold](b)[/bold] reward selection")

@@ -116,10 +116,10 @@ def load_qa_feedback_prompts(path: str | Path) -> list[dict]:
 
 
 def load_records(data: DataSpec) -> list[dict]:
-    """Records from the quickstart JSONL schema (alarm.datasets) or a QA-Feedback ``.json`` prompt file."""
+    """Records from the quickstart JSONL schema (alarm.data.qa) or a QA-Feedback ``.json`` prompt file."""
     if data.path is not None and str(data.path).endswith(".json"):
         return load_qa_feedback_prompts(data.path)
-    from alarm.datasets import load_qa_jsonl
+    from alarm.data.qa import load_qa_jsonl
 
     return [{"id": r.id, "split": r.split, "question": r.question, "passages": list(r.passages),
              "reference": r.reference} for r in load_qa_jsonl(data.path)]
@@ -127,7 +127,7 @@ def load_records(data: DataSpec) -> list[dict]:
 
 def prompt_records(recipe: VCBRecipe, tokenizer) -> list[dict]:
     """Train prompts (up to data.max_train_prompts) then held-out prompts (up to sample.eval_prompts)."""
-    from alarm.datasets import format_prompt
+    from alarm.data.qa import format_prompt
 
     recs = load_records(recipe.data)
     train = [r for r in recs if r["split"] == recipe.data.train_split][: recipe.data.max_train_prompts]
@@ -324,7 +324,7 @@ def add_commands(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m alarm.vcb_commands sample --config …``) until the CLI wires ``vcb`` in."""
+    """Stand-alone entry (``python -m alarm.recipes.vcb sample --config …``) until the CLI wires ``vcb`` in."""
     import sys
 
     parser = argparse.ArgumentParser(prog="alarm")

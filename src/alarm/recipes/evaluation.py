@@ -34,7 +34,7 @@ def read_jsonl(path: str | os.PathLike, what: str = "file") -> list[dict]:
     p = Path(path)
     if not p.exists():
         raise AlarmError(f"{what} {p} not found")
-    from alarm.datasets import jsonl_lines
+    from alarm.data.qa import jsonl_lines
 
     out = []
     for lineno, obj in jsonl_lines(str(p), p.read_text(encoding="utf-8")):
@@ -115,10 +115,10 @@ def load_policy(spec: str, base_model: str | None = None):
 
 def load_prompt_set(path: str | None, tokenizer, split: str = "test", system: str | None = None,
                     chat: bool = False) -> list[dict]:
-    """Prompt records ``{"id", "prompt", ...columns}`` from a QA JSONL (alarm.datasets format; the prompt is built
+    """Prompt records ``{"id", "prompt", ...columns}`` from a QA JSONL (alarm.data.qa format; the prompt is built
     with the model's chat template) or a plain JSONL of ``{"id", "prompt", ...}`` (used as is, or wrapped in the
     chat template with ``chat=True``). None = the packaged quickstart set."""
-    from alarm.datasets import format_prompt, load_qa_jsonl
+    from alarm.data.qa import format_prompt, load_qa_jsonl
 
     first = None
     if path is not None:
@@ -466,7 +466,7 @@ def _check_greedy_vs_sample(greedy: str, sampled: str) -> None:
 
 
 def select(args: argparse.Namespace) -> int:
-    from alarm.select import (
+    from alarm.selection import (
         compute_stats,
         pair_up,
         plot_selection,
@@ -621,7 +621,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--policy", default="smollm2-135m-instruct",
                    help="model path, hub id, 'smollm2-135m-instruct', a PPO checkpoint dir or a run dir")
     p.add_argument("--base-model", default=None, help="base model of a checkpoint (default: the one it records, else SmolLM2)")
-    p.add_argument("--prompts", default=None, help="QA JSONL (alarm.datasets format) or JSONL of {id, prompt}; default: quickstart")
+    p.add_argument("--prompts", default=None, help="QA JSONL (alarm.data.qa format) or JSONL of {id, prompt}; default: quickstart")
     p.add_argument("--split", default="test", help="QA split to use: train, test or all (default test)")
     p.add_argument("--system", default=None, help="system prompt (QA default: the quickstart instruction)")
     p.add_argument("--chat", action="store_true", help="wrap plain prompts in the model's chat template")

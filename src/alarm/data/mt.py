@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from alarm.datasets import jsonl_lines
+from alarm.data.qa import jsonl_lines
 from alarm.errors import AlarmError
 
 EUROPARL = "Helsinki-NLP/europarl"

@@ -1,4 +1,4 @@
-"""`alarm sft`: supervised fine-tuning of a translation policy on parallel pairs (the paper SFT'd mT5 on
+"""Supervised fine-tuning of a translation policy on parallel pairs (the paper SFT'd mT5 on
 Europarl before PPO).
 
 Built on transformers' ``Seq2SeqTrainer`` (encoder-decoder policies such as T5 / mT5) or ``Trainer``
@@ -23,8 +23,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from alarm.data.mt import format_mt_prompt, load_splits
 from alarm.errors import AlarmError
-from alarm.mt import format_mt_prompt, load_splits
 
 
 class SFTConfig(BaseModel):
@@ -116,23 +116,14 @@ def translate(model, tokenizer, sources: list[str], seq2seq: bool, config: SFTCo
 
 
 def load_policy(config: SFTConfig):
-    """(model, tokenizer, seq2seq) for ``config.model``; the architecture decides which loader."""
-    from transformers import AutoConfig
+    """(model, tokenizer, seq2seq) for ``config.model`` through :func:`alarm.models.load_policy`."""
+    from alarm.models import is_encoder_decoder
+    from alarm.models import load_policy as load
 
-    from alarm.models import load_causal_lm, load_seq2seq_lm, load_tokenizer, resolve_model_path
-
-    path = resolve_model_path(config.model)
-    try:
-        seq2seq = bool(getattr(AutoConfig.from_pretrained(path, trust_remote_code=config.trust_remote_code),
-                               "is_encoder_decoder", False))
-    except (OSError, ValueError) as e:
-        raise AlarmError(f"cannot read the model config of {config.model!r}: {str(e).splitlines()[0]}") from None
-    loader = load_seq2seq_lm if seq2seq else load_causal_lm
-    model = loader(path, trust_remote_code=config.trust_remote_code)
-    tokenizer = load_tokenizer(path, padding_side="right")
+    model, tokenizer = load(config.model, trust_remote_code=config.trust_remote_code)
     if tokenizer.eos_token_id is None:
         raise AlarmError(f"the tokenizer of {config.model!r} has no EOS token; SFT appends EOS to every target")
-    return model, tokenizer, seq2seq
+    return model, tokenizer, is_encoder_decoder(model)
 
 
 def run_sft(config: SFTConfig, model=None, tokenizer=None) -> dict:
@@ -217,34 +208,8 @@ def run_sft(config: SFTConfig, model=None, tokenizer=None) -> dict:
     return metrics
 
 
-# ----------------------------------------------------------------------------------------------- CLI
-
-
 def load_sft_config(path: str | None, overrides: list[str] | None = None) -> SFTConfig:
     """YAML file (optional) + ``key=value`` overrides → a validated :class:`SFTConfig`."""
     from alarm.config import read_settings, validate_settings
 
     return validate_settings(SFTConfig, read_settings(path, overrides))
-
-
-def _handle(args) -> int:
-    config = load_sft_config(args.config, args.overrides)
-    m = run_sft(config)
-    print(f"SFT done: {config.eval_split} loss {m['eval_loss_before']:.3f} -> {m['eval_loss_after']:.3f}, "
-          f"BLEU {m['bleu']:.2f}, chrF {m['chrf']:.2f} on {m['eval_pairs']} pairs; model in {m['model_dir']}")
-    return 0
-
-
-def add_commands(subparsers) -> None:
-    """Add ``alarm sft`` to the CLI."""
-    p = subparsers.add_parser(
-        "sft", help="supervised fine-tuning of a translation policy on parallel pairs (BLEU/chrF after)",
-        description="Fine-tune a seq2seq or causal policy on Spanish→English pairs with transformers' Trainer. "
-                    "Settings: " + ", ".join(SFTConfig.model_fields) + ".")
-    p.add_argument("--config", default=None, help="YAML file of SFT settings")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings, e.g. data=pairs.jsonl epochs=1")
-    p.set_defaults(handler=_handle)
-
-
-__all__ = ["SFTConfig", "add_commands", "encode_pair", "load_sft_config", "run_sft", "translate",
-           "translation_scores"]
