@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 from scipy import stats as sps
 
 from alarm.errors import AlarmError
-from alarm.recipes.evaluation import add_commands, default_aspects, summarize_dense
 from alarm.evaluation.compare import (
     align_systems,
     compare_systems,
@@ -32,7 +31,8 @@ from alarm.evaluation.compare import (
     win_rate_matrix,
 )
 from alarm.evaluation.judge import Judge, JudgeConfig, PairOutcome, combine_orders, summarize_outcomes
-from alarm.rewards.base import Dense
+from alarm.recipes.evaluation import add_commands, default_aspects
+from alarm.rewards.base import Dense, summarize_dense
 
 # ---------------------------------------------------------------------------------------------------------
 # Means and confidence intervals
@@ -719,11 +719,11 @@ def test_generate_from_a_ppo_run(tiny_policy, tmp_path):
     import torch
     from test_ppo import trainer
 
-    from alarm.recipes.evaluation import load_policy
+    from alarm.models import load_policy, policy_checkpoint
 
     trainer(tmp_path / "run", steps=1, model=tiny.causal_lm(0), learning_rate=5e-2).train(progress=False)
-    model, _, described = load_policy(str(tmp_path / "run"), base_model=str(tiny_policy))
-    assert "step-000001" in described
+    model, _ = load_policy(str(tmp_path / "run"), base_model=str(tiny_policy))
+    assert policy_checkpoint(str(tmp_path / "run")).name == "step-000001"
     base = tiny.causal_lm(0)
     name = next(n for n, _ in base.named_parameters() if "q_proj" in n)
     assert not torch.allclose(dict(model.named_parameters())[name], dict(base.named_parameters())[name])  # merged
@@ -767,13 +767,11 @@ def test_run_report_gives_intervals_and_decisive_pairs(tmp_path, capsys):
 
     initial = [0.1, 0.5, 0.2, 0.9, 0.4, None]
     trained = [0.3, 0.5, 0.1, 1.2, 0.8, 0.7]  # win, tie, loss, win, win, n/a
-    with (tmp_path / "eval_generations.jsonl").open("w") as f:
-        for i, (a, b) in enumerate(zip(initial, trained)):
-            f.write(json.dumps({"prompt_id": str(i), "initial": {"completion": "x", "r": a},
-                                "trained": {"completion": "y", "r": b}}) + "\n")
     w = win_rate(trained, initial)
     assert (w["win_rate_pct"], w["decisive"], w["wins"], w["losses"]) == (75.0, 4, 3, 1)
-    result = {"n_prompts": 6, "win_rates": {"r": w},
+    cis = {s: {"r": {k: getattr(mean_ci(v, method="bootstrap"), k) for k in ("low", "high", "n")}}
+           for s, v in (("initial", initial), ("trained", trained))}
+    result = {"n_prompts": 6, "win_rates": {"r": w}, "mean_ci": cis,
               "means": {"initial": {"r": float(np.mean(initial[:5]))}, "trained": {"r": float(np.mean(trained))}}}
     report = write_report(load_recipe(None, ["name=t"]), tmp_path, [], result, None, {}).read_text()
     assert f"75.0 [{w['pct_low']:.1f}, {w['pct_high']:.1f}] (4: 3–1, 1 ties)" in report

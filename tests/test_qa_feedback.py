@@ -263,7 +263,7 @@ def test_paper_recipe_feeds_the_policy_and_the_holistic_model_the_papers_strings
     import tiny
 
     from alarm.config import build_reward_set, load_recipe
-    from alarm.recipes.ppo import prompt_records
+    from alarm.data.prompts import prompt_records
     from alarm.rewards import hf_models
 
     holistic_model = tiny_bert("holistic", minilm_tokenizer).eval()
@@ -276,7 +276,7 @@ def test_paper_recipe_feeds_the_policy_and_the_holistic_model_the_papers_strings
     monkeypatch.setattr(hf_models, "_load", fake_load)
     hamlet_file(tmp_path, "train.json")  # one file per split, as FineGrainedRLHF ships them
     recipe = load_recipe(RECIPES / "qa_feedback_paper.yaml", [f"data.path={tmp_path}/{{split}}.json"])
-    (train,) = prompt_records(recipe, tiny.tokenizer(), "train", seq2seq=True)
+    (train,) = prompt_records(recipe.data, tiny.tokenizer(), "train", seq2seq=True)
     assert train["prompt"] == HAMLET_TEXT
     rs = build_reward_set(recipe)
     answer = "William Shakespeare wrote it."
@@ -477,7 +477,7 @@ def test_paper_recipe_builds_its_reward_set_and_policy_with_tiny_stand_ins(monke
 
     from alarm import models
     from alarm.config import build_reward_set, load_recipe
-    from alarm.recipes.ppo import load_policy
+    from alarm.models import load_policy
     from alarm.rewards import hf_models
 
     loaded = []
@@ -507,7 +507,7 @@ def test_paper_recipe_builds_its_reward_set_and_policy_with_tiny_stand_ins(monke
     monkeypatch.setattr(models, "load_seq2seq_lm", lambda path, **k: t5)
     monkeypatch.setattr(models, "load_causal_lm", lambda path, **k: pytest.fail("loaded T5 as a causal LM"))
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", lambda *a, **k: t5.config)
-    model, _ = load_policy(recipe)
+    model, _ = load_policy(recipe.model.name)
     assert model is t5
 
 

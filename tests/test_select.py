@@ -424,13 +424,14 @@ def test_selection_step_pairs_greedy_with_a_pure_sample_by_default(tmp_path, pol
 
     from alarm.config import build_reward_set
     from alarm.generation import generate_texts
-    from alarm.recipes.ppo import prompt_records, sample_and_fit, select_step
+    from alarm.data.prompts import prompt_records
+    from alarm.recipes.ppo import sample_and_fit, select_step
     from alarm.selection import win_rates
 
     model, tok = policy
     recipe = _recipe(tmp_path)
     assert recipe.selection.pairs == "greedy_vs_sample"
-    records = prompt_records(recipe, tok, "train")[:6]
+    records = prompt_records(recipe.data, tok, "train")[:6]
     rs = build_reward_set(recipe)
     torch.manual_seed(0)
     samples = sample_and_fit(recipe, model, tok, records, rs, tmp_path)
@@ -463,12 +464,13 @@ def test_selection_step_pairs_greedy_with_a_pure_sample_by_default(tmp_path, pol
 
 def test_selection_step_two_samples_stay_an_option_and_pure_samples_are_drawn_when_ppo_is_not(tmp_path, policy):
     from alarm.config import build_reward_set
-    from alarm.recipes.ppo import prompt_records, sample_and_fit, select_step
+    from alarm.data.prompts import prompt_records
+    from alarm.recipes.ppo import sample_and_fit, select_step
 
     model, tok = policy
     recipe = _recipe(tmp_path / "two", "selection.pairs=two_samples")
     (tmp_path / "two").mkdir()
-    records = prompt_records(recipe, tok, "train")[:6]
+    records = prompt_records(recipe.data, tok, "train")[:6]
     rs = build_reward_set(recipe)
     samples = sample_and_fit(recipe, model, tok, records, rs, tmp_path / "two")
     assert not (tmp_path / "two" / "selection_pairs.jsonl").exists()

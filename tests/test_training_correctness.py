@@ -68,7 +68,7 @@ def test_dropout_can_be_kept_on_and_then_it_is_noise(tmp_path):
 
 
 def test_disable_dropout_covers_attention_rates_and_lora():
-    from alarm.trainers.ppo import disable_dropout, trainable_with_reference
+    from alarm.trainers.sequences import disable_dropout, trainable_with_reference
 
     model = tiny.causal_lm()
     for layer in model.model.layers:
@@ -272,7 +272,7 @@ def test_paper_recipes_carry_the_paper_trainer_settings():
     from pathlib import Path
 
     from alarm.config import load_recipe
-    from alarm.trainers.ppo import trainable_with_reference
+    from alarm.trainers.sequences import trainable_with_reference
 
     root = Path(__file__).parents[1] / "recipes"
     qa = load_recipe(root / "qa_feedback_paper.yaml")
@@ -297,7 +297,8 @@ def test_full_finetuning_evaluates_the_frozen_initial_policy(tmp_path):
 
     from alarm.config import load_recipe
     from alarm.generation import generate_texts
-    from alarm.recipes.ppo import prompt_records, run
+    from alarm.data.prompts import prompt_records
+    from alarm.recipes.ppo import run
 
     model_dir = tmp_path / "policy"
     tiny.causal_lm().save_pretrained(model_dir)
@@ -309,10 +310,11 @@ def test_full_finetuning_evaluates_the_frozen_initial_policy(tmp_path):
         "eval.max_new_tokens=6", "eval.max_prompts=4", "selection.enabled=false",
     ])
     run(recipe)
-    rows = [json.loads(x) for x in (tmp_path / "run" / "eval_generations.jsonl").read_text().splitlines()]
+    initial = [json.loads(x) for x in (tmp_path / "run" / "eval" / "initial.jsonl").read_text().splitlines()]
+    trained = [json.loads(x) for x in (tmp_path / "run" / "eval" / "trained.jsonl").read_text().splitlines()]
     fresh = tiny.causal_lm()  # the initial policy, untouched
-    records = prompt_records(recipe, tiny.tokenizer(), recipe.data.test_split)[:4]
+    records = prompt_records(recipe.data, tiny.tokenizer(), recipe.data.test_split)[:4]
     expected = [t[0] for t in generate_texts(fresh, tiny.tokenizer(), [r["prompt"] for r in records],
                                              max_new_tokens=6, batch_size=16)]
-    assert [r["initial"]["completion"] for r in rows] == expected
-    assert [r["trained"]["completion"] for r in rows] != expected  # training at lr 0.05 changed the policy
+    assert [r["completion"] for r in initial] == expected
+    assert [r["completion"] for r in trained] != expected  # training at lr 0.05 changed the policy

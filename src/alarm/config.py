@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from alarm.combine import CombineConfig, RewardSet
 from alarm.errors import AlarmError
-from alarm.trainers.ppo import PPOConfig
+from alarm.trainers.configs import PPOConfig
 
 _STRICT = ConfigDict(extra="forbid")
 

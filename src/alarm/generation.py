@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from alarm.trainers.ppo import response_mask
+from alarm.trainers.sequences import response_mask
 
 
 def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, do_sample: bool = False,

@@ -9,6 +9,7 @@ or a Hugging Face hub id, passed through unchanged.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -176,8 +177,47 @@ def is_encoder_decoder(model) -> bool:
     return bool(getattr(model.config, "is_encoder_decoder", False))
 
 
-def load_policy(name_or_path: str | None, trust_remote_code: bool = False):
-    """(model, tokenizer) of a policy: decoder-only or encoder-decoder, read from its config."""
+def load_policy(spec: str | None, trust_remote_code: bool = False, base_model: str | None = None):
+    """(model, tokenizer) of a policy — the one way every command loads one.
+
+    ``spec``: the SmolLM2 alias (or None), a local model directory, a hub id, a training checkpoint (a
+    directory with ``trainer_state.json``) or a run directory (its latest checkpoint). A checkpoint is loaded
+    onto its base model: ``base_model``, else the base its adapter recorded, else SmolLM2. Decoder-only or
+    encoder-decoder is read from the model's config.
+    """
+    ckpt = policy_checkpoint(spec)
+    if ckpt is None:
+        return _load_model_and_tokenizer(spec, trust_remote_code)
+    if base_model is None:
+        adapter = ckpt / "model" / "adapter_config.json"
+        recorded = json.loads(adapter.read_text()).get("base_model_name_or_path") if adapter.exists() else None
+        base_model = recorded if recorded and Path(recorded).exists() else SMOLLM2
+    model, tokenizer = _load_model_and_tokenizer(base_model, trust_remote_code)
+    try:
+        return load_trained_policy(ckpt, model), tokenizer
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise AlarmError(f"cannot load checkpoint {ckpt} onto base model {base_model!r} "
+                         f"({str(e).splitlines()[0][:200]}); pass the run's base model with --base-model") from None
+
+
+def policy_checkpoint(spec: str | None) -> Path | None:
+    """The training checkpoint ``spec`` names (itself, or a run directory's latest), or None for a model."""
+    from alarm import checkpoints
+
+    path = Path(spec).expanduser() if spec else None
+    if path is None:
+        return None
+    if (path / "trainer_state.json").exists():
+        return path
+    if (path / "checkpoints" / "latest").exists():
+        ckpt = checkpoints.latest_checkpoint(path)
+        if ckpt is None:
+            raise AlarmError(f"{path}/checkpoints/latest points to a missing checkpoint; give a checkpoint directory")
+        return ckpt
+    return None
+
+
+def _load_model_and_tokenizer(name_or_path: str | None, trust_remote_code: bool):
     from transformers import AutoConfig
 
     resolved = resolve_model_path(name_or_path)
@@ -190,3 +230,25 @@ def load_policy(name_or_path: str | None, trust_remote_code: bool = False):
     model = (load_seq2seq_lm if seq2seq else load_causal_lm)(resolved, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(resolved, padding_side="right" if seq2seq else "left")
     return model, tokenizer
+
+
+def load_trained_policy(checkpoint: str | os.PathLike, base_model):
+    """The trained language model of a checkpoint: LoRA adapters merged onto ``base_model``, or its full
+    weights. Weights that do not match the base model are an error, never silently skipped."""
+    ckpt = Path(checkpoint)
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    if state["lora"]:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base_model, str(ckpt / "model")).merge_and_unload()
+    from safetensors.torch import load_file
+
+    missing, unexpected = base_model.load_state_dict(load_file(str(ckpt / "model" / "model.safetensors")),
+                                                     strict=False)
+    # save_pretrained stores one copy of tied weights (lm_head = embeddings): a missing alias is fine.
+    loaded_ptrs = {t.data_ptr() for k, t in base_model.state_dict().items() if k not in missing}
+    missing = [k for k in missing if base_model.state_dict()[k].data_ptr() not in loaded_ptrs]
+    if missing or unexpected:
+        raise AlarmError(f"checkpoint {ckpt} does not match the base model (missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]}); pass the base model it was trained from")
+    return base_model

@@ -29,7 +29,7 @@ from scipy import stats as sps
 
 from alarm.errors import AlarmError
 
-__all__ = ["MeanCI", "WinCounts", "Alignment", "mean_ci", "wilson_interval", "paper_win_rate", "win_rate_interval",
+__all__ = ["compare_scored", "MeanCI", "WinCounts", "Alignment", "mean_ci", "wilson_interval", "paper_win_rate", "win_rate_interval",
            "win_counts", "win_rate_matrix", "align_systems", "compare_systems", "judge_systems", "report_markdown",
            "plot_means", "plot_win_rates"]
 
@@ -506,3 +506,47 @@ def plot_win_rates(result: Mapping[str, Any], path: str | Path, judge: Mapping[s
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=100)
     return path
+
+
+def compare_scored(systems: Mapping[str, Sequence[Mapping[str, Any]]], directions: Mapping[str, bool],
+                   out: str | Path, metrics: Sequence[str] | None = None, method: str = "bootstrap",
+                   confidence: float = 0.95, tie_tol: float = 0.0, n_boot: int = 2000, seed: int = 0,
+                   sample: int = 0, allow_missing: bool = False, judge=None, judge_max_prompts: int | None = None,
+                   files: Mapping[str, str] | None = None, progress: bool = False, info=None):
+    """`alarm compare` as a function: scored records per system → ``compare.json``, ``report.md`` and plots in
+    ``out`` (a run's own evaluation calls it too). Returns ``(result, judge_result, plots)``."""
+    import json
+
+    from alarm.io import write_json_atomic
+
+    al = align_systems(systems, sample=sample, allow_missing=allow_missing)
+    if any(al.missing.values()) and info is not None:
+        info(f"compare: --allow-missing: comparing the {len(al.prompt_ids)} common prompts; left out: "
+             + ", ".join(f"{s} {len(v)}" for s, v in al.excluded.items()))
+    names = list(systems)
+    per_system = [{k for p in al.prompt_ids for k in (al.records[s][p].get("scores") or {})} for s in names]
+    common = set.intersection(*per_system)
+    metrics = list(metrics) if metrics else sorted(common)
+    unknown = [m for m in metrics if m not in common]
+    if unknown:
+        raise AlarmError(f"metric {unknown[0]!r} is not scored for every system (common: {', '.join(sorted(common)) or 'none'})")
+    if not metrics and judge is None:
+        raise AlarmError("nothing to compare: the files have no common scores (run alarm score) and no --judge-url")
+    result = compare_systems(al, metrics, directions, method, confidence, tie_tol, n_boot, seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    judge_result = None
+    if judge is not None:
+        judge_result = judge_systems(judge, al, judge_max_prompts, progress=progress, n_boot=n_boot, seed=seed,
+                                     confidence=confidence)
+        judge_result["model"] = judge.config.model
+        judge_result["requests"] = judge.requests_made
+        judge_result["unparsed_replies"] = judge.unparsed
+    plots = [plot_means(result, out / "means.png")] if metrics else []
+    if result["pairs"] and (metrics or judge_result):
+        plots.append(plot_win_rates(result, out / "win_rates.png", judge_result))
+    write_json_atomic(out / "compare.json", json.loads(json.dumps(
+        {**result, "files": dict(files or {}), "excluded_prompt_ids": al.excluded, "judge": judge_result},
+        default=str)))
+    (out / "report.md").write_text(report_markdown(result, judge_result, [str(p) for p in plots]))
+    return result, judge_result, plots

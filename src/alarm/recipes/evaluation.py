@@ -19,49 +19,17 @@ import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 from alarm.errors import AlarmError
-
-RESERVED = ("prompt_id", "sample", "prompt", "completion", "scores")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# JSONL helpers
-
-
-def read_jsonl(path: str | os.PathLike, what: str = "file") -> list[dict]:
-    p = Path(path)
-    if not p.exists():
-        raise AlarmError(f"{what} {p} not found")
-    from alarm.data.qa import jsonl_lines
-
-    out = []
-    for lineno, obj in jsonl_lines(str(p), p.read_text(encoding="utf-8")):
-        if not isinstance(obj, dict):
-            raise AlarmError(f"{p} line {lineno}: each line must be a JSON object")
-        out.append(obj)
-    return out
-
-
-def write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
-def meta_path(path: str | os.PathLike) -> Path:
-    return Path(str(path) + ".meta.json")
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
-    os.replace(tmp, path)
+from alarm.evaluation.scoring import (
+    load_normalizer_file,
+    load_prompt_set,
+    meta_path,
+    read_scored,
+    score_records,
+)
+from alarm.io import read_jsonl, write_json_atomic, write_jsonl_atomic
+from alarm.models import load_policy, policy_checkpoint
 
 
 def _csv(value: str | None) -> list[str]:
@@ -74,87 +42,6 @@ def _info(msg: str) -> None:
 
 # ---------------------------------------------------------------------------------------------------------
 # generate
-
-
-def load_policy(spec: str, base_model: str | None = None):
-    """(model, tokenizer, description) for a model path / hub id / alias, or a PPO run's checkpoint.
-
-    A checkpoint is a directory with ``trainer_state.json``; a run directory (with ``checkpoints/latest``) means
-    its latest checkpoint. The base model is ``base_model``, else the adapter's recorded base, else SmolLM2.
-    """
-    from alarm.models import SMOLLM2
-    from alarm.models import load_policy as load_policy_model
-
-    path = Path(spec).expanduser()
-    ckpt = None
-    if (path / "trainer_state.json").exists():
-        ckpt = path
-    elif (path / "checkpoints" / "latest").exists():
-        from alarm.trainers.ppo import PPOTrainer
-
-        ckpt = PPOTrainer.latest_checkpoint(path)
-        if ckpt is None:
-            raise AlarmError(f"{path}/checkpoints/latest points to a missing checkpoint; give a checkpoint directory")
-    if ckpt is not None:
-        from alarm.trainers.ppo import load_trained_policy
-
-        if base_model is None:
-            adapter = ckpt / "model" / "adapter_config.json"
-            recorded = json.loads(adapter.read_text()).get("base_model_name_or_path") if adapter.exists() else None
-            base_model = recorded if recorded and Path(recorded).exists() else SMOLLM2
-        model, tokenizer = load_policy_model(base_model)
-        try:
-            model = load_trained_policy(ckpt, model)
-        except (OSError, ValueError, RuntimeError, KeyError) as e:
-            raise AlarmError(f"cannot load checkpoint {ckpt} onto base model {base_model!r} "
-                             f"({str(e).splitlines()[0][:200]}); pass the run's base model with --base-model") from None
-        return model, tokenizer, f"checkpoint {ckpt} on {base_model}"
-    model, tokenizer = load_policy_model(spec)
-    return model, tokenizer, spec
-
-
-def load_prompt_set(path: str | None, tokenizer, split: str = "test", system: str | None = None,
-                    chat: bool = False) -> list[dict]:
-    """Prompt records ``{"id", "prompt", ...columns}`` from a QA JSONL (alarm.data.qa format; the prompt is built
-    with the model's chat template) or a plain JSONL of ``{"id", "prompt", ...}`` (used as is, or wrapped in the
-    chat template with ``chat=True``). None = the packaged quickstart set."""
-    from alarm.data.qa import format_prompt, load_qa_jsonl
-
-    first = None
-    if path is not None:
-        for rec in read_jsonl(path, "prompt file")[:1]:
-            first = rec
-        if first is None:
-            raise AlarmError(f"prompt file {path} has no records")
-    if path is None or "question" in first:
-        records = load_qa_jsonl(path)
-        if split != "all":
-            records = [r for r in records if r.split == split]
-            if not records:
-                raise AlarmError(f"no prompts in split {split!r}; use --split train, test or all")
-        return [{"id": r.id, "prompt": format_prompt(tokenizer, r.question, r.passages, system),
-                 "question": r.question, "passages": r.passages, "reference": r.reference, "split": r.split}
-                for r in records]
-    out, seen = [], set()
-    for i, r in enumerate(read_jsonl(path, "prompt file"), start=1):
-        if "id" not in r or not isinstance(r.get("prompt"), str) or not r["prompt"]:
-            raise AlarmError(f"{path} record {i}: needs an 'id' and a non-empty string 'prompt' "
-                             "(or use the QA format with 'question' and 'passages')")
-        clash = [k for k in RESERVED if k in r and k != "prompt"]
-        if clash:
-            raise AlarmError(f"{path} record {i}: field {clash[0]!r} is reserved for generation files; rename it")
-        pid = str(r["id"])
-        if pid in seen:
-            raise AlarmError(f"{path} record {i}: duplicate id {pid!r}")
-        seen.add(pid)
-        prompt = r["prompt"]
-        if chat:
-            if not getattr(tokenizer, "chat_template", None):
-                raise AlarmError("--chat needs a tokenizer with a chat template; drop --chat for plain prompts")
-            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-            prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        out.append({**{k: v for k, v in r.items() if k not in ("id", "prompt")}, "id": pid, "prompt": prompt})
-    return out
 
 
 def _read_existing_generations(out: Path, num_samples: int) -> tuple[list[dict], set[str]]:
@@ -202,7 +89,9 @@ def generate(args: argparse.Namespace) -> int:
             raise AlarmError(f"{out} was written with different settings ({', '.join(differ)}); use the same "
                              "settings to resume, or --overwrite, or another --out")
         kept, done = _read_existing_generations(out, args.num_samples)
-    model, tokenizer, described = load_policy(args.policy, args.base_model)
+    model, tokenizer = load_policy(args.policy, base_model=args.base_model)
+    ckpt = policy_checkpoint(args.policy)
+    described = args.policy if ckpt is None else f"checkpoint {ckpt} on {args.base_model or 'its recorded base'}"
     prompts = load_prompt_set(args.prompts, tokenizer, args.split, args.system, args.chat)
     if args.max_prompts:
         prompts = prompts[: args.max_prompts]
@@ -210,7 +99,7 @@ def generate(args: argparse.Namespace) -> int:
     _info(f"generate: {described}; {len(prompts)} prompts, {len(prompts) - len(todo)} already in {out}, "
           f"{len(todo)} to go ({'sampling' if args.sample else 'greedy'}, {args.num_samples} per prompt)")
     write_jsonl_atomic(out, kept)  # drops a cut-off line or a half-written prompt before appending
-    _write_json(meta_path(out), settings)
+    write_json_atomic(meta_path(out), settings)
     torch.manual_seed(args.seed)
     chunk = max(1, args.batch_size // args.num_samples)
     with Progress(transient=True, disable=not sys.stderr.isatty()) as bar, out.open("a", encoding="utf-8") as f:
@@ -255,79 +144,6 @@ def load_reward_set(path: str, overrides: Sequence[str] = ()):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # hierarchy warnings concern training, not scoring
         return build_reward_set(recipe)
-
-
-def summarize_dense(value, completion: str) -> tuple[float | None, float | None]:
-    """(mean emitted value, share of emitted values > 0) of one dense reward on one response.
-
-    Points count once each; spans (and ``default``) count per character they cover, so a token-level reward is
-    weighted by how much of the text each value covers. (None, None) when nothing was emitted.
-    """
-    values = [v for _, v in value.points]
-    if value.spans or value.default is not None:
-        per_char: list[float | None] = [value.default] * len(completion)
-        for start, end, v in value.spans:
-            for c in range(max(0, start), min(end, len(completion))):
-                per_char[c] = v
-        values += [v for v in per_char if v is not None]
-    if not values:
-        return None, None
-    return sum(values) / len(values), sum(v > 0 for v in values) / len(values)
-
-
-def load_normalizer_file(path: str):
-    """Normalisers from a normalizers JSON, or from a PPO checkpoint's trainer_state.json."""
-    from alarm.rewards.normalize import Normalizer, load_normalizers
-
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise AlarmError(f"normalisation file {path} not found") from None
-    except json.JSONDecodeError as e:
-        raise AlarmError(f"normalisation file {path} is not JSON ({e.msg})") from None
-    if isinstance(data, dict) and "normalizers" not in data and isinstance(data.get("rewards"), dict):
-        return {k: Normalizer(**v) for k, v in data["rewards"].get("normalizers", {}).items()}
-    return load_normalizers(path)[0]
-
-
-def score_records(reward_set, records: list[dict], batch_size: int = 64, progress: bool = False) -> tuple[list[dict], dict[str, dict]]:
-    """Raw scores of every reward for every record, and each metric's description (direction, kind).
-
-    Dense rewards are summarised per response (see :func:`summarize_dense`).
-    """
-    from rich.progress import Progress
-
-    from alarm.rewards.base import Dense, is_dense
-
-    rewards = ({"holistic": reward_set.holistic} if reward_set.holistic is not None else {}) | reward_set.aspects
-    columns_keys = sorted({k for r in records for k in r} - set(RESERVED))
-    scores: list[dict] = [{} for _ in records]
-    described: dict[str, dict] = {}
-    with Progress(transient=True, disable=not progress) as bar:
-        task = bar.add_task("scoring", total=len(records))
-        for i in range(0, len(records), batch_size):
-            batch = records[i : i + batch_size]
-            cols = {k: [r.get(k) for r in batch] for k in columns_keys}
-            raw = reward_set.raw_scores([r["prompt"] for r in batch], [r["completion"] for r in batch], **cols)
-            for name, vals in raw.items():
-                hib = bool(getattr(rewards[name], "higher_is_better", True))
-                dense = is_dense(rewards[name]) or any(isinstance(v, Dense) for v in vals)
-                for j, v in enumerate(vals):
-                    if dense:
-                        mean, pos = (None, None) if v is None else summarize_dense(v, batch[j]["completion"])
-                        scores[i + j][f"{name}.mean_emitted"] = mean
-                        scores[i + j][f"{name}.share_positive"] = pos
-                    else:
-                        scores[i + j][name] = v
-                if dense:
-                    described[f"{name}.mean_emitted"] = {"reward": name, "kind": "dense mean of emitted values",
-                                                         "higher_is_better": hib}
-                    described[f"{name}.share_positive"] = {"reward": name, "kind": "dense share of values > 0",
-                                                           "higher_is_better": hib}
-                else:
-                    described[name] = {"reward": name, "kind": "raw", "higher_is_better": hib}
-            bar.update(task, advance=len(batch))
-    return scores, described
 
 
 def score(args: argparse.Namespace) -> int:
@@ -375,7 +191,7 @@ def score(args: argparse.Namespace) -> int:
             described[f"{name}.z"] = {**described[name], "kind": f"z-normalised (mean {n.mean:.4g}, std {n.std:.4g})"}
         target = Path(args.out) if args.out else Path(args.out_dir or Path(f).parent) / (_stem(f) + ".scored.jsonl")
         write_jsonl_atomic(target, [{**r, "scores": s} for r, s in zip(inputs[f], scores)])
-        _write_json(meta_path(target), {"source": str(f), "rewards_config": str(args.rewards),
+        write_json_atomic(meta_path(target), {"source": str(f), "rewards_config": str(args.rewards),
                                         "normalizers": str(norm_source) if norm_source else None,
                                         "metrics": described})
         _info(f"score: wrote {target} ({len(scores)} responses, {len(described)} metrics)")
@@ -392,19 +208,6 @@ def _stem(path: str | os.PathLike) -> str:
 
 # ---------------------------------------------------------------------------------------------------------
 # select
-
-
-def read_scored(path: str) -> tuple[list[dict], dict[str, bool]]:
-    """Scored records and each metric's direction (from the sidecar written by `alarm score`, if any)."""
-    records = read_jsonl(path, "scored file")
-    for i, r in enumerate(records, start=1):
-        if not isinstance(r.get("scores"), dict) or "prompt_id" not in r:
-            raise AlarmError(f"{path} record {i}: needs 'prompt_id' and a 'scores' object; run alarm score first")
-    directions = {}
-    if meta_path(path).exists():
-        meta = json.loads(meta_path(path).read_text())
-        directions = {k: bool(v.get("higher_is_better", True)) for k, v in meta.get("metrics", {}).items()}
-    return records, directions
 
 
 def _directions(per_file: Sequence[dict[str, bool]], lower: Sequence[str]) -> dict[str, bool]:
@@ -516,7 +319,7 @@ def select(args: argparse.Namespace) -> int:
     wins = win_rates(h_a, h_b, m_a, m_b, directions, args.tie_tol, holistic=args.holistic)
     selection = select_aspects(stats, max_conflict=args.max_conflict, top_k=args.top_k, min_decisive=args.min_decisive)
     out = Path(args.out_dir)
-    _write_json(out / "selection.json", {"source": source, "pairs": pairs, "holistic": args.holistic,
+    write_json_atomic(out / "selection.json", {"source": source, "pairs": pairs, "holistic": args.holistic,
                                          "n_pairs": len(h_a), **selection_to_json(stats, selection, wins, sides)})
     table = selection_markdown(stats, selection, wins, sides)
     md = f"# Reward selection\n\nPairs: {len(h_a)} from {source}; holistic reward: `{args.holistic}`.\n\n"
@@ -550,14 +353,7 @@ def judge_config_from_args(args: argparse.Namespace, out: Path):
 
 
 def compare(args: argparse.Namespace) -> int:
-    from alarm.evaluation.compare import (
-        align_systems,
-        compare_systems,
-        judge_systems,
-        plot_means,
-        plot_win_rates,
-        report_markdown,
-    )
+    from alarm.evaluation.compare import compare_scored
 
     names = _csv(args.names) or [_stem(f) for f in args.files]
     if len(names) != len(args.files):
@@ -571,22 +367,8 @@ def compare(args: argparse.Namespace) -> int:
         dirs.append(json.loads(meta_path(f).read_text()).get("metrics", {}) if meta_path(f).exists() else {})
     directions = _directions([{k: bool(v.get("higher_is_better", True)) for k, v in d.items()} for d in dirs],
                              _csv(args.lower_is_better))
-    al = align_systems(systems, sample=args.sample, allow_missing=args.allow_missing)
-    if any(al.missing.values()):
-        _info("compare: --allow-missing: comparing the " + str(len(al.prompt_ids)) + " common prompts; left out: "
-              + ", ".join(f"{s} {len(v)}" for s, v in al.excluded.items()))
-    per_system = [{k for p in al.prompt_ids for k in (al.records[s][p].get("scores") or {})} for s in names]
-    common = set.intersection(*per_system)
-    metrics = _csv(args.metrics) or sorted(common)
-    unknown = [m for m in metrics if m not in common]
-    if unknown:
-        raise AlarmError(f"metric {unknown[0]!r} is not scored for every system (common: {', '.join(sorted(common)) or 'none'})")
-    if not metrics and not args.judge_url:
-        raise AlarmError("nothing to compare: the files have no common scores (run alarm score) and no --judge-url")
-    result = compare_systems(al, metrics, directions, args.ci, args.confidence, args.tie_tol, args.n_boot, args.seed)
     out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    judge_result = None
+    judge = None
     if args.judge_url:
         from alarm.evaluation.judge import Judge
 
@@ -594,19 +376,14 @@ def compare(args: argparse.Namespace) -> int:
         if not os.environ.get(args.judge_api_key_env):
             _info(f"compare: ${args.judge_api_key_env} is not set; calling the judge without an API key")
         _info(f"compare: judge {args.judge_model} at {args.judge_url}; {len(judge.cache)} verdicts already cached")
-        judge_result = judge_systems(judge, al, args.judge_max_prompts, progress=sys.stderr.isatty(),
-                                     n_boot=args.n_boot, seed=args.seed, confidence=args.confidence)
-        judge_result["model"] = args.judge_model
-        judge_result["requests"] = judge.requests_made
-        judge_result["unparsed_replies"] = judge.unparsed
+    result, judge_result, plots = compare_scored(
+        systems, directions, out, metrics=_csv(args.metrics) or None, method=args.ci, confidence=args.confidence,
+        tie_tol=args.tie_tol, n_boot=args.n_boot, seed=args.seed, sample=args.sample,
+        allow_missing=args.allow_missing, judge=judge, judge_max_prompts=args.judge_max_prompts,
+        files=dict(zip(names, args.files)), progress=sys.stderr.isatty(), info=_info)
+    if judge is not None:
         _info(f"compare: judge made {judge.requests_made} requests; {judge.unparsed} replies never parsed "
               f"(logged in {out / 'judge_unparsed.jsonl'})")
-    plots = [plot_means(result, out / "means.png")] if metrics else []
-    if result["pairs"] and (metrics or judge_result):
-        plots.append(plot_win_rates(result, out / "win_rates.png", judge_result))
-    _write_json(out / "compare.json", {**result, "files": dict(zip(names, args.files)),
-                                       "excluded_prompt_ids": al.excluded, "judge": judge_result})
-    (out / "report.md").write_text(report_markdown(result, judge_result, [str(p) for p in plots]))
     _info(f"compare: wrote {out}/report.md, compare.json and {len(plots)} plot(s)")
     return 0
 

@@ -18,56 +18,14 @@ from rich.table import Table
 
 from alarm.combine import RewardSet
 from alarm.config import Recipe, build_reward_set, load_recipe
+from alarm.data.prompts import prompt_records, reward_inputs
 from alarm.errors import AlarmError
+from alarm.evaluation.scoring import generation_rows, meta_path, normalize_scores, score_records
+from alarm.io import write_json_atomic, write_jsonl_atomic
+from alarm.models import load_policy
 from alarm.rewards.base import summarize
 
 console = Console()
-
-
-# ------------------------------------------------------------------------------------------------ loading
-
-
-def load_policy(recipe: Recipe):
-    """(model, tokenizer) of the recipe's initial policy."""
-    from alarm.models import load_policy as load
-
-    return load(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code)
-
-
-def prompt_records(recipe: Recipe, tokenizer, split: str, seq2seq: bool = False) -> list[dict]:
-    """The recipe's records of one split as policy inputs (``prompt``) plus the columns rewards read."""
-    if recipe.data.task == "mt":
-        from alarm.data import mt
-
-        splits = mt.load_splits(recipe.data.path)
-        if split not in splits:
-            raise AlarmError(f"the MT data has no split {split!r} (has {', '.join(splits)}); check data.*_split")
-        return mt.prompt_records(splits[split], tokenizer, seq2seq=seq2seq)
-    if recipe.data.task == "qa_feedback":
-        from alarm.data import qa_feedback
-
-        if recipe.data.path is None:
-            raise AlarmError("data.task qa_feedback needs data.path: a QA-Feedback prompt file or URL")
-        records = qa_feedback.load_split(recipe.data.path, split, seed=recipe.seed)
-        return qa_feedback.paper_records(records, tokenizer, seq2seq, recipe.data.max_prompt_tokens,
-                                         recipe.data.system_prompt)
-    from alarm.data.qa import format_prompt, load_qa_jsonl, split_records
-
-    records = split_records(load_qa_jsonl(recipe.data.path), split)
-    if not records:
-        raise AlarmError(f"the data has no records in split {split!r}; check data.path and the split names")
-    return [{"id": r.id, "prompt": format_prompt(tokenizer, r.question, r.passages, recipe.data.system_prompt),
-             "question": r.question, "passages": list(r.passages), "reference": r.reference} for r in records]
-
-
-def _columns(records: list[dict]) -> dict[str, list]:
-    """Every column of the records except the policy input, one entry per record, for the rewards."""
-    return {k: [r[k] for r in records] for k in records[0] if k not in ("id", "prompt")}
-
-
-def write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str))
 
 
 # ------------------------------------------------------------------------------------------------ steps
@@ -93,15 +51,16 @@ def sample_and_fit(recipe: Recipe, model, tokenizer, records: list[dict], reward
     flat = [(r, k, text) for r, texts in zip(chosen, outs) for k, text in enumerate(texts)]
     flat_records = [r for r, _, _ in flat]
     texts = [t for _, _, t in flat]
-    raw = reward_set.fit([r["question"] for r in flat_records], texts, **_columns(flat_records))
+    prompts_r, columns = reward_inputs(flat_records)
+    raw = reward_set.fit(prompts_r, texts, **columns)
     _print_prompt_cuts(reward_set, len(texts))
     norm = reward_set.normalized(raw)
     samples = [{"prompt_id": r["id"], "sample": k, "completion": t,
-                **{name: summarize(norm[name][i]) for name in norm}}
+                **{name: summarize(norm[name][i], t) for name in norm}}
                for i, (r, k, t) in enumerate(flat)]
     with open(run_dir / "initial_samples.jsonl", "w") as f:
         f.writelines(json.dumps(x) + "\n" for x in samples)
-    write_json(run_dir / "reward_state.json", reward_set.state())
+    write_json_atomic(run_dir / "reward_state.json", reward_set.state())
     if selection_pairs and recipe.selection.enabled and recipe.selection.pairs == "greedy_vs_sample" \
             and reward_set.aspects:
         greedy = [t[0] for t in generate_texts(model, tokenizer, prompts, max_new_tokens=s.max_new_tokens,
@@ -113,11 +72,10 @@ def sample_and_fit(recipe: Recipe, model, tokenizer, records: list[dict], reward
                                         temperature=1.0, top_p=1.0, top_k=0, batch_size=s.batch_size,
                                         progress="pure samples of the initial policy")
             sides += [("sample", r, t[0]) for r, t in zip(chosen, pure_texts)]
-        recs = [r for _, r, _ in sides]
-        scored = reward_set.normalized(reward_set.raw_scores([r["question"] for r in recs], [t for *_, t in sides],
-                                                             **_columns(recs)))
+        prompts_r, columns = reward_inputs([r for _, r, _ in sides])
+        scored = reward_set.normalized(reward_set.raw_scores(prompts_r, [t for *_, t in sides], **columns))
         rows = [{"prompt_id": r["id"], "side": side, "completion": t,
-                 **{name: summarize(scored[name][i]) for name in scored}} for i, (side, r, t) in enumerate(sides)]
+                 **{name: summarize(scored[name][i], t) for name in scored}} for i, (side, r, t) in enumerate(sides)]
         if pure:
             rows += [{"prompt_id": x["prompt_id"], "side": "sample", **{k: v for k, v in x.items() if k != "prompt_id"}}
                      for x in samples if x["sample"] == 0]
@@ -175,7 +133,7 @@ def select_step(recipe: Recipe, reward_set: RewardSet, samples: list[dict], run_
     stats = compute_stats(h_a, h_b, m_a, m_b, higher_is_better=hib)
     wins = win_rates(h_a, h_b, m_a, m_b, higher_is_better=hib)
     selection = select_aspects(stats, max_conflict=sel.max_conflict, top_k=sel.top_k, min_decisive=sel.min_decisive)
-    write_json(run_dir / "selection.json", {"pairs": sel.pairs, "n_pairs": len(h_a),
+    write_json_atomic(run_dir / "selection.json", {"pairs": sel.pairs, "n_pairs": len(h_a),
                                             **selection_to_json(stats, selection, wins, sides)})
     (run_dir / "selection.md").write_text(f"Pairs: {len(h_a)}, {described}.\n\n"
                                           + selection_markdown(stats, selection, wins, sides))
@@ -205,40 +163,54 @@ def train_step(recipe: Recipe, model, tokenizer, reward_set: RewardSet, records:
 
 def evaluate_step(recipe: Recipe, tokenizer, reward_set: RewardSet, records: list[dict], run_dir: Path,
                   systems: dict) -> dict:
-    """(d) Greedy outputs of each system on the test prompts: mean of every reward, win rates, length.
+    """(d) Greedy outputs of each system on the test prompts, scored and compared exactly as `alarm generate`
+    + `alarm score` + `alarm compare` do (the same functions): ``eval/<system>.jsonl`` (generations),
+    ``eval/<system>.scored.jsonl`` (every reward, raw and with the run's normalisers), ``eval/report.md`` and
+    ``compare.json`` (means, win-rate matrix, intervals). ``eval.json`` summarises trained vs initial.
 
     ``systems``: name → (model, context manager factory under which that model is the system), e.g. the LoRA
     policy with adapters disabled for "initial"."""
+    from alarm.evaluation.compare import compare_scored
     from alarm.generation import generate_texts
 
     e = recipe.eval
     chosen = records[: e.max_prompts] if e.max_prompts else records
-    prompts = [r["prompt"] for r in chosen]
-    per_system = {}
+    out = run_dir / "eval"
+    scored: dict[str, list[dict]] = {}
+    described: dict[str, dict] = {}
     for name, (model, ctx) in systems.items():
         with ctx():
-            texts = [t[0] for t in generate_texts(model, tokenizer, prompts, max_new_tokens=e.max_new_tokens,
-                                                  batch_size=e.batch_size, progress=f"evaluating {name}")]
-        raw = reward_set.raw_scores([r["question"] for r in chosen], texts, **_columns(chosen))
-        norm = reward_set.normalized(raw)
-        scores = {k: [summarize(v) for v in vals] for k, vals in norm.items()}
-        scores["length_words"] = [float(len(t.split())) for t in texts]
-        per_system[name] = {"texts": texts, "scores": scores}
-    with open(run_dir / "eval_generations.jsonl", "w") as f:
-        for i, r in enumerate(chosen):
-            row = {"prompt_id": r["id"], "question": r["question"], "reference": r["reference"]}
-            for name, out in per_system.items():
-                row[name] = {"completion": out["texts"][i], **{k: v[i] for k, v in out["scores"].items()}}
-            f.write(json.dumps(row) + "\n")
+            texts = generate_texts(model, tokenizer, [r["prompt"] for r in chosen], max_new_tokens=e.max_new_tokens,
+                                   batch_size=e.batch_size, progress=f"evaluating {name}")
+        rows = generation_rows(chosen, texts)
+        generations = write_jsonl_atomic(out / f"{name}.jsonl", rows)
+        write_json_atomic(meta_path(generations), {"policy": f"{name} policy of run {run_dir}", "do_sample": False,
+                                                   "num_samples": 1, "max_new_tokens": e.max_new_tokens})
+        scores, described = score_records(reward_set, rows, batch_size=e.batch_size)
+        described = normalize_scores(scores, described, reward_set.normalizers)
+        for row, s in zip(rows, scores):
+            s["length_words"] = float(len(row["completion"].split()))
+        described["length_words"] = {"reward": "length_words", "kind": "raw", "higher_is_better": True}
+        scored[name] = [{**row, "scores": s} for row, s in zip(rows, scores)]
+        target = write_jsonl_atomic(out / f"{name}.scored.jsonl", scored[name])
+        write_json_atomic(meta_path(target), {"source": str(generations), "rewards_config": str(run_dir / "config.yaml"),
+                                              "normalizers": str(run_dir / "reward_state.json"), "metrics": described})
+    directions = {k: v["higher_is_better"] for k, v in described.items()}
+    compared, _, _ = compare_scored(scored, directions, out, seed=recipe.seed)
     names = list(systems)
-    result = {"n_prompts": len(chosen), "means": {}, "win_rates": {}}
-    for name in names:
-        result["means"][name] = {k: _mean(v) for k, v in per_system[name]["scores"].items()}
-    a, b = names[-1], names[0]  # trained vs initial
-    for metric in per_system[a]["scores"]:
-        result["win_rates"][metric] = win_rate(per_system[a]["scores"][metric], per_system[b]["scores"][metric])
-    result["mean_ci"] = _mean_intervals(run_dir / "eval_generations.jsonl", names, list(per_system[a]["scores"]))
-    write_json(run_dir / "eval.json", result)
+    metrics = compared["metrics"]
+    result = {"n_prompts": len(chosen), "metrics": metrics, "higher_is_better": directions,
+              "means": {s: {m: compared["means"][s][m]["mean"] for m in metrics} for s in names},
+              "mean_ci": {s: {m: {k: compared["means"][s][m][k] for k in ("low", "high", "n")} for m in metrics}
+                          for s in names},
+              "win_rates": {}}
+    if len(names) > 1:
+        a, b = names[-1], names[0]  # trained vs initial
+        for m in metrics:
+            result["win_rates"][m] = win_rate([r["scores"].get(m) for r in scored[a]],
+                                              [r["scores"].get(m) for r in scored[b]], directions[m],
+                                              seed=recipe.seed)
+    write_json_atomic(run_dir / "eval.json", result)
     return result
 
 
@@ -279,8 +251,7 @@ def win_rate(a: list, b: list, higher_is_better: bool = True, n_boot: int = 2000
 def write_report(recipe: Recipe, run_dir: Path, history: list[dict], result: dict | None, kept: list[str] | None,
                  timings: dict) -> Path:
     """report.md with plots of training curves and a before/after chart. Every mean and win rate carries its
-    bootstrap 95 % interval over the test prompts (means from eval_generations.jsonl; the intervals are also left
-    in ``result["mean_ci"]`` for :func:`print_summary`)."""
+    bootstrap 95 % interval over the test prompts (from :func:`evaluate_step`'s comparison, ``eval/``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -312,7 +283,7 @@ def write_report(recipe: Recipe, run_dir: Path, history: list[dict], result: dic
     if result:
         systems = list(result["means"])
         metrics = list(result["means"][systems[0]])
-        cis = result.setdefault("mean_ci", _mean_intervals(run_dir / "eval_generations.jsonl", systems, metrics))
+        cis = result["mean_ci"]
         lines += ["## Evaluation (greedy, test prompts)", "",
                   f"{result['n_prompts']} test prompts. Means with a 95 % percentile bootstrap interval over prompts. "
                   "Win rate: 100·wins / (wins + losses) (ties excluded, 50 when no pair is decisive), its 95 % "
@@ -321,7 +292,8 @@ def write_report(recipe: Recipe, run_dir: Path, history: list[dict], result: dic
                   "|---|" + "---|" * len(systems) + "---|"]
         for k in metrics:
             vals = " | ".join(_fmt_mean(result["means"][s][k], cis.get(s, {}).get(k)) for s in systems)
-            lines.append(f"| {k} | {vals} | {_fmt_win(result['win_rates'][k])} |")
+            win = _fmt_win(result["win_rates"][k]) if k in result["win_rates"] else "—"
+            lines.append(f"| {k} | {vals} | {win} |")
         fig, ax = plt.subplots(figsize=(6, 3.2))
         width = 0.8 / len(systems)
         for j, s in enumerate(systems):
@@ -343,21 +315,6 @@ def write_report(recipe: Recipe, run_dir: Path, history: list[dict], result: dic
 
 def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
-
-
-def _mean_intervals(path: Path, systems: list[str], metrics: list[str]) -> dict:
-    """Bootstrap 95 % intervals of each system's mean of each metric, from the per-prompt evaluation records."""
-    from alarm.evaluation.compare import mean_ci
-
-    if not path.exists():
-        return {}
-    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    out: dict = {}
-    for s in systems:
-        for k in metrics:
-            c = mean_ci([(r.get(s) or {}).get(k) for r in rows], method="bootstrap")
-            out.setdefault(s, {})[k] = {"low": c.low, "high": c.high, "n": c.n}
-    return out
 
 
 def _fmt_mean(mean, ci: dict | None) -> str:
@@ -405,9 +362,9 @@ def run(recipe: Recipe, steps: tuple[str, ...] = ("sample", "select", "train", "
     (run_dir / "config.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    model, tokenizer = load_policy(recipe)
+    model, tokenizer = load_policy(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code)
     seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
-    train_records = prompt_records(recipe, tokenizer, recipe.data.train_split, seq2seq)
+    train_records = prompt_records(recipe.data, tokenizer, recipe.data.train_split, seq2seq, recipe.seed)
     if recipe.data.max_train_prompts:
         train_records = train_records[: recipe.data.max_train_prompts]
     reward_set = build_reward_set(recipe)
@@ -446,7 +403,7 @@ def run(recipe: Recipe, steps: tuple[str, ...] = ("sample", "select", "train", "
     if "eval" in steps:
         t0 = time.perf_counter()
         console.print("[bold](d)[/bold] evaluating initial and trained policies on the test prompts")
-        test_records = prompt_records(recipe, tokenizer, recipe.data.test_split, seq2seq)
+        test_records = prompt_records(recipe.data, tokenizer, recipe.data.test_split, seq2seq, recipe.seed)
         systems = initial_and_trained(model, trainer)
         result = evaluate_step(recipe, tokenizer, reward_set, test_records, run_dir, systems)
         timings["eval"] = time.perf_counter() - t0

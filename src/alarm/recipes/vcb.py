@@ -7,7 +7,7 @@
 prompts for diagnostics), writes them in shards (a rerun skips finished shards), then fits the rewards on the
 training candidates and scores every candidate with the recipe's combination. The result is a ``datasets``
 dataset under ``<run>/samples/dataset`` with columns prompt_id, split, prompt, candidate_index, candidate,
-reward (the combined return) and raw_<name> for each reward (dense rewards: the sum of their values), plus the
+reward (the combined return) and raw_<name> for each reward (dense rewards: their mean value), plus the
 columns the rewards read. ``train`` trains on pairs of those candidates with the VCB loss (a reconstruction of
 the paper's — see alarm.trainers.vcb), VCB-hinge, DPO or IPO, writing to ``<run>/train-<loss>``.
 """
@@ -32,7 +32,11 @@ from alarm.config import (
     validate_recipe,
     validate_settings,
 )
+from alarm.data.prompts import prompt_records, reward_inputs
 from alarm.errors import AlarmError
+from alarm.io import write_text_atomic
+from alarm.models import is_encoder_decoder, load_policy
+from alarm.rewards.base import summarize
 from alarm.trainers.vcb import VCBConfig
 
 _STRICT = ConfigDict(extra="forbid")
@@ -93,88 +97,19 @@ def load_vcb_recipe(path: str | Path | None, overrides: list[str] | None = None)
 # ----------------------------------------------------------------------------------------------------------
 
 
-def load_qa_feedback_prompts(path: str | Path) -> list[dict]:
-    """QA-Feedback prompt file (list of {question, passages[{content}], answer[...]}) as QA records.
-
-    It has no split: every fifth question (index % 5 == 4) is held out as "test".
-    """
-    try:
-        items = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise AlarmError(f"cannot read QA-Feedback prompts {path}: {e}") from None
-    if not isinstance(items, list) or not items or not all(isinstance(x, dict) and "question" in x for x in items):
-        raise AlarmError(f"{path}: expected a JSON list of objects with 'question', 'passages', 'answer'")
-    out = []
-    for k, x in enumerate(items):
-        passages = [p.get("content", p.get("text", "")) if isinstance(p, dict) else str(p)
-                    for p in x.get("passages", [])]
-        answers = x.get("answer") or x.get("answers") or []
-        out.append({"id": f"qaf-{k:04d}", "split": "test" if k % 5 == 4 else "train", "question": x["question"],
-                    "passages": [p for p in passages if p], "reference": [answers] if isinstance(answers, str)
-                    else list(answers)})
-    return out
-
-
-def load_records(data: DataSpec) -> list[dict]:
-    """Records from the quickstart JSONL schema (alarm.data.qa) or a QA-Feedback ``.json`` prompt file."""
-    if data.path is not None and str(data.path).endswith(".json"):
-        return load_qa_feedback_prompts(data.path)
-    from alarm.data.qa import load_qa_jsonl
-
-    return [{"id": r.id, "split": r.split, "question": r.question, "passages": list(r.passages),
-             "reference": r.reference} for r in load_qa_jsonl(data.path)]
-
-
-def prompt_records(recipe: VCBRecipe, tokenizer) -> list[dict]:
-    """Train prompts (up to data.max_train_prompts) then held-out prompts (up to sample.eval_prompts)."""
-    from alarm.data.qa import format_prompt
-
-    recs = load_records(recipe.data)
-    train = [r for r in recs if r["split"] == recipe.data.train_split][: recipe.data.max_train_prompts]
-    test = [r for r in recs if r["split"] == recipe.data.test_split][: recipe.sample.eval_prompts]
-    if not train:
-        raise AlarmError(f"no prompts in split {recipe.data.train_split!r}; check data.path and data.train_split")
-    out = []
-    for split, rs in (("train", train), ("test", test)):
-        for r in rs:
-            prompt = format_prompt(tokenizer, r["question"], r["passages"], system=recipe.data.system_prompt)
-            out.append({"prompt_id": r["id"], "split": split, "prompt": prompt, "question": r["question"],
-                        "passages": r["passages"], "reference": r["reference"]})
-    return out
-
-
-def load_policy(spec: ModelSpec):
-    """(model, tokenizer) for a causal or encoder-decoder policy."""
-    from alarm.models import load_causal_lm, load_seq2seq_lm, load_tokenizer, resolve_model_path
-
-    tokenizer = load_tokenizer(spec.name)
-    try:
-        from transformers import AutoConfig
-
-        enc_dec = bool(AutoConfig.from_pretrained(resolve_model_path(spec.name)).is_encoder_decoder)
-    except (OSError, ValueError):
-        enc_dec = False  # let the loader produce its own clear error
-    loader = load_seq2seq_lm if enc_dec else load_causal_lm
-    return loader(spec.name, trust_remote_code=spec.trust_remote_code), tokenizer
+def vcb_records(recipe: VCBRecipe, tokenizer, seq2seq: bool) -> list[dict]:
+    """Train prompts (up to data.max_train_prompts) then held-out prompts (up to sample.eval_prompts), built by
+    :func:`alarm.data.prompts.prompt_records` — the records and the split PPO uses for the same data."""
+    d = recipe.data
+    train = prompt_records(d, tokenizer, d.train_split, seq2seq, recipe.seed)[: d.max_train_prompts]
+    test = prompt_records(d, tokenizer, d.test_split, seq2seq, recipe.seed)[: recipe.sample.eval_prompts]
+    return [{"prompt_id": r["id"], "split": split, **{k: v for k, v in r.items() if k != "id"}}
+            for split, rs in (("train", train), ("test", test)) for r in rs]
 
 
 # ----------------------------------------------------------------------------------------------------------
 # alarm vcb sample
 # ----------------------------------------------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _raw_value(v) -> float | None:
-    """A raw reward for storage: the number, or the sum of a dense reward's values."""
-    if v is None:
-        return None
-    values = v.values() if hasattr(v, "values") and callable(v.values) else None
-    return float(sum(values)) if values is not None else float(v)
 
 
 def run_sample(recipe: VCBRecipe, model=None, tokenizer=None, reward_set=None, progress: bool = True) -> Path:
@@ -198,10 +133,10 @@ def run_sample(recipe: VCBRecipe, model=None, tokenizer=None, reward_set=None, p
         print(f"samples already complete in {final}")
         return final
     shards.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "meta.json", json.dumps(meta, indent=2))
+    write_text_atomic(out / "meta.json", json.dumps(meta, indent=2))
     if model is None or tokenizer is None:
-        model, tokenizer = load_policy(recipe.model)
-    records = prompt_records(recipe, tokenizer)
+        model, tokenizer = load_policy(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code)
+    records = vcb_records(recipe, tokenizer, is_encoder_decoder(model))
 
     k_per = s.prompts_per_shard
     for k in range(0, len(records), k_per):
@@ -216,28 +151,27 @@ def run_sample(recipe: VCBRecipe, model=None, tokenizer=None, reward_set=None, p
                                progress=f"sampling {k + len(batch)}/{len(records)} prompts" if progress else None)
         lines = [json.dumps({**r, "candidate_index": c, "candidate": t})
                  for r, cands in zip(batch, texts) for c, t in enumerate(cands)]
-        _write_atomic(path, "\n".join(lines) + "\n")
+        write_text_atomic(path, "\n".join(lines) + "\n")
 
     rows = [json.loads(line) for p in sorted(shards.glob("shard-*.jsonl")) for line in p.read_text().splitlines()]
     rs = reward_set if reward_set is not None else build_reward_set(recipe.reward_recipe())
 
-    def columns(rs_rows):
-        return {k: [r[k] for r in rs_rows] for k in ("question", "passages", "reference")}
-
     train_rows = [r for r in rows if r["split"] == "train"]
-    rs.fit([r["question"] for r in train_rows], [r["candidate"] for r in train_rows], **columns(train_rows))
-    questions, cands = [r["question"] for r in rows], [r["candidate"] for r in rows]
-    returns, stats = rs.sequence_rewards(questions, cands, **columns(rows))
-    raw = rs.raw_scores(questions, cands, **columns(rows))
+    prompts, columns = reward_inputs(train_rows)
+    rs.fit(prompts, [r["candidate"] for r in train_rows], **columns)
+    prompts, columns = reward_inputs(rows)
+    cands = [r["candidate"] for r in rows]
+    returns, stats = rs.sequence_rewards(prompts, cands, **columns)
+    raw = rs.raw_scores(prompts, cands, **columns)
     for i, r in enumerate(rows):
         r["reward"] = float(returns[i])
         for name, vals in raw.items():
-            r[f"raw_{name}"] = _raw_value(vals[i])
+            r[f"raw_{name}"] = summarize(vals[i], r["candidate"])
     tmp = out / ".tmp-dataset"
     shutil.rmtree(tmp, ignore_errors=True)
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp))
-    _write_atomic(out / "reward_state.json", json.dumps(rs.state(), indent=2))
-    _write_atomic(out / "sample_stats.json", json.dumps(stats, indent=2))
+    write_text_atomic(out / "reward_state.json", json.dumps(rs.state(), indent=2))
+    write_text_atomic(out / "sample_stats.json", json.dumps(stats, indent=2))
     os.replace(tmp, final)
     print(f"wrote {len(rows)} candidates for {len(records)} prompts to {final} "
           f"(mean reward {sum(returns) / len(returns):+.3f})")
@@ -276,7 +210,7 @@ def run_train(recipe: VCBRecipe, resume: bool = False, model=None, tokenizer=Non
         reward_set = build_reward_set(recipe.reward_recipe())
         reward_set.load_state(json.loads((recipe.samples_dir() / "reward_state.json").read_text()))
     if model is None or tokenizer is None:
-        model, tokenizer = load_policy(recipe.model)
+        model, tokenizer = load_policy(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code)
     trainer = VCBTrainer(recipe.vcb, model, tokenizer, samples, out, reward_set=reward_set,
                          max_new_tokens=meta["max_new_tokens"],
                          reference_cache=recipe.samples_dir() / f"reference_logprobs-{_slug(recipe.model.name)}.pt")
@@ -286,7 +220,7 @@ def run_train(recipe: VCBRecipe, resume: bool = False, model=None, tokenizer=Non
     final = next((m for m in reversed(history) if any(k.startswith("eval/") for k in m)), {})
     if trainer.accelerator.is_main_process:
         summary = {"loss": recipe.vcb.loss, "pairs": len(trainer.pairs), "steps": trainer.step_idx, **final}
-        _write_atomic(out / "summary.json", json.dumps(summary, indent=2))
+        write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
         shown = {k: final.get(k) for k in ("eval/greedy_reward_mean", "eval/ranking_accuracy", "eval/corr")}
         print(f"{recipe.vcb.loss}: {trainer.step_idx} steps on {len(trainer.pairs)} pairs → {out}; "
               + ", ".join(f"{k[5:]} {v:.3f}" for k, v in shown.items() if v is not None))

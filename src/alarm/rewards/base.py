@@ -145,11 +145,30 @@ class FunctionReward:
         return self.fn(prompts, completions, **columns)
 
 
-def summarize(value: float | Dense | None) -> float | None:
-    """One number per response: the value itself, or the mean of a dense reward's emitted values."""
+def summarize(value: float | Dense | None, completion: str = "") -> float | None:
+    """One number per response: the value itself, or a dense reward's mean value (:func:`summarize_dense`)."""
     if value is None:
         return None
     if isinstance(value, Dense):
-        vals = value.values()
-        return sum(vals) / len(vals) if vals else None
+        return summarize_dense(value, completion)[0]
     return float(value)
+
+
+def summarize_dense(value: Dense, completion: str) -> tuple[float | None, float | None]:
+    """(mean emitted value, share of emitted values > 0) of one dense reward on one response.
+
+    Points count once each; spans (and ``default``) count per character they cover, so a token-level reward is
+    weighted by how much of the text each value covers. (None, None) when nothing was emitted.
+    """
+    values = [v for _, v in value.points]
+    if value.spans or value.default is not None:
+        per_char: list[float | None] = [value.default] * len(completion)
+        for start, end, v in value.spans:
+            for c in range(max(0, start), min(end, len(completion))):
+                per_char[c] = v
+        values += [v for v in per_char if v is not None]
+    if not values:
+        return None, None
+    return sum(values) / len(values), sum(v > 0 for v in values) / len(values)
+
+

@@ -12,7 +12,6 @@ Three things the original code got wrong and this file gets right (each has a te
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -21,103 +20,35 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from alarm import checkpoints
 from alarm.combine import RewardSet, over_nonempty
+from alarm.data.prompts import reward_inputs
 from alarm.errors import AlarmError
 from alarm.placement import token_char_ends
+from alarm.trainers.configs import PPOConfig
+from alarm.trainers.sequences import (
+    decoder_inputs,
+    entropy_from_logits,
+    eos_ids,
+    logprobs_from_logits,
+    masked_mean,
+    response_logits,
+    response_mask,
+    trainable_with_reference,
+)
 
 # ----------------------------------------------------------------------------------------------------------
 # Configuration
 # ----------------------------------------------------------------------------------------------------------
 
 
-class PPOConfig(BaseModel):
-    """PPO settings. Defaults are the paper's QA setting; MT used lr 5e-4, batch 32/16, 128 new tokens."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    # sampling (training); evaluation is greedy elsewhere
-    max_new_tokens: int = Field(200, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)
-    # optimisation
-    learning_rate: float = Field(2e-4, gt=0)
-    rollout_batch_size: int = Field(8, ge=1)  # prompts per step, per process
-    mini_batch_size: int = Field(4, ge=1)
-    grad_accum_steps: int = Field(2, ge=1)
-    ppo_epochs: int = Field(4, ge=1)
-    max_grad_norm: float | None = Field(None, gt=0)
-    # AdamW with weight_decay 0 is plain Adam, which the paper's trainer used (torch's AdamW default is 0.01).
-    weight_decay: float = Field(0.0, ge=0)
-    # The paper's trainer skipped a mini-batch whose mean ratio π/π_old exceeded 10 (a diverged batch); its
-    # loss is zeroed (so every process still runs the same backward) and counted in ppo/skipped_minibatches.
-    ratio_threshold: float | None = Field(10.0, gt=1)
-    # advantage estimation and losses
-    gamma: float = Field(1.0, ge=0, le=1)
-    lam: float = Field(0.95, ge=0, le=1)
-    whiten_advantages: bool = True
-    cliprange: float = Field(0.2, gt=0)
-    cliprange_value: float = Field(0.2, gt=0)
-    vf_coef: float = Field(0.1, ge=0)
-    target_kl: float = Field(0.1, gt=0)  # early-stop a rollout's epochs when approx KL > factor × target_kl
-    early_stop_kl_factor: float = Field(1.5, gt=0)
-    # KL penalty against the reference policy
-    kl_coef: float = Field(0.2, ge=0)
-    adaptive_kl: bool = True
-    kl_target: float = Field(6.0, gt=0)
-    kl_horizon: int = Field(10_000, ge=1)
-    # model adaptation
-    lora: bool = True
-    lora_r: int = Field(16, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
-    lora_target_modules: list[str] | None = None  # None: the attention projections found in the model
-    lora_layers: list[int] | None = None  # only these layer indices get adapters (a cheaper backward on CPU)
-    # Dropout off in the policy (LoRA's included): the rollout and the update then see the same network, so
-    # the ratio and the approximate KL start at exactly 1 and 0 (TRL does the same). false keeps dropout on
-    # in the update passes, and then lora_dropout acts too.
-    disable_dropout: bool = True
-    # run
-    steps: int = Field(100, ge=1)
-    seed: int = 42
-    save_every: int = Field(0, ge=0)  # 0: only at the end
-    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = "none"
-
-    @model_validator(mode="after")
-    def _check(self):
-        if self.mini_batch_size > self.rollout_batch_size:
-            raise ValueError(
-                f"mini_batch_size ({self.mini_batch_size}) exceeds rollout_batch_size ({self.rollout_batch_size})"
-            )
-        return self
-
-
 # ----------------------------------------------------------------------------------------------------------
 # The math: pure functions on tensors (tested against loop-based references)
 # ----------------------------------------------------------------------------------------------------------
-
-
-def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log π(token) for each position: ``logits`` [B, T, V], ``tokens`` [B, T] → [B, T]."""
-    logits = logits.float()
-    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    logp = F.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, reduce=None, shift_mean: bool = True) -> torch.Tensor:
@@ -193,16 +124,6 @@ class KLController:
             self.value *= 1.0 + error * n / self.horizon
 
 
-def response_mask(responses: torch.Tensor, eos_token_id: int | list[int] | None) -> torch.Tensor:
-    """1 for generated tokens up to and including the first EOS; 0 after it (padding)."""
-    if eos_token_id is None:
-        return torch.ones_like(responses, dtype=torch.float32)
-    eos_ids = torch.tensor(eos_token_id if isinstance(eos_token_id, list) else [eos_token_id], device=responses.device)
-    is_eos = torch.isin(responses, eos_ids).long()
-    eos_before = torch.cumsum(is_eos, dim=1) - is_eos  # EOS strictly before this position
-    return (eos_before == 0).float()
-
-
 _RESPONSE_KEYS = ("responses", "mask", "old_logprobs", "ref_logprobs", "old_values", "scores", "rewards", "advantages",
                   "returns", "decoder_input_ids", "decoder_mask")
 
@@ -233,64 +154,6 @@ def place_scores(token_rewards: list[torch.Tensor], mask: torch.Tensor) -> torch
 # The policy: a language model (LoRA by default) plus a value head on its last hidden state
 # ----------------------------------------------------------------------------------------------------------
 
-_ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "q", "k", "v", "o", "query", "key", "value",
-                    "c_attn", "c_proj", "qkv_proj", "out_proj", "Wqkv")
-
-
-def attention_projections(model: torch.nn.Module) -> list[str]:
-    """Names of the attention projection layers of ``model`` (the default LoRA targets)."""
-    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-             if isinstance(m, torch.nn.Linear) and ("attn" in n.lower() or "attention" in n.lower())}
-    found = sorted(n for n in names if n in _ATTENTION_NAMES)
-    if not found:
-        raise AlarmError("could not find attention projections for LoRA; set lora_target_modules in the config")
-    return found
-
-
-def disable_dropout(model: torch.nn.Module) -> int:
-    """Switch off every dropout in ``model``: dropout modules and the attention-dropout rates that attention
-    layers keep as plain floats (Llama's ``attention_dropout``). Returns how many were on.
-
-    Why: the RL losses compare two forward passes of the same weights (old vs new log-probs, policy vs
-    reference). With dropout on in one of them they differ by noise: on a T5 with dropout 0.1 the approximate
-    KL before any update is ~0.2, above PPO's early-stop limit, and VCB's Δρ at initialisation is not 0.
-    """
-    n = 0
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0:
-            m.p, n = 0.0, n + 1
-        for attr in ("attention_dropout", "attn_dropout", "dropout", "dropout_p", "activation_dropout"):
-            v = getattr(m, attr, None)
-            if isinstance(v, float) and v > 0:
-                setattr(m, attr, 0.0)
-                n += 1
-    return n
-
-
-def trainable_with_reference(model: torch.nn.Module, config) -> tuple[torch.nn.Module, torch.nn.Module | None]:
-    """(trained model, reference) from a config with the ``lora*`` and ``disable_dropout`` settings (PPO and
-    VCB share them).
-
-    LoRA: the reference is the same network with adapters disabled (returned as None: no second copy in
-    memory). Full fine-tuning: the reference is a frozen copy (in eval mode: no dropout).
-    """
-    if config.disable_dropout:
-        disable_dropout(model)
-    if not config.lora:
-        return model, copy.deepcopy(model).eval().requires_grad_(False)
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=config.lora_target_modules or attention_projections(model),
-                      layers_to_transform=config.lora_layers,
-                      task_type=TaskType.SEQ_2_SEQ_LM if seq2seq else TaskType.CAUSAL_LM)
-    peft_model = get_peft_model(model, lora)
-    if config.disable_dropout:
-        disable_dropout(peft_model)  # LoRA's own dropout too
-    return peft_model, None
-
-
 class PolicyWithValue(torch.nn.Module):
     """The trained language model and a scalar value head reading its last hidden state."""
 
@@ -312,27 +175,8 @@ class PolicyWithValue(torch.nn.Module):
             net, ctx = self.model, self.model.disable_adapter()
         else:
             net, ctx = self.model, nullcontext()
-        T = batch["responses"].shape[1]
         with ctx:
-            if self.is_encoder_decoder:
-                out = net(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"],
-                          decoder_input_ids=batch["decoder_input_ids"],
-                          decoder_attention_mask=batch["decoder_mask"], output_hidden_states=with_values)
-                logits = out.logits
-                hidden = out.decoder_hidden_states[-1] if with_values else None
-            else:
-                ids = torch.cat([batch["prompt_ids"], batch["responses"]], dim=1)
-                attn = torch.cat([batch["prompt_mask"], batch["mask"].long()], dim=1)
-                # Left-padded prompts: positions must count real tokens only, as in generate().
-                pos = (attn.cumsum(-1) - 1).clamp(min=0)
-                # The token at P + t is predicted from position P + t − 1: the first response token is
-                # predicted from the last prompt position (and so receives gradient). Only those T positions
-                # need logits: the LM head skips the prompt (less time, far less memory with a large vocabulary).
-                out = net(input_ids=ids, attention_mask=attn, position_ids=pos, output_hidden_states=with_values,
-                          logits_to_keep=T + 1)
-                P = batch["prompt_ids"].shape[1]
-                logits = out.logits[:, :T]
-                hidden = out.hidden_states[-1][:, P - 1 : P - 1 + T] if with_values else None
+            logits, hidden = response_logits(net, batch, self.is_encoder_decoder, with_hidden=with_values)
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1) if with_values else None
         return logits, values
 
@@ -408,7 +252,7 @@ class PPOTrainer:
         self.policy, self.optimizer = self.accelerator.prepare(policy, self.optimizer)
         self.kl = KLController(config.kl_coef, config.adaptive_kl, config.kl_target, config.kl_horizon)
         self.step_idx = 0
-        self.eos_ids = self._eos_ids()
+        self.eos_ids = eos_ids(self.unwrapped.model, tokenizer)
         if tokenizer.pad_token_id is None:
             raise AlarmError("the tokenizer has no pad token; set tokenizer.pad_token (e.g. to the EOS token)")
         self._seed_everything(config.seed + self.accelerator.process_index)
@@ -418,14 +262,6 @@ class PPOTrainer:
     @property
     def unwrapped(self) -> PolicyWithValue:
         return self.accelerator.unwrap_model(self.policy)
-
-    def _eos_ids(self) -> list[int]:
-        gen = getattr(self.unwrapped.model, "generation_config", None)
-        eos = getattr(gen, "eos_token_id", None) if gen is not None else None
-        eos = eos if eos is not None else self.tokenizer.eos_token_id
-        if eos is None:
-            raise AlarmError("the tokenizer defines no EOS token; PPO samples until EOS, so set one")
-        return eos if isinstance(eos, list) else [eos]
 
     def _tempered(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits of the distribution actually sampled from (temperature applied): old, new and reference
@@ -549,12 +385,7 @@ class PPOTrainer:
             raise RuntimeError("a response has no generated tokens (max_new_tokens must be ≥ 1)")
         batch = {**batch, "responses": responses, "mask": mask}
         if self.unwrapped.is_encoder_decoder:
-            start = self.unwrapped.model.config.decoder_start_token_id
-            if start is None:
-                start = self.tokenizer.pad_token_id
-            batch["decoder_input_ids"] = torch.cat(
-                [torch.full_like(responses[:, :1], start), responses[:, :-1]], dim=1)
-            batch["decoder_mask"] = torch.cat([torch.ones_like(mask[:, :1]), mask[:, :-1]], dim=1).long()
+            batch.update(decoder_inputs(self.unwrapped.model, self.tokenizer, responses, mask))
 
         # Score: decode exactly the generated tokens, map reward positions onto them, combine.
         t0 = time.perf_counter()
@@ -564,8 +395,7 @@ class PPOTrainer:
             text, e = token_char_ends(self.tokenizer, responses[i, :n].tolist())
             texts.append(text)
             ends.append(e)
-        columns = {k: [r.get(k) for r in records] for k in records[0] if k != "prompt"}
-        prompts_for_rewards = [r.get("question", r["prompt"]) for r in records]
+        prompts_for_rewards, columns = reward_inputs(records)
         combined, raw = self.reward_set.combine(prompts_for_rewards, texts, ends, **columns)
         scores = place_scores(combined.token_rewards, mask).to(responses.device)
         t_score = time.perf_counter() - t0
@@ -748,17 +578,3 @@ class PPOTrainer:
         self.reward_set.load_state(state["rewards"])
         self.step_idx = int(state["step"])
         return self.step_idx
-
-
-def load_trained_policy(checkpoint: str | os.PathLike, base_model) -> Any:
-    """The trained language model of a checkpoint (LoRA adapters merged onto ``base_model``, or full weights)."""
-    ckpt = Path(checkpoint)
-    state = json.loads((ckpt / "trainer_state.json").read_text())
-    if state["lora"]:
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(base_model, str(ckpt / "model")).merge_and_unload()
-    from safetensors.torch import load_file
-
-    base_model.load_state_dict(load_file(str(ckpt / "model" / "model.safetensors")), strict=False)
-    return base_model

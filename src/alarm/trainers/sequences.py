@@ -13,9 +13,9 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
 
 from alarm.errors import AlarmError
+from alarm.trainers.configs import LoRASettings
 
 # ---------------------------------------------------------------------------------------------- responses
 
@@ -86,20 +86,6 @@ def response_logits(net, batch: dict[str, torch.Tensor], is_encoder_decoder: boo
 
 
 # ------------------------------------------------------------------------------------------- LoRA + reference
-
-
-class LoRASettings(BaseModel):
-    """How the policy is adapted; PPOConfig and VCBConfig embed these (one set of defaults, DESIGN §2.4)."""
-
-    lora: bool = True  # false: full fine-tuning, the reference is a frozen copy
-    lora_r: int = Field(16, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)  # acts only with disable_dropout: false
-    lora_target_modules: list[str] | None = None  # None: the attention projections found in the model
-    lora_layers: list[int] | None = None  # only these layer indices get adapters (a cheaper backward on CPU)
-    # Dropout off in the policy (LoRA's included): two passes of the same weights then agree, so PPO's ratio
-    # starts at 1 and VCB's Δρ at 0 (TRL does the same). false keeps dropout on in the training passes.
-    disable_dropout: bool = True
 
 
 _ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "q", "k", "v", "o", "query", "key", "value",

@@ -29,64 +29,26 @@ import time
 from collections import defaultdict
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 
 from alarm import checkpoints
+from alarm.data.prompts import reward_inputs
 from alarm.errors import AlarmError
-from alarm.trainers.ppo import logprobs_from_logits, trainable_with_reference
+from alarm.trainers.configs import VCBConfig
+from alarm.trainers.sequences import (
+    decoder_inputs,
+    eos_ids,
+    logprobs_from_logits,
+    response_logits,
+    trainable_with_reference,
+)
 
 # ----------------------------------------------------------------------------------------------------------
 # Configuration
 # ----------------------------------------------------------------------------------------------------------
-
-LossName = Literal["vcb", "vcb_hinge", "dpo", "ipo"]
-
-
-class VCBConfig(BaseModel):
-    """Offline pair training. ``loss`` picks VCB (squared, default), its hinge variant, DPO or IPO."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    loss: LossName = "vcb"
-    beta: float = Field(0.1, gt=0)
-    sigma: Literal["global", "prompt"] = "global"  # reward std used to normalise the value gaps
-    pairs: Literal["all", "best_vs_rest"] = "all"
-    tie_tolerance: float = Field(1e-6, ge=0)  # pairs with |r_i − r_j| ≤ this are dropped
-    # optimisation
-    learning_rate: float = Field(5e-5, gt=0)
-    batch_size: int = Field(8, ge=1)  # pairs per optimizer step (all processes together)
-    micro_batch_size: int = Field(4, ge=1)  # pairs per forward pass (gradient accumulation below batch_size)
-    epochs: int = Field(1, ge=1)
-    max_steps: int | None = Field(None, ge=1)  # overrides epochs
-    max_grad_norm: float | None = Field(1.0, gt=0)
-    weight_decay: float = Field(0.0, ge=0)  # AdamW with 0 is plain Adam (torch's AdamW default would be 0.01)
-    max_response_tokens: int | None = Field(None, ge=1)  # truncate long candidates (None: keep whole)
-    # model adaptation
-    lora: bool = True
-    lora_r: int = Field(16, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
-    lora_target_modules: list[str] | None = None  # None: the attention projections found in the model
-    lora_layers: list[int] | None = None  # only these layer indices get adapters (cheaper backward on CPU)
-    # Dropout off in the policy: the training pass and the reference pass then agree, so Δρ = 0 at
-    # initialisation instead of dropout noise. false keeps dropout on in the training passes.
-    disable_dropout: bool = True
-    # diagnostics
-    eval_every: int = Field(0, ge=0)  # 0: before training and at the end only
-    eval_at_start: bool = True  # diagnostics of the initial policy (step 0)
-    eval_greedy: bool = True  # mean reward of greedy outputs on held-out prompts (needs a reward set)
-    eval_max_new_tokens: int = Field(64, ge=1)
-    eval_batch_size: int = Field(16, ge=1)
-    # run
-    seed: int = 42
-    save_every: int = Field(0, ge=0)  # 0: only at the end
-    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = "none"
-
 
 # ----------------------------------------------------------------------------------------------------------
 # The math: pure functions (hand-checked in tests)
@@ -206,12 +168,6 @@ def _groups_by_prompt(rows: list[dict], indices: list[int]) -> list[list[int]]:
     return list(groups.values())
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
-    eos = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
-    eos = tokenizer.eos_token_id if eos is None else eos
-    return list(eos) if isinstance(eos, (list, tuple)) else [eos]
-
-
 class Policy(torch.nn.Module):
     """The trained model (LoRA by default) and its reference: adapters disabled, or a frozen copy."""
 
@@ -228,21 +184,9 @@ class Policy(torch.nn.Module):
             net, ctx = self.model, self.model.disable_adapter()
         else:
             net, ctx = self.model, nullcontext()
-        responses, mask = batch["responses"], batch["mask"]
-        T = responses.shape[1]
         with ctx:
-            if self.is_encoder_decoder:
-                logits = net(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"],
-                             decoder_input_ids=batch["decoder_input_ids"],
-                             decoder_attention_mask=batch["decoder_mask"]).logits
-            else:
-                ids = torch.cat([batch["prompt_ids"], responses], dim=1)
-                attn = torch.cat([batch["prompt_mask"], mask.long()], dim=1)
-                pos = (attn.cumsum(-1) - 1).clamp(min=0)  # left-padded prompts: count real tokens only
-                # Keep only the T + 1 last positions: position P − 1 + t predicts response token t.
-                out = net(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1)
-                logits = out.logits[:, :-1]
-        return sequence_logprobs(logits, responses, mask)
+            logits, _ = response_logits(net, batch, self.is_encoder_decoder)
+        return sequence_logprobs(logits, batch["responses"], batch["mask"])
 
 
 class VCBTrainer:
@@ -294,7 +238,7 @@ class VCBTrainer:
         torch.manual_seed(config.seed)
         policy = Policy(model, config)
         self.is_encoder_decoder = policy.is_encoder_decoder
-        self.eos_ids = _eos_ids(policy.model, tokenizer)
+        self.eos_ids = eos_ids(policy.model, tokenizer)
         self.max_new_tokens = max_new_tokens
         self.reference_cache = Path(reference_cache) if reference_cache else None
         self.encoded = [self._encode(r) for r in rows]
@@ -340,10 +284,7 @@ class VCBTrainer:
         mask = torch.tensor([[1.0] * len(r) + [0.0] * (T - len(r)) for r in responses])
         batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "responses": resp, "mask": mask}
         if enc_dec:
-            start = self.unwrapped.model.config.decoder_start_token_id
-            start = pad if start is None else start
-            batch["decoder_input_ids"] = torch.cat([torch.full_like(resp[:, :1], start), resp[:, :-1]], dim=1)
-            batch["decoder_mask"] = torch.cat([torch.ones_like(mask[:, :1]), mask[:, :-1]], dim=1).long()
+            batch.update(decoder_inputs(self.unwrapped.model, self.tokenizer, resp, mask))
         dev = self.accelerator.device
         return {k: v.to(dev) for k, v in batch.items()}
 
@@ -472,10 +413,8 @@ class VCBTrainer:
         texts = [t[0] for t in generate_texts(self.unwrapped.model, self.tokenizer, [r["prompt"] for r in recs],
                                               max_new_tokens=self.config.eval_max_new_tokens,
                                               batch_size=self.config.eval_batch_size)]
-        skip = {"prompt", "prompt_id", "split", "candidate", "candidate_index", "reward"}
-        columns = {k: [r.get(k) for r in recs] for k in recs[0] if k not in skip and not k.startswith("raw_")}
-        returns, stats = self.reward_set.sequence_rewards([r.get("question", r["prompt"]) for r in recs],
-                                                          texts, **columns)
+        prompts, columns = reward_inputs(recs)
+        returns, stats = self.reward_set.sequence_rewards(prompts, texts, **columns)
         self.last_greedy = texts
         if self.accelerator.is_main_process:  # kept for inspection: what the diagnostics scored
             self.output_dir.mkdir(parents=True, exist_ok=True)

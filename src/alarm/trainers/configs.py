@@ -1,0 +1,108 @@
+"""The trainers' settings, beside them (as TRL keeps a config next to each trainer) and free of torch, so
+recipes validate a whole YAML file before anything heavy loads. Defaults are the papers' (DESIGN §2.4, §2.5)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class LoRASettings(BaseModel):
+    """How the policy is adapted; PPOConfig and VCBConfig embed these (one set of defaults, DESIGN §2.4)."""
+
+    lora: bool = True  # false: full fine-tuning, the reference is a frozen copy
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)  # acts only with disable_dropout: false
+    lora_target_modules: list[str] | None = None  # None: the attention projections found in the model
+    lora_layers: list[int] | None = None  # only these layer indices get adapters (a cheaper backward on CPU)
+    # Dropout off in the policy (LoRA's included): two passes of the same weights then agree, so PPO's ratio
+    # starts at 1 and VCB's Δρ at 0 (TRL does the same). false keeps dropout on in the training passes.
+    disable_dropout: bool = True
+
+
+class PPOConfig(LoRASettings):
+    """PPO settings (plus the LoRA/dropout settings of :class:`LoRASettings`). Defaults are the paper's QA
+    setting; MT used lr 5e-4, batch 32/16, 128 new tokens."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # sampling (training); evaluation is greedy elsewhere
+    max_new_tokens: int = Field(200, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    # optimisation
+    learning_rate: float = Field(2e-4, gt=0)
+    rollout_batch_size: int = Field(8, ge=1)  # prompts per step, per process
+    mini_batch_size: int = Field(4, ge=1)
+    grad_accum_steps: int = Field(2, ge=1)
+    ppo_epochs: int = Field(4, ge=1)
+    max_grad_norm: float | None = Field(None, gt=0)
+    # AdamW with weight_decay 0 is plain Adam, which the paper's trainer used (torch's AdamW default is 0.01).
+    weight_decay: float = Field(0.0, ge=0)
+    # The paper's trainer skipped a mini-batch whose mean ratio π/π_old exceeded 10 (a diverged batch); its
+    # loss is zeroed (so every process still runs the same backward) and counted in ppo/skipped_minibatches.
+    ratio_threshold: float | None = Field(10.0, gt=1)
+    # advantage estimation and losses
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    whiten_advantages: bool = True
+    cliprange: float = Field(0.2, gt=0)
+    cliprange_value: float = Field(0.2, gt=0)
+    vf_coef: float = Field(0.1, ge=0)
+    target_kl: float = Field(0.1, gt=0)  # early-stop a rollout's epochs when approx KL > factor × target_kl
+    early_stop_kl_factor: float = Field(1.5, gt=0)
+    # KL penalty against the reference policy
+    kl_coef: float = Field(0.2, ge=0)
+    adaptive_kl: bool = True
+    kl_target: float = Field(6.0, gt=0)
+    kl_horizon: int = Field(10_000, ge=1)
+    # run
+    steps: int = Field(100, ge=1)
+    seed: int = 42
+    save_every: int = Field(0, ge=0)  # 0: only at the end
+    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = "none"
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.mini_batch_size > self.rollout_batch_size:
+            raise ValueError(
+                f"mini_batch_size ({self.mini_batch_size}) exceeds rollout_batch_size ({self.rollout_batch_size})"
+            )
+        return self
+
+
+LossName = Literal["vcb", "vcb_hinge", "dpo", "ipo"]
+
+
+class VCBConfig(LoRASettings):
+    """Offline pair training. ``loss`` picks VCB (squared, default), its hinge variant, DPO or IPO."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    loss: LossName = "vcb"
+    beta: float = Field(0.1, gt=0)
+    sigma: Literal["global", "prompt"] = "global"  # reward std used to normalise the value gaps
+    pairs: Literal["all", "best_vs_rest"] = "all"
+    tie_tolerance: float = Field(1e-6, ge=0)  # pairs with |r_i − r_j| ≤ this are dropped
+    # optimisation
+    learning_rate: float = Field(5e-5, gt=0)
+    batch_size: int = Field(8, ge=1)  # pairs per optimizer step (all processes together)
+    micro_batch_size: int = Field(4, ge=1)  # pairs per forward pass (gradient accumulation below batch_size)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)  # overrides epochs
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    weight_decay: float = Field(0.0, ge=0)  # AdamW with 0 is plain Adam (torch's AdamW default would be 0.01)
+    max_response_tokens: int | None = Field(None, ge=1)  # truncate long candidates (None: keep whole)
+    # diagnostics
+    eval_every: int = Field(0, ge=0)  # 0: before training and at the end only
+    eval_at_start: bool = True  # diagnostics of the initial policy (step 0)
+    eval_greedy: bool = True  # mean reward of greedy outputs on held-out prompts (needs a reward set)
+    eval_max_new_tokens: int = Field(64, ge=1)
+    eval_batch_size: int = Field(16, ge=1)
+    # run
+    seed: int = 42
+    save_every: int = Field(0, ge=0)  # 0: only at the end
+    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = "none"
