@@ -374,14 +374,14 @@ def test_unknown_key_is_a_one_line_error(tmp_path):
 
 
 def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):
-    from alarm.recipes.vcb import main
+    from alarm.cli import main
 
-    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["vcb", "train", "--config", str(tmp_path / "missing.yaml")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("alarm: error: recipe") and "\n" not in err
     good = tmp_path / "r.yaml"
     good.write_text("vcb:\n  loss: dpo\n")
-    assert main(["sample", "--config", str(good), "vcb.bogus=1"]) == 2
+    assert main(["vcb", "sample", "--config", str(good), "vcb.bogus=1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "alarm: error: vcb.bogus: unknown setting; check its spelling against the documented keys"
 

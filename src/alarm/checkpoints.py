@@ -80,3 +80,19 @@ def load_checkpoint(ckpt: Path, model, optimizer, lora: bool, rank: int) -> None
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
+
+
+def restore(output_dir: str | os.PathLike, path: str | os.PathLike | None, model, optimizer, rank: int,
+            expected: dict) -> dict | None:
+    """Load the given (or the latest) checkpoint of ``output_dir`` into ``model`` and ``optimizer``; returns its
+    trainer state, or None when there is none. ``expected`` settings (e.g. ``lora``) must match the state's."""
+    ckpt = Path(path) if path else latest_checkpoint(output_dir)
+    if ckpt is None:
+        return None
+    state = read_state(ckpt)
+    differ = {k: state.get(k) for k, v in expected.items() if state.get(k) != v}
+    if differ:
+        raise AlarmError(f"checkpoint {ckpt} was trained with {', '.join(f'{k}={v}' for k, v in differ.items())}; "
+                         "use the same settings or a new output directory")
+    load_checkpoint(ckpt, model, optimizer, bool(state["lora"]), rank)
+    return {**state, "path": str(ckpt)}

@@ -80,7 +80,9 @@ class EvalSpec(BaseModel):
     max_prompts: int | None = Field(None, ge=1)
 
 
-class Recipe(BaseModel):
+class RunSpec(BaseModel):
+    """The sections every run shares (PPO and VCB recipes extend it): what to train, on what, with which rewards."""
+
     model_config = _STRICT
     name: str = "run"
     output_dir: str | None = None  # default runs/<name>
@@ -89,16 +91,21 @@ class Recipe(BaseModel):
     data: DataSpec = Field(default_factory=DataSpec)
     rewards: RewardsSpec = Field(default_factory=RewardsSpec)
     combine: dict[str, Any] = Field(default_factory=dict)  # CombineConfig settings
-    sample: SampleSpec = Field(default_factory=SampleSpec)
-    selection: SelectionSpec = Field(default_factory=SelectionSpec)
-    ppo: PPOConfig = Field(default_factory=PPOConfig)
-    eval: EvalSpec = Field(default_factory=EvalSpec)
 
     def combine_config(self) -> CombineConfig:
         return build_dataclass(CombineConfig, self.combine, "combine")
 
     def run_dir(self) -> Path:
         return Path(self.output_dir or f"runs/{self.name}")
+
+
+class Recipe(RunSpec):
+    """A PPO run (`alarm run / train / quickstart`)."""
+
+    sample: SampleSpec = Field(default_factory=SampleSpec)
+    selection: SelectionSpec = Field(default_factory=SelectionSpec)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
 
 
 def build_dataclass(cls, settings: dict, where: str):
@@ -174,8 +181,10 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
     return validate_recipe(read_settings(path, overrides))
 
 
-def validate_recipe(data: dict) -> Recipe:
-    recipe = validate_settings(Recipe, data)
+def validate_recipe(data: dict, model_cls=Recipe):
+    """A recipe (``model_cls``: :class:`Recipe`, or another :class:`RunSpec`) validated whole: settings, the
+    combine section and every reward's settings, before anything loads."""
+    recipe = validate_settings(model_cls, data)
     recipe.combine_config()  # validate now, not mid-run
     for where, spec in _reward_specs(recipe.rewards):
         _check_reward_spec(where, spec)
@@ -255,7 +264,7 @@ def build_reward(where: str, spec: dict, encoder_name: str | None, default_name:
     return reward
 
 
-def build_reward_set(recipe: Recipe, aspects: list[str] | None = None) -> RewardSet:
+def build_reward_set(recipe: RunSpec, aspects: list[str] | None = None) -> RewardSet:
     """The recipe's rewards as a :class:`RewardSet` (only ``aspects`` if given, e.g. after selection)."""
     spec = recipe.rewards
     holistic = build_reward("rewards.holistic", spec.holistic, spec.encoder, "holistic") if spec.holistic else None

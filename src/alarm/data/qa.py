@@ -14,7 +14,6 @@ quickstart runs with no network and no downloads.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 from jinja2 import TemplateError
 
 from alarm.errors import AlarmError
+from alarm.io import jsonl_lines
 
 SPLITS = ("train", "test")
 MIN_PASSAGES, MAX_PASSAGES = 2, 4
@@ -65,17 +65,6 @@ def _check(obj) -> str | None:
     ):
         return f"field 'passages' must be a list of {MIN_PASSAGES}-{MAX_PASSAGES} strings"
     return None
-
-
-def jsonl_lines(name: str, text: str):
-    """``(line number, parsed object)`` for each non-blank line; bad JSON names the file and the line."""
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield lineno, json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise AlarmError(f"{name} line {lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
 
 
 def load_qa_jsonl(path: str | Path | None = None) -> list[QARecord]:

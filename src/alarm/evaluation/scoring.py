@@ -18,7 +18,7 @@ import json
 import os
 from pathlib import Path
 
-from alarm.data.prompts import reward_inputs
+from alarm.data.prompts import prompt_records, reward_inputs
 from alarm.errors import AlarmError
 from alarm.io import read_jsonl
 from alarm.rewards.base import summarize_dense
@@ -42,7 +42,7 @@ def load_prompt_set(path: str | None, tokenizer, split: str = "test", system: st
     """Prompt records ``{"id", "prompt", ...columns}`` from a QA JSONL (alarm.data.qa format; the prompt is built
     with the model's chat template) or a plain JSONL of ``{"id", "prompt", ...}`` (used as is, or wrapped in the
     chat template with ``chat=True``). None = the packaged quickstart set."""
-    from alarm.data.qa import format_prompt, load_qa_jsonl
+    from alarm.config import DataSpec
 
     first = None
     if path is not None:
@@ -50,15 +50,12 @@ def load_prompt_set(path: str | None, tokenizer, split: str = "test", system: st
             first = rec
         if first is None:
             raise AlarmError(f"prompt file {path} has no records")
-    if path is None or "question" in first:
-        records = load_qa_jsonl(path)
-        if split != "all":
-            records = [r for r in records if r.split == split]
-            if not records:
-                raise AlarmError(f"no prompts in split {split!r}; use --split train, test or all")
-        return [{"id": r.id, "prompt": format_prompt(tokenizer, r.question, r.passages, system),
-                 "question": r.question, "passages": r.passages, "reference": r.reference, "split": r.split}
-                for r in records]
+    if path is None or "question" in first:  # the QA format: records built as training builds them
+        if split not in ("train", "test", "all"):
+            raise AlarmError(f"no prompts in split {split!r}; use --split train, test or all")
+        data = DataSpec(path=path, system_prompt=system)
+        return [{**r, "split": s} for s in (("train", "test") if split == "all" else (split,))
+                for r in prompt_records(data, tokenizer, s)]
     out, seen = [], set()
     for i, r in enumerate(read_jsonl(path, "prompt file"), start=1):
         if "id" not in r or not isinstance(r.get("prompt"), str) or not r["prompt"]:

@@ -1,12 +1,7 @@
 """`alarm generate`, `alarm score`, `alarm select`, `alarm compare`: the evaluation loop on a user's own files.
 
-File formats (JSONL, one object per line):
-- **generations**: ``{"prompt_id", "sample", "prompt", "completion", ...the prompt record's other columns}``;
-  a sidecar ``<file>.meta.json`` records how they were made (policy, decoding) so a resume cannot mix settings.
-- **scored generations**: the same records plus ``"scores": {metric: value}``. Sequence rewards give ``<name>``
-  (raw) and ``<name>.z`` (normalised, when normalisers are given or fitted); dense rewards are summarised per
-  response as ``<name>.mean_emitted`` (mean of the values it emitted) and ``<name>.share_positive`` (share of
-  those values > 0). The sidecar names each metric's direction (higher or lower is better).
+The file formats (generations, scored generations and their ``.meta.json`` sidecars) are those of
+:mod:`alarm.evaluation.scoring`; a run's own evaluation writes the same files through the same functions.
 """
 
 from __future__ import annotations
@@ -25,6 +20,7 @@ from alarm.evaluation.scoring import (
     load_normalizer_file,
     load_prompt_set,
     meta_path,
+    normalize_scores,
     read_scored,
     score_records,
 )
@@ -182,13 +178,7 @@ def score(args: argparse.Namespace) -> int:
     else:
         _info("score: no --normalizers / --fit given: writing raw values only")
     for f, (scores, described) in results.items():
-        described = dict(described)
-        for name, n in normalizers.items():
-            if name not in described or described[name]["kind"] != "raw":
-                continue
-            for s in scores:
-                s[f"{name}.z"] = n(s.get(name))
-            described[f"{name}.z"] = {**described[name], "kind": f"z-normalised (mean {n.mean:.4g}, std {n.std:.4g})"}
+        described = normalize_scores(scores, described, normalizers)
         target = Path(args.out) if args.out else Path(args.out_dir or Path(f).parent) / (_stem(f) + ".scored.jsonl")
         write_jsonl_atomic(target, [{**r, "scores": s} for r, s in zip(inputs[f], scores)])
         write_json_atomic(meta_path(target), {"source": str(f), "rewards_config": str(args.rewards),

@@ -14,24 +14,14 @@ the paper's — see alarm.trainers.vcb), VCB-hinge, DPO or IPO, writing to ``<ru
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from alarm.config import (
-    DataSpec,
-    ModelSpec,
-    RewardsSpec,
-    build_reward_set,
-    read_settings,
-    validate_recipe,
-    validate_settings,
-)
+from alarm.config import RunSpec, build_reward_set, read_settings, validate_recipe
 from alarm.data.prompts import prompt_records, reward_inputs
 from alarm.errors import AlarmError
 from alarm.io import write_text_atomic
@@ -54,23 +44,13 @@ class VCBSampleSpec(BaseModel):
     batch_size: int = Field(16, ge=1)  # sequences per generate() call
 
 
-class VCBRecipe(BaseModel):
-    """A VCB run: shared model/data/rewards/combine sections (as in alarm.config.Recipe), sampling, training."""
+class VCBRecipe(RunSpec):
+    """A VCB run: the shared sections of every run (alarm.config.RunSpec), sampling, training."""
 
-    model_config = _STRICT
     name: str = "vcb"
-    output_dir: str | None = None  # default runs/<name>
-    seed: int = 42
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    data: DataSpec = Field(default_factory=DataSpec)
-    rewards: RewardsSpec = Field(default_factory=RewardsSpec)
-    combine: dict[str, Any] = Field(default_factory=dict)
     sample: VCBSampleSpec = Field(default_factory=VCBSampleSpec)
     vcb: VCBConfig = Field(default_factory=VCBConfig)
     train_dir: str | None = None  # default <run>/train-<loss>
-
-    def run_dir(self) -> Path:
-        return Path(self.output_dir or f"runs/{self.name}")
 
     def samples_dir(self) -> Path:
         return self.run_dir() / "samples"
@@ -78,18 +58,10 @@ class VCBRecipe(BaseModel):
     def training_dir(self) -> Path:
         return Path(self.train_dir) if self.train_dir else self.run_dir() / f"train-{self.vcb.loss}"
 
-    def reward_recipe(self):
-        """The shared sections as an alarm.config.Recipe (validated there; used by build_reward_set)."""
-        return validate_recipe({"name": self.name, "seed": self.seed, "model": self.model.model_dump(),
-                                "data": self.data.model_dump(), "rewards": self.rewards.model_dump(),
-                                "combine": self.combine})
-
 
 def load_vcb_recipe(path: str | Path | None, overrides: list[str] | None = None) -> VCBRecipe:
     """Read and validate a VCB recipe; unknown keys and bad values fail with one line naming the key."""
-    recipe = validate_settings(VCBRecipe, read_settings(path, overrides))
-    recipe.reward_recipe()  # reward and combine sections: validated now, not after sampling
-    return recipe
+    return validate_recipe(read_settings(path, overrides), VCBRecipe)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -154,7 +126,7 @@ def run_sample(recipe: VCBRecipe, model=None, tokenizer=None, reward_set=None, p
         write_text_atomic(path, "\n".join(lines) + "\n")
 
     rows = [json.loads(line) for p in sorted(shards.glob("shard-*.jsonl")) for line in p.read_text().splitlines()]
-    rs = reward_set if reward_set is not None else build_reward_set(recipe.reward_recipe())
+    rs = reward_set if reward_set is not None else build_reward_set(recipe)
 
     train_rows = [r for r in rows if r["split"] == "train"]
     prompts, columns = reward_inputs(train_rows)
@@ -207,7 +179,7 @@ def run_train(recipe: VCBRecipe, resume: bool = False, model=None, tokenizer=Non
         raise AlarmError(f"{out} already holds a run; pass --resume to continue it or set train_dir elsewhere")
     reward_set = None
     if recipe.vcb.eval_greedy:
-        reward_set = build_reward_set(recipe.reward_recipe())
+        reward_set = build_reward_set(recipe)
         reward_set.load_state(json.loads((recipe.samples_dir() / "reward_state.json").read_text()))
     if model is None or tokenizer is None:
         model, tokenizer = load_policy(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code)
@@ -255,21 +227,3 @@ def add_commands(subparsers) -> None:
         if name == "train":
             p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
         p.set_defaults(handler=fn)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m alarm.recipes.vcb sample --config …``) until the CLI wires ``vcb`` in."""
-    import sys
-
-    parser = argparse.ArgumentParser(prog="alarm")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["vcb", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.handler(args) or 0)
-    except AlarmError as e:
-        print(f"alarm: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

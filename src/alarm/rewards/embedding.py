@@ -130,7 +130,23 @@ def _signed_points(sims_best, spans, threshold: float, value: float) -> tuple[tu
     return tuple((end, value if float(s) >= threshold else -value) for (_, end), s in zip(spans, sims_best))
 
 
-class GroundingReward:
+class _SimilarityPoints:
+    """±value at each piece of a response, by whether its best similarity reaches threshold (the shared settings
+    of the grounding and relevance rewards)."""
+
+    higher_is_better = True
+    dense = True
+
+    def __init__(self, encoder, column, threshold: float, value: float, name: str):
+        _check_threshold_value(name, threshold, value)
+        self.encoder = _resolve_encoder(encoder)
+        self.column = column
+        self.threshold = float(threshold)
+        self.value = float(value)
+        self.name = name
+
+
+class GroundingReward(_SimilarityPoints):
     """Sentence-level factuality proxy: is each sentence close to some sentence of the given passages?
 
     Each completion sentence gets ``+value`` at its last character when its best cosine similarity to any
@@ -144,12 +160,7 @@ class GroundingReward:
 
     def __init__(self, encoder=None, column: str = "passages", threshold: float = 0.6, value: float = 0.5,
                  name: str = "grounding"):
-        _check_threshold_value(name, threshold, value)
-        self.encoder = _resolve_encoder(encoder)
-        self.column = column
-        self.threshold = float(threshold)
-        self.value = float(value)
-        self.name = name
+        _SimilarityPoints.__init__(self, encoder, column, threshold, value, name)
 
     def __call__(self, prompts, completions, **columns) -> list[Dense | None]:
         check_batch(self.name, prompts, completions)
@@ -176,7 +187,7 @@ class GroundingReward:
         return out
 
 
-class RelevanceReward:
+class RelevanceReward(_SimilarityPoints):
     """Sub-sentence-level relevance proxy: is each clause close to the question?
 
     Each sub-sentence gets ``+value`` at its last character when its cosine similarity to the question reaches
@@ -189,12 +200,7 @@ class RelevanceReward:
 
     def __init__(self, encoder=None, column: str | None = None, threshold: float = 0.3, value: float = 0.3,
                  name: str = "relevance"):
-        _check_threshold_value(name, threshold, value)
-        self.encoder = _resolve_encoder(encoder)
-        self.column = column
-        self.threshold = float(threshold)
-        self.value = float(value)
-        self.name = name
+        _SimilarityPoints.__init__(self, encoder, column, threshold, value, name)
 
     def __call__(self, prompts, completions, **columns) -> list[Dense | None]:
         check_batch(self.name, prompts, completions)

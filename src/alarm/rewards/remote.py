@@ -45,6 +45,41 @@ def _first_line(text: str, limit: int = 200) -> str:
     return (text.splitlines()[0] if text else "")[:limit]
 
 
+def post_json(session, endpoint: str, body: dict, timeout: float, retries: int, backoff: float, who: str,
+              counter=None):
+    """POST ``body`` as JSON and return the decoded answer. Connection failures, timeouts and HTTP 429/5xx
+    are retried with exponential backoff; a 4xx answer or invalid JSON raises at once (retrying cannot help).
+    Every failure is one :class:`AlarmError` line naming the server, never the request headers."""
+    import requests
+
+    attempts = 1 + retries
+    problem = ""
+    for attempt in range(attempts):
+        if counter is not None:
+            counter.requests_sent += 1
+        try:
+            resp = session.post(endpoint, json=body, timeout=timeout)
+        except requests.Timeout:
+            problem = f"no answer within {timeout:g} s"
+        except requests.ConnectionError:
+            problem = "cannot connect"
+        else:
+            if resp.status_code == 429 or resp.status_code >= 500:
+                problem = f"HTTP {resp.status_code} {_first_line(resp.text, 120)}".rstrip()
+            elif resp.status_code >= 400:
+                raise AlarmError(f"{who}: {endpoint} rejected the request: HTTP {resp.status_code} "
+                                 f"{_first_line(resp.text)}")
+            else:
+                try:
+                    return resp.json()
+                except ValueError:
+                    raise AlarmError(f"{who}: {endpoint} answered with invalid JSON: {resp.text[:120]!r}") from None
+        if attempt + 1 < attempts:
+            time.sleep(backoff * 2**attempt)
+    raise AlarmError(f"{who}: server {endpoint} failed after {attempts} attempts ({problem}); start it or fix "
+                     "the url (or raise the timeout)")
+
+
 class RemoteReward:
     """Scores (prompt, completion) pairs with a served reward model; see the module docstring."""
 
@@ -93,34 +128,8 @@ class RemoteReward:
     # -- HTTP -----------------------------------------------------------------------------------------
 
     def _post(self, body: dict):
-        import requests
-
-        attempts = 1 + self.retries
-        problem = ""
-        for attempt in range(attempts):
-            try:
-                self.requests_sent += 1
-                resp = self.session.post(self.endpoint, json=body, timeout=self.timeout)
-            except requests.Timeout:
-                problem = f"no answer within {self.timeout:g} s"
-            except requests.ConnectionError:
-                problem = "cannot connect"
-            else:
-                if resp.status_code == 429 or resp.status_code >= 500:
-                    problem = f"HTTP {resp.status_code} {_first_line(resp.text, 120)}".rstrip()
-                elif resp.status_code >= 400:
-                    raise AlarmError(f"reward {self.name!r}: {self.endpoint} rejected the request: HTTP "
-                                     f"{resp.status_code} {_first_line(resp.text)} (check api, model, template)")
-                else:
-                    try:
-                        return resp.json()
-                    except ValueError:
-                        raise AlarmError(f"reward {self.name!r}: {self.endpoint} answered with invalid JSON: "
-                                         f"{resp.text[:120]!r}") from None
-            if attempt + 1 < attempts:
-                time.sleep(self.backoff * 2**attempt)
-        raise AlarmError(f"reward {self.name!r}: reward server {self.endpoint} failed after {attempts} attempts "
-                         f"({problem}); start it or fix `url` (or raise `timeout`)")
+        return post_json(self.session, self.endpoint, body, self.timeout, self.retries, self.backoff,
+                         who=f"reward {self.name!r}", counter=self)
 
     # -- one API each -----------------------------------------------------------------------------------
 
@@ -235,4 +244,4 @@ class RemoteReward:
         return out
 
 
-__all__ = ["APIS", "RemoteReward"]
+__all__ = ["APIS", "RemoteReward", "post_json"]

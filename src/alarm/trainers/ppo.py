@@ -12,12 +12,11 @@ Three things the original code got wrong and this file gets right (each has a te
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,12 +29,14 @@ from alarm.data.prompts import reward_inputs
 from alarm.errors import AlarmError
 from alarm.placement import token_char_ends
 from alarm.trainers.configs import PPOConfig
+from alarm.trainers.runtime import log_metrics, make_accelerator, make_optimizer
 from alarm.trainers.sequences import (
     decoder_inputs,
     entropy_from_logits,
     eos_ids,
     logprobs_from_logits,
     masked_mean,
+    policy_or_reference,
     response_logits,
     response_mask,
     trainable_with_reference,
@@ -169,12 +170,7 @@ class PolicyWithValue(torch.nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor], with_values: bool = True, reference: bool = False):
         """Logits (and values) at the positions that predict each response token: [B, T, V] and [B, T]."""
-        if reference and self.ref_model is not None:
-            net, ctx = self.ref_model, nullcontext()
-        elif reference:
-            net, ctx = self.model, self.model.disable_adapter()
-        else:
-            net, ctx = self.model, nullcontext()
+        net, ctx = policy_or_reference(self.model, self.ref_model, reference)
         with ctx:
             logits, hidden = response_logits(net, batch, self.is_encoder_decoder, with_hidden=with_values)
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1) if with_values else None
@@ -231,8 +227,6 @@ class PPOTrainer:
 
     def __init__(self, config: PPOConfig, model, tokenizer, reward_set: RewardSet, prompts: list[dict],
                  output_dir: str | os.PathLike, accelerator=None):
-        from accelerate import Accelerator
-
         if not prompts:
             raise AlarmError("the prompt set is empty; give at least one training prompt")
         missing = [i for i, p in enumerate(prompts) if not isinstance(p.get("prompt"), str)]
@@ -243,12 +237,10 @@ class PPOTrainer:
         self.reward_set = reward_set
         self.prompts = prompts
         self.output_dir = Path(output_dir)
-        self.accelerator = accelerator or Accelerator(
-            log_with=None if config.report_to == "none" else config.report_to, project_dir=str(output_dir))
+        self.accelerator = accelerator or make_accelerator(config.report_to, output_dir)
         torch.manual_seed(config.seed)  # same value-head init on every rank
         policy = PolicyWithValue(model, config)
-        self.optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad],
-                                           lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.optimizer = make_optimizer(policy, config.learning_rate, config.weight_decay)
         self.policy, self.optimizer = self.accelerator.prepare(policy, self.optimizer)
         self.kl = KLController(config.kl_coef, config.adaptive_kl, config.kl_target, config.kl_horizon)
         self.step_idx = 0
@@ -532,11 +524,7 @@ class PPOTrainer:
             while self.step_idx < total:
                 m = self.step()
                 history.append(m)
-                if main:
-                    with open(self.output_dir / "metrics.jsonl", "a") as f:
-                        f.write(json.dumps(m) + "\n")
-                if self.config.report_to != "none":
-                    acc.log(m, step=m["step"])
+                log_metrics(acc, self.output_dir, m, self.config.report_to)
                 info = (f"return {m['return/mean']:+.2f} gate {m.get('gate_open_rate', 0):.2f} "
                         f"kl {m['kl']:.2f} len {m['length/tokens']:.0f}")
                 bar.update(task, completed=self.step_idx, info=info)
@@ -563,17 +551,13 @@ class PPOTrainer:
 
     def resume(self, path: str | os.PathLike | None = None) -> int:
         """Load the latest (or given) checkpoint; returns the step it continues from (0 if none)."""
-        ckpt = Path(path) if path else checkpoints.latest_checkpoint(self.output_dir)
-        if ckpt is None:
+        state = checkpoints.restore(self.output_dir, path, self.unwrapped.model, self.optimizer,
+                                    self.accelerator.process_index, {"lora": self.config.lora})
+        if state is None:
             return 0
-        state = checkpoints.read_state(ckpt)
-        if bool(state["lora"]) != self.config.lora:
-            raise AlarmError(f"checkpoint {ckpt} was trained with lora={state['lora']}; set lora accordingly")
         from safetensors.torch import load_file
 
-        checkpoints.load_checkpoint(ckpt, self.unwrapped.model, self.optimizer, self.config.lora,
-                                    self.accelerator.process_index)
-        self.unwrapped.value_head.load_state_dict(load_file(str(ckpt / "value_head.safetensors")))
+        self.unwrapped.value_head.load_state_dict(load_file(str(Path(state["path"]) / "value_head.safetensors")))
         self.kl.value = float(state["beta"])
         self.reward_set.load_state(state["rewards"])
         self.step_idx = int(state["step"])

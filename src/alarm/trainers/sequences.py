@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -143,3 +144,13 @@ def trainable_with_reference(model: torch.nn.Module, settings: LoRASettings) -> 
     if settings.disable_dropout:
         disable_dropout(peft_model)  # LoRA's own dropout too
     return peft_model, None
+
+
+def policy_or_reference(model, ref_model, reference: bool):
+    """``(network, context)`` to run: the policy, or the reference — the frozen copy, or (LoRA) the policy with
+    its adapters disabled inside the context."""
+    if reference and ref_model is not None:
+        return ref_model, nullcontext()
+    if reference:
+        return model, model.disable_adapter()
+    return model, nullcontext()

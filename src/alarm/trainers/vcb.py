@@ -38,10 +38,12 @@ from alarm import checkpoints
 from alarm.data.prompts import reward_inputs
 from alarm.errors import AlarmError
 from alarm.trainers.configs import VCBConfig
+from alarm.trainers.runtime import log_metrics, make_accelerator, make_optimizer
 from alarm.trainers.sequences import (
     decoder_inputs,
     eos_ids,
     logprobs_from_logits,
+    policy_or_reference,
     response_logits,
     trainable_with_reference,
 )
@@ -178,12 +180,7 @@ class Policy(torch.nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor], reference: bool = False) -> torch.Tensor:
         """Summed log-probs of each row's response tokens, [B]."""
-        if reference and self.ref_model is not None:
-            net, ctx = self.ref_model, nullcontext()
-        elif reference:
-            net, ctx = self.model, self.model.disable_adapter()
-        else:
-            net, ctx = self.model, nullcontext()
+        net, ctx = policy_or_reference(self.model, self.ref_model, reference)
         with ctx:
             logits, _ = response_logits(net, batch, self.is_encoder_decoder)
         return sequence_logprobs(logits, batch["responses"], batch["mask"])
@@ -201,20 +198,15 @@ class VCBTrainer:
     def __init__(self, config: VCBConfig, model, tokenizer, samples, output_dir: str | os.PathLike,
                  reward_set=None, accelerator=None, max_new_tokens: int | None = None,
                  reference_cache: str | os.PathLike | None = None):
-        from accelerate import Accelerator
-
         rows = samples.to_list() if hasattr(samples, "to_list") else list(samples)
         for k in ("prompt_id", "prompt", "candidate", "reward"):
             if rows and k not in rows[0]:
                 raise AlarmError(f"the samples have no {k!r} column; create them with `alarm vcb sample`")
-        self.config = config
-        self.tokenizer = tokenizer
-        self.reward_set = reward_set
         self.rows = rows
-        self.output_dir = Path(output_dir)
-        self.accelerator = accelerator or Accelerator(
-            log_with=None if config.report_to == "none" else config.report_to, project_dir=str(output_dir))
         self.rewards = np.array([float(r["reward"]) for r in rows], dtype=np.float64)
+        self.config, self.tokenizer, self.reward_set = config, tokenizer, reward_set
+        self.output_dir = Path(output_dir)
+        self.accelerator = accelerator or make_accelerator(config.report_to, output_dir)
         train = [i for i, r in enumerate(rows) if r.get("split", "train") == "train"]
         test = [i for i, r in enumerate(rows) if r.get("split", "train") == "test"]
 
@@ -242,8 +234,7 @@ class VCBTrainer:
         self.max_new_tokens = max_new_tokens
         self.reference_cache = Path(reference_cache) if reference_cache else None
         self.encoded = [self._encode(r) for r in rows]
-        self.optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad],
-                                           lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.optimizer = make_optimizer(policy, config.learning_rate, config.weight_decay)
         self.policy, self.optimizer = self.accelerator.prepare(policy, self.optimizer)
         self.steps_per_epoch = math.ceil(len(self.pairs) / config.batch_size)
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
@@ -442,11 +433,7 @@ class VCBTrainer:
 
         def log(m):
             history.append(m)
-            if main:
-                with open(self.output_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(m) + "\n")
-            if c.report_to != "none":
-                acc.log({k: v for k, v in m.items() if v is not None}, step=m["step"])
+            log_metrics(acc, self.output_dir, m, c.report_to)
 
         if self.step_idx == 0 and c.eval_at_start:
             log(self.evaluate())
@@ -481,15 +468,10 @@ class VCBTrainer:
 
     def resume(self, path: str | os.PathLike | None = None) -> int:
         """Load the latest (or given) checkpoint; returns the step training continues from (0 if none)."""
-        ckpt = Path(path) if path else checkpoints.latest_checkpoint(self.output_dir)
-        if ckpt is None:
+        state = checkpoints.restore(self.output_dir, path, self.unwrapped.model, self.optimizer,
+                                    self.accelerator.process_index, {"lora": self.config.lora, "loss": self.config.loss})
+        if state is None:
             return 0
-        state = checkpoints.read_state(ckpt)
-        if bool(state["lora"]) != self.config.lora or state.get("loss") != self.config.loss:
-            raise AlarmError(f"checkpoint {ckpt} was trained with lora={state['lora']}, loss={state.get('loss')}; "
-                             "use the same settings or a new output directory")
-        checkpoints.load_checkpoint(ckpt, self.unwrapped.model, self.optimizer, self.config.lora,
-                                    self.accelerator.process_index)
         self.step_idx = int(state["step"])
         return self.step_idx
 

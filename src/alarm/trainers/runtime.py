@@ -1,0 +1,32 @@
+"""What both training loops need around the math: the accelerator, the optimizer, the metrics log."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+
+def make_accelerator(report_to: str, output_dir: str | os.PathLike):
+    """An ``accelerate.Accelerator`` (one process, or what `accelerate launch` set up), logging to a tracker
+    when ``report_to`` names one."""
+    from accelerate import Accelerator
+
+    return Accelerator(log_with=None if report_to == "none" else report_to, project_dir=str(output_dir))
+
+
+def make_optimizer(module: torch.nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; weight_decay 0 is plain Adam, as the papers' trainers used."""
+    return torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=learning_rate,
+                             weight_decay=weight_decay)
+
+
+def log_metrics(accelerator, output_dir: Path, metrics: dict, report_to: str) -> None:
+    """One line of ``metrics.jsonl`` (main process) and the tracker, if any."""
+    if accelerator.is_main_process:
+        with open(output_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+    if report_to != "none":
+        accelerator.log({k: v for k, v in metrics.items() if v is not None}, step=metrics["step"])
