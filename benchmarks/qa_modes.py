@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from alarm.combine import CombineConfig, RewardSet
+from alarm.data.qa_feedback import PassagePrompt, load_prompts, policy_records, split_questions
 from alarm.generation import generate_texts
 from alarm.models import load_causal_lm, load_tokenizer, resolve_model_path
 from alarm.recipes.ppo import win_rate
-from alarm.data.qa_feedback import PassagePrompt, load_prompts, policy_records, split_questions
 from alarm.reward_models.evaluate import load_reward
 from alarm.rewards.hf_models import SpanRewardModel
 from alarm.trainers.ppo import PPOConfig, PPOTrainer

@@ -13,7 +13,7 @@ The work of one step, the same in both trainers:
 - ``epochs`` passes over the batch (ours ``ppo_epochs`` = TRL ``num_iterations``), each as 2 mini-batches of
   4 with an optimiser step after each (TRL: ``per_device_train_batch_size`` 4, ``steps_per_generation`` 2,
   no gradient accumulation), gradient clipping at 1.0 in both; our KL early stop is disabled
-  (``target_kl`` huge) so both always run every pass;
+  (``early_stop_kl`` huge) so both always run every pass;
 - the same reward: length in words through the same ``RewardSet`` (ours natively, TRL via ``as_trl_reward``).
 TRL settings that differ from its defaults, to match ours: ``gradient_checkpointing=False`` and
 ``bf16=False`` (ours is fp32 without checkpointing). Our trainer also runs its value head (PPO), TRL does not.
@@ -42,7 +42,7 @@ def ppo_config(args):
     return PPOConfig(max_new_tokens=args.new_tokens, rollout_batch_size=2 * args.prompts, mini_batch_size=args.mini,
                      grad_accum_steps=1, ppo_epochs=args.epochs, learning_rate=1e-5, max_grad_norm=1.0,
                      lora=True, lora_r=16, lora_alpha=32, lora_dropout=0.05, kl_coef=0.04, adaptive_kl=False,
-                     target_kl=1e9, steps=10_000, seed=0)
+                     early_stop_kl=1e9, steps=10_000, seed=0)
 
 
 def length_reward_set():

@@ -1,4 +1,4 @@
-"""Recipes: validation names the bad key in one line; overrides; every shipped recipe validates."""
+"""Recipe settings: validation names the bad key in one line; overrides (shipped recipes: test_recipes.py)."""
 
 from pathlib import Path
 
@@ -7,10 +7,6 @@ import pytest
 from alarm.cli import main
 from alarm.config import load_recipe, parse_overrides
 from alarm.errors import AlarmError
-
-# PPO recipes; VCB and reward-model recipes have their own schemas and tests.
-RECIPES = sorted(p for p in (Path(__file__).parents[1] / "src" / "alarm" / "recipes").glob("*.yaml")
-                 if not p.name.startswith(("vcb", "rm_")))
 
 
 @pytest.mark.parametrize(("override", "key"), [
@@ -42,11 +38,6 @@ def test_overrides_nest_and_parse_yaml_scalars():
 def test_mini_batch_larger_than_rollout_is_rejected():
     with pytest.raises(AlarmError, match="mini_batch_size"):
         load_recipe(None, ["ppo.rollout_batch_size=2", "ppo.mini_batch_size=4"])
-
-
-@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
-def test_shipped_recipes_validate(path):
-    load_recipe(path)
 
 
 def test_quickstart_recipe_keeps_the_papers_gate():

@@ -18,7 +18,6 @@ import tiny
 import torch
 
 from alarm.combine import CombineConfig, RewardSet
-from alarm.errors import AlarmError
 from alarm.data.mt import (
     format_mt_prompt,
     load_europarl,
@@ -28,6 +27,7 @@ from alarm.data.mt import (
     prompt_records,
     split_pairs,
 )
+from alarm.errors import AlarmError
 from alarm.rewards.base import Dense, compute
 from alarm.rewards.grammar import GrammarReward, LanguageToolClient, SpellingChecker, utf16_to_index
 from alarm.trainers.ppo import PPOConfig, PPOTrainer

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from alarm.errors import AlarmError
 from alarm.data.qa_feedback import (
     FACTUALITY_ERRORS,
     RELEVANCE_ERRORS,
@@ -23,6 +22,7 @@ from alarm.data.qa_feedback import (
     reward_prompt,
     split_questions,
 )
+from alarm.errors import AlarmError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "qa_feedback"
@@ -405,9 +405,9 @@ def test_grounding_bt_errors_are_one_line(tmp_path):
 
 
 def test_span_model_trains_and_loads_as_a_reward(tmp_path, minilm_tokenizer):
+    from alarm.data.qa_feedback import split_feedback
     from alarm.reward_models.evaluate import evaluate_reward_model
     from alarm.reward_models.train import RMTrainConfig, train_reward_model
-    from alarm.data.qa_feedback import split_feedback
     from alarm.rewards.hf_models import SpanRewardModel
 
     recs = []

@@ -296,8 +296,8 @@ def test_full_finetuning_evaluates_the_frozen_initial_policy(tmp_path):
     import json
 
     from alarm.config import load_recipe
-    from alarm.generation import generate_texts
     from alarm.data.prompts import prompt_records
+    from alarm.generation import generate_texts
     from alarm.recipes.ppo import run
 
     model_dir = tmp_path / "policy"

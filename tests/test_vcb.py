@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from alarm.combine import CombineConfig, RewardSet
 from alarm.errors import AlarmError
+from alarm.recipes.vcb import load_vcb_recipe, run_sample, run_train
 from alarm.trainers.vcb import (
     LOSSES,
     VCBConfig,
@@ -31,7 +32,6 @@ from alarm.trainers.vcb import (
     vcb_hinge_loss,
     vcb_loss,
 )
-from alarm.recipes.vcb import load_vcb_recipe, run_sample, run_train
 
 # ------------------------------------------------------------------------------------------- the tabular test
 

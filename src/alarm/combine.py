@@ -1,6 +1,6 @@
 """ALaRM's reward combination: the one place where holistic and aspect rewards become token rewards.
 
-DESIGN §2.2. For a response with z-normalised holistic reward h and aspect values r_k (each shaped by the
+docs/method.md §2.2. For a response with z-normalised holistic reward h and aspect values r_k (each shaped by the
 logistic s), the aspect vector is a_t = Σ_k w_k·s(r_{k,t}) and the token reward vector is
 
 | mode           | r_t                                                      |

@@ -1,4 +1,4 @@
-"""Reward selection (DESIGN 2.3): which aspect rewards agree with the holistic reward on paired responses.
+"""Reward selection (docs/method.md §2.3): which aspect rewards agree with the holistic reward on paired responses.
 
 For each pair i (two responses to one prompt) and each aspect, H = sign(h_a − h_b) and M = sign(m_a − m_b)
 (M flipped for lower-is-better aspects; differences within ``tie_tol`` count as ties). The paper's conflict
@@ -8,7 +8,7 @@ responses, and :func:`select_aspects` can refuse tie-heavy aspects (``min_decisi
 
 Undefined quantities (0/0, correlation of a constant) are ``None``, never NaN.
 
-The paper's protocol (DESIGN 2.3, §7; the default of ``alarm run`` and ``alarm select``): each pair is the
+The paper's protocol (docs/method.md §2.3, §7; the default of ``alarm run`` and ``alarm select``): each pair is the
 initial policy's greedy output (side a) against a pure sample (T 1, top-p 1, top-k 0; side b), and besides each
 aspect's conflict ("inconsistency") it reports each reward's greedy-vs-sampling win rate, the holistic reward's
 own being the reference line of its Figures 3–4 (:func:`win_rates`, :func:`plot_selection`).
@@ -260,7 +260,7 @@ def select_aspects(
 ) -> Selection:
     """Keep the aspects that conflict least with the holistic reward: conflict ≤ ``max_conflict``, or the
     ``top_k`` lowest. An aspect deciding fewer than ``min_decisive`` of its pairs is dropped whatever its
-    conflict, because ties never count as conflicts (DESIGN 2.3). Ties in conflict are broken by name.
+    conflict, because ties never count as conflicts (docs/method.md §2.3). Ties in conflict are broken by name.
     """
     if (max_conflict is None) == (top_k is None):
         raise AlarmError("give exactly one selection rule: max_conflict=<rate in [0, 1]> or top_k=<count>")

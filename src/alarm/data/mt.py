@@ -1,4 +1,4 @@
-"""Spanish→English translation data and the prompt a translation policy sees (DESIGN §3, MT).
+"""Spanish→English translation data and the prompt a translation policy sees (docs/method.md §3, MT).
 
 Sources of pairs:
 

@@ -1,6 +1,6 @@
 """QA-Feedback (FineGrainedRLHF's long-form QA data): loaders, the split by question, policy prompts, labels.
 
-Two file kinds (DESIGN §3), read from a local path or an http(s) URL:
+Two file kinds (docs/method.md §3), read from a local path or an http(s) URL:
 
 - prompt files: a JSON list of ``{question, passages, answer, text}``;
 - feedback files: a JSON list of ``{question, passages, gold, "prediction 1".."prediction 4",

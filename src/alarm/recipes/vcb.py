@@ -1,4 +1,4 @@
-"""`alarm vcb sample` and `alarm vcb train`: offline alignment on scored candidates (DESIGN §2.5).
+"""`alarm vcb sample` and `alarm vcb train`: offline alignment on scored candidates (docs/method.md §2.5).
 
     alarm vcb sample --config recipes/vcb_quickstart.yaml           # N candidates per prompt, scored
     alarm vcb train  --config recipes/vcb_quickstart.yaml vcb.loss=dpo

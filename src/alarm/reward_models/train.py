@@ -1,4 +1,4 @@
-"""Reward models from QA-Feedback's human feedback (DESIGN §2.6): ``alarm rm train --config rm.yaml``.
+"""Reward models from QA-Feedback's human feedback (docs/method.md §2.6): ``alarm rm train --config rm.yaml``.
 
 Four kinds, all on one encoder backbone (default: the offline all-MiniLM-L6-v2; any HF encoder by name, the
 paper used Longformer-base), all reading ``reward_prompt(question, passages)`` as the first sequence:

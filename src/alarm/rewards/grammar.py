@@ -1,5 +1,5 @@
 """Grammar reward, token-level: every generated token overlapping an error gets ``error_value``, the rest
-``clean_value`` (DESIGN §3, MT; the paper used LanguageTool and −1 on tokens inside a match).
+``clean_value`` (docs/method.md §3, MT; the paper used LanguageTool and −1 on tokens inside a match).
 
 Two checkers, same output (character spans of errors):
 
@@ -17,7 +17,7 @@ Two checkers, same output (character spans of errors):
 The reward returns :class:`alarm.rewards.base.Dense` spans (``level="token"``) and
 :mod:`alarm.placement` maps them onto the generated tokens. Which checker is used is in ``reward.checker``
 and logged once. With shaping on (the default), keep ``clean_value > error_value`` so a clean token earns more
-than an erroneous one after the logistic; the sum over tokens grows with length (see DESIGN §2.2).
+than an erroneous one after the logistic; the sum over tokens grows with length (see docs/method.md §2.2).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Sequence-level rewards that need no model: length, readability, language confidence.
 
 They run offline on CPU and are the MT task's aspect rewards (readability, language confidence) and the
-length-only control reward of DESIGN 2.2.
+length-only control reward of docs/method.md §2.2.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The trainers' settings, beside them (as TRL keeps a config next to each trainer) and free of torch, so
-recipes validate a whole YAML file before anything heavy loads. Defaults are the papers' (DESIGN §2.4, §2.5)."""
+recipes validate a whole YAML file before anything heavy loads. Defaults are the papers' (docs/method.md §2.4, §2.5)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class LoRASettings(BaseModel):
-    """How the policy is adapted; PPOConfig and VCBConfig embed these (one set of defaults, DESIGN §2.4)."""
+    """How the policy is adapted; PPOConfig and VCBConfig embed these (one set of defaults, docs/method.md §2.4)."""
 
     lora: bool = True  # false: full fine-tuning, the reference is a frozen copy
     lora_r: int = Field(16, ge=1)
@@ -52,12 +52,12 @@ class PPOConfig(LoRASettings):
     cliprange: float = Field(0.2, gt=0)
     cliprange_value: float = Field(0.2, gt=0)
     vf_coef: float = Field(0.1, ge=0)
-    target_kl: float = Field(0.1, gt=0)  # early-stop a rollout's epochs when approx KL > factor × target_kl
+    early_stop_kl: float = Field(0.1, gt=0)  # early-stop a rollout's epochs when approx KL > factor × early_stop_kl
     early_stop_kl_factor: float = Field(1.5, gt=0)
     # KL penalty against the reference policy
     kl_coef: float = Field(0.2, ge=0)
     adaptive_kl: bool = True
-    kl_target: float = Field(6.0, gt=0)
+    adaptive_kl_target: float = Field(6.0, gt=0)
     kl_horizon: int = Field(10_000, ge=1)
     # run
     steps: int = Field(100, ge=1)

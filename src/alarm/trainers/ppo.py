@@ -1,6 +1,6 @@
 """PPO with dense (token-level) rewards — the paper's training loop, readable top to bottom.
 
-DESIGN §2.4. One step = rollout (sample, score, reference log-probs, values) → per-token rewards minus
+docs/method.md §2.4. One step = rollout (sample, score, reference log-probs, values) → per-token rewards minus
 β·KL → GAE → a few epochs of clipped policy/value updates over mini-batches. Defaults are the paper's.
 
 Three things the original code got wrong and this file gets right (each has a test):
@@ -242,7 +242,7 @@ class PPOTrainer:
         policy = PolicyWithValue(model, config)
         self.optimizer = make_optimizer(policy, config.learning_rate, config.weight_decay)
         self.policy, self.optimizer = self.accelerator.prepare(policy, self.optimizer)
-        self.kl = KLController(config.kl_coef, config.adaptive_kl, config.kl_target, config.kl_horizon)
+        self.kl = KLController(config.kl_coef, config.adaptive_kl, config.adaptive_kl_target, config.kl_horizon)
         self.step_idx = 0
         self.eos_ids = eos_ids(self.unwrapped.model, tokenizer)
         if tokenizer.pad_token_id is None:
@@ -459,7 +459,7 @@ class PPOTrainer:
                 epoch_kl.append(float(approx_kl))
             epochs_run += 1
             # Every rank must take the same decision, or the next collective op deadlocks.
-            if self._reduce_mean(float(np.mean(epoch_kl))) > c.early_stop_kl_factor * c.target_kl:
+            if self._reduce_mean(float(np.mean(epoch_kl))) > c.early_stop_kl_factor * c.early_stop_kl:
                 stopped_early = True
                 break
         out = {f"ppo/{k}": float(np.mean(v)) for k, v in stats.items()}

@@ -1,6 +1,6 @@
 """VCB — offline value-based calibration — with DPO and IPO beside it, readable top to bottom.
 
-DESIGN §2.5. Candidates sampled offline from the initial policy carry reward values (any ALaRM combination,
+docs/method.md §2.5. Candidates sampled offline from the initial policy carry reward values (any ALaRM combination,
 the hierarchical one included). The KL-regularised optimum satisfies
 
     log π*(y_i)/π_ref(y_i) − log π*(y_j)/π_ref(y_j) = (r_i − r_j) / β

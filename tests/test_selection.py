@@ -423,8 +423,8 @@ def test_selection_step_pairs_greedy_with_a_pure_sample_by_default(tmp_path, pol
     import torch
 
     from alarm.config import build_reward_set
-    from alarm.generation import generate_texts
     from alarm.data.prompts import prompt_records
+    from alarm.generation import generate_texts
     from alarm.recipes.ppo import sample_and_fit, select_step
     from alarm.selection import win_rates
 
