@@ -313,10 +313,10 @@ def test_sample_then_train_end_to_end(tmp_path, monkeypatch):
     shutil.rmtree(path)
     (recipe.samples_dir() / "shards" / "shard-00002.jsonl").unlink()
     calls = []
-    import alarm.generation as gen
+    import alarm.recipes.vcb as recipe_module
 
-    real = gen.generate_texts
-    monkeypatch.setattr(gen, "generate_texts", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    real = recipe_module.generate_texts
+    monkeypatch.setattr(recipe_module, "generate_texts", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
     run_sample(recipe, model=model, tokenizer=tok, reward_set=_reward_set(), progress=False)
     assert calls == [1] and shard0.read_text() == before
     assert len(datasets.load_from_disk(str(path))) == 9

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+from alarm import checkpoints
 from alarm.errors import AlarmError
 
 logger = logging.getLogger(__name__)
@@ -202,7 +203,6 @@ def load_policy(spec: str | None, trust_remote_code: bool = False, base_model: s
 
 def policy_checkpoint(spec: str | None) -> Path | None:
     """The training checkpoint ``spec`` names (itself, or a run directory's latest), or None for a model."""
-    from alarm import checkpoints
 
     path = Path(spec).expanduser() if spec else None
     if path is None:

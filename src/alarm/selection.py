@@ -27,6 +27,7 @@ import numpy as np
 from scipy import stats as sps
 
 from alarm.errors import AlarmError
+from alarm.evaluation.compare import win_counts
 
 __all__ = [
     "AspectStats",
@@ -415,7 +416,6 @@ def win_rates(
     """Side a's win rate over side b by the holistic reward (first) and by every aspect: with greedy outputs as
     side a, the paper's greedy-vs-sampling win rates. Each is :class:`alarm.evaluation.compare.WinCounts` as a
     dict: ``win_rate_pct`` = 100·wins / (wins + losses) with its bootstrap interval over pairs, and the counts."""
-    from alarm.evaluation.compare import win_counts
 
     _check_tie_tol(tie_tol)
     directions = dict(higher_is_better or {})

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from alarm.data import mt, qa_feedback
+from alarm.data.qa import format_prompt, load_qa_jsonl, split_records
 from alarm.errors import AlarmError
 
 NOT_COLUMNS = ("id", "prompt", "split", "prompt_id", "sample", "completion", "candidate", "candidate_index",
@@ -26,20 +28,17 @@ def prompt_records(data, tokenizer, split: str, seq2seq: bool = False, seed: int
     - ``mt``: parallel pairs (a JSONL/TSV file or Europarl), the paper's 70/30 then 90/10 split.
     """
     if data.task == "mt":
-        from alarm.data import mt
 
         splits = mt.load_splits(data.path)
         if split not in splits:
             raise AlarmError(f"the MT data has no split {split!r} (has {', '.join(splits)}); check data.*_split")
         return mt.prompt_records(splits[split], tokenizer, seq2seq=seq2seq)
     if data.task == "qa_feedback":
-        from alarm.data import qa_feedback
 
         if data.path is None:
             raise AlarmError("data.task qa_feedback needs data.path: a QA-Feedback prompt file or URL")
         records = qa_feedback.load_split(data.path, split, seed=seed)
         return qa_feedback.paper_records(records, tokenizer, seq2seq, data.max_prompt_tokens, data.system_prompt)
-    from alarm.data.qa import format_prompt, load_qa_jsonl, split_records
 
     if data.path is not None and str(data.path).endswith(".json"):
         raise AlarmError(f"{data.path} looks like a QA-Feedback prompt file; set data.task: qa_feedback")

@@ -26,7 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from alarm.data.qa import format_prompt
 from alarm.errors import AlarmError
+from alarm.text import sentence_spans, split_sentences, subsentence_spans
 
 ERROR_TYPES = ("Irrelevant", "Redundant", "Incoherent", "Wrong-Grounding", "Unverifiable")
 FACTUALITY_ERRORS = ("Wrong-Grounding", "Unverifiable")
@@ -242,7 +244,6 @@ def error_labels(completion: str, errors: Sequence[SpanError], types: Sequence[s
 
     Pieces come from alarm.text, the same split the span reward uses at inference.
     """
-    from alarm.text import sentence_spans, subsentence_spans
 
     spans = sentence_spans(completion) if level == "sentence" else subsentence_spans(completion)
     bad = [(e.start, e.end) for e in errors if e.type in types]
@@ -256,7 +257,6 @@ def record_id(question: str) -> str:
 def fit_passages(tokenizer, question: str, passages: Sequence[str], max_prompt_tokens: int | None,
                  system: str | None = None) -> list[str]:
     """Cut every passage to one character budget, the largest for which the formatted prompt fits."""
-    from alarm.data.qa import format_prompt
 
     passages = list(passages)
 
@@ -289,7 +289,6 @@ def _two_or_more(passages: Sequence[Passage]) -> list[str]:
     """Passage texts, with a lone passage split in two at a sentence boundary (the QA JSONL needs 2-4)."""
     texts = [p.text for p in passages if p.text.strip()][:4]
     if len(texts) == 1:
-        from alarm.text import split_sentences
 
         sents = split_sentences(texts[0])
         if len(sents) >= 2:
@@ -304,7 +303,6 @@ def policy_records(records: Sequence[PromptRecord | FeedbackRecord], tokenizer, 
 
     ``passages`` holds the cut texts the policy saw; rewards build their own input from question + passages.
     """
-    from alarm.data.qa import format_prompt
 
     out = []
     for r in records:
@@ -355,7 +353,6 @@ def paper_records(records: Sequence[PromptRecord | FeedbackRecord], tokenizer, s
     holds what the policy read, as ``{wikipage, content}``, so a reward with ``prompt_with_passages`` (the
     holistic one: UltraRM's instruction was the whole policy input) rebuilds exactly that input.
     """
-    from alarm.data.qa import format_prompt
 
     budget = PAPER_MAX_INPUT_TOKENS if max_prompt_tokens is None else max_prompt_tokens
     out = []

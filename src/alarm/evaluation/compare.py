@@ -28,6 +28,8 @@ import numpy as np
 from scipy import stats as sps
 
 from alarm.errors import AlarmError
+from alarm.evaluation.judge import OUTCOME_SIGN, summarize_outcomes
+from alarm.io import write_json_atomic
 
 __all__ = ["compare_scored", "MeanCI", "WinCounts", "Alignment", "mean_ci", "wilson_interval", "paper_win_rate", "win_rate_interval",
            "win_counts", "win_rate_matrix", "align_systems", "compare_systems", "judge_systems", "report_markdown",
@@ -315,7 +317,6 @@ def judge_systems(judge, al: Alignment, max_prompts: int | None = None, progress
                   seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
     """The judge on every pair of systems (both orders each); outcomes are for the first system of a pair; and the
     judge's win-rate matrix."""
-    from alarm.evaluation.judge import OUTCOME_SIGN, summarize_outcomes
 
     prompts = al.prompt_ids[:max_prompts] if max_prompts else al.prompt_ids
     systems = list(al.records)
@@ -516,8 +517,6 @@ def compare_scored(systems: Mapping[str, Sequence[Mapping[str, Any]]], direction
     """`alarm compare` as a function: scored records per system → ``compare.json``, ``report.md`` and plots in
     ``out`` (a run's own evaluation calls it too). Returns ``(result, judge_result, plots)``."""
     import json
-
-    from alarm.io import write_json_atomic
 
     al = align_systems(systems, sample=sample, allow_missing=allow_missing)
     if any(al.missing.values()) and info is not None:

@@ -18,10 +18,12 @@ import json
 import os
 from pathlib import Path
 
+from alarm.config import DataSpec
 from alarm.data.prompts import prompt_records, reward_inputs
 from alarm.errors import AlarmError
 from alarm.io import read_jsonl
-from alarm.rewards.base import summarize_dense
+from alarm.rewards.base import Dense, is_dense, summarize_dense
+from alarm.rewards.normalize import Normalizer, load_normalizers
 
 RESERVED = ("prompt_id", "sample", "prompt", "completion", "scores")
 
@@ -42,7 +44,6 @@ def load_prompt_set(path: str | None, tokenizer, split: str = "test", system: st
     """Prompt records ``{"id", "prompt", ...columns}`` from a QA JSONL (alarm.data.qa format; the prompt is built
     with the model's chat template) or a plain JSONL of ``{"id", "prompt", ...}`` (used as is, or wrapped in the
     chat template with ``chat=True``). None = the packaged quickstart set."""
-    from alarm.config import DataSpec
 
     first = None
     if path is not None:
@@ -84,8 +85,6 @@ def score_records(reward_set, records: list[dict], batch_size: int = 64, progres
     Dense rewards are summarised per response (see :func:`alarm.rewards.base.summarize_dense`).
     """
     from rich.progress import Progress
-
-    from alarm.rewards.base import Dense, is_dense
 
     rewards = ({"holistic": reward_set.holistic} if reward_set.holistic is not None else {}) | reward_set.aspects
     scores: list[dict] = [{} for _ in records]
@@ -131,7 +130,6 @@ def normalize_scores(scores: list[dict], described: dict[str, dict], normalizers
 
 def load_normalizer_file(path: str):
     """Normalisers from a normalizers JSON, or from a PPO checkpoint's trainer_state.json."""
-    from alarm.rewards.normalize import Normalizer, load_normalizers
 
     try:
         data = json.loads(Path(path).read_text())

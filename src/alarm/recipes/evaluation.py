@@ -15,7 +15,10 @@ import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from alarm.config import build_reward_set, load_recipe, parse_overrides, read_settings, validate_recipe
 from alarm.errors import AlarmError
+from alarm.evaluation.compare import compare_scored
+from alarm.evaluation.judge import Judge, JudgeConfig
 from alarm.evaluation.scoring import (
     load_normalizer_file,
     load_prompt_set,
@@ -24,8 +27,19 @@ from alarm.evaluation.scoring import (
     read_scored,
     score_records,
 )
+from alarm.generation import generate_texts
 from alarm.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 from alarm.models import load_policy, policy_checkpoint
+from alarm.rewards.normalize import Normalizer, save_normalizers
+from alarm.selection import (
+    compute_stats,
+    pair_up,
+    plot_selection,
+    select_aspects,
+    selection_markdown,
+    selection_to_json,
+    win_rates,
+)
 
 
 def _csv(value: str | None) -> list[str]:
@@ -64,8 +78,6 @@ def _read_existing_generations(out: Path, num_samples: int) -> tuple[list[dict],
 def generate(args: argparse.Namespace) -> int:
     import torch
     from rich.progress import Progress
-
-    from alarm.generation import generate_texts
 
     out = Path(args.out)
     settings = {"policy": args.policy, "base_model": args.base_model, "prompts": args.prompts, "split": args.split,
@@ -125,7 +137,6 @@ _RECIPE_KEYS = {"name", "output_dir", "seed", "model", "data", "rewards", "combi
 
 def load_reward_set(path: str, overrides: Sequence[str] = ()):
     """The rewards of a recipe, or of a rewards-only YAML (the recipe's ``rewards:`` block), validated the same way."""
-    from alarm.config import build_reward_set, load_recipe, parse_overrides, read_settings, validate_recipe
 
     p = Path(path)
     data = read_settings(p)
@@ -143,7 +154,6 @@ def load_reward_set(path: str, overrides: Sequence[str] = ()):
 
 
 def score(args: argparse.Namespace) -> int:
-    from alarm.rewards.normalize import Normalizer, save_normalizers
 
     if args.out and len(args.files) != 1:
         raise AlarmError("--out names one output; with several input files use --out-dir")
@@ -259,15 +269,6 @@ def _check_greedy_vs_sample(greedy: str, sampled: str) -> None:
 
 
 def select(args: argparse.Namespace) -> int:
-    from alarm.selection import (
-        compute_stats,
-        pair_up,
-        plot_selection,
-        select_aspects,
-        selection_markdown,
-        selection_to_json,
-        win_rates,
-    )
 
     if args.top_k is None and args.max_conflict is None:
         args.max_conflict = 0.4
@@ -326,7 +327,6 @@ def select(args: argparse.Namespace) -> int:
 
 
 def judge_config_from_args(args: argparse.Namespace, out: Path):
-    from alarm.evaluation.judge import JudgeConfig
 
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.judge_api_key_env or ""):
         # never echo the value: a key pasted here by mistake must not reach the terminal or the logs
@@ -343,7 +343,6 @@ def judge_config_from_args(args: argparse.Namespace, out: Path):
 
 
 def compare(args: argparse.Namespace) -> int:
-    from alarm.evaluation.compare import compare_scored
 
     names = _csv(args.names) or [_stem(f) for f in args.files]
     if len(names) != len(args.files):
@@ -360,7 +359,6 @@ def compare(args: argparse.Namespace) -> int:
     out = Path(args.out_dir)
     judge = None
     if args.judge_url:
-        from alarm.evaluation.judge import Judge
 
         judge = Judge(judge_config_from_args(args, out))
         if not os.environ.get(args.judge_api_key_env):

@@ -20,10 +20,23 @@ from alarm.combine import RewardSet
 from alarm.config import Recipe, build_reward_set, load_recipe
 from alarm.data.prompts import prompt_records, reward_inputs
 from alarm.errors import AlarmError
+from alarm.evaluation.compare import compare_scored, win_counts
 from alarm.evaluation.scoring import generation_rows, meta_path, normalize_scores, score_records
+from alarm.generation import generate_texts
 from alarm.io import write_json_atomic, write_jsonl_atomic
 from alarm.models import load_policy
 from alarm.rewards.base import summarize
+from alarm.selection import (
+    compute_stats,
+    pair_up,
+    pairs_from_samples,
+    plot_selection,
+    select_aspects,
+    selection_markdown,
+    selection_to_json,
+    win_rates,
+)
+from alarm.trainers.ppo import PPOTrainer
 
 console = Console()
 
@@ -39,7 +52,6 @@ def sample_and_fit(recipe: Recipe, model, tokenizer, records: list[dict], reward
     greedy output and one pure sample (T 1, top-p 1, top-k 0; sample 0 when PPO samples so) per prompt, scored
     with the fitted normalisers, to ``selection_pairs.jsonl``.
     """
-    from alarm.generation import generate_texts
 
     s = recipe.sample
     chosen = records[: s.prompts]
@@ -100,16 +112,6 @@ def select_step(recipe: Recipe, reward_set: RewardSet, samples: list[dict], run_
     from :func:`sample_and_fit`), or the first two samples. The report adds each reward's win rate of side a
     over side b, the holistic reward's own as the reference (the paper's Figures 3–4).
     """
-    from alarm.selection import (
-        compute_stats,
-        pair_up,
-        pairs_from_samples,
-        plot_selection,
-        select_aspects,
-        selection_markdown,
-        selection_to_json,
-        win_rates,
-    )
 
     aspects = list(reward_set.aspects)
     if not aspects:
@@ -150,7 +152,6 @@ def select_step(recipe: Recipe, reward_set: RewardSet, samples: list[dict], run_
 def train_step(recipe: Recipe, model, tokenizer, reward_set: RewardSet, records: list[dict], run_dir: Path,
                resume: bool = False):
     """(c) PPO on the training prompts; returns the trainer (its policy holds the trained adapters)."""
-    from alarm.trainers.ppo import PPOTrainer
 
     trainer = PPOTrainer(recipe.ppo, model, tokenizer, reward_set, records, run_dir)
     if resume:
@@ -170,8 +171,6 @@ def evaluate_step(recipe: Recipe, tokenizer, reward_set: RewardSet, records: lis
 
     ``systems``: name → (model, context manager factory under which that model is the system), e.g. the LoRA
     policy with adapters disabled for "initial"."""
-    from alarm.evaluation.compare import compare_scored
-    from alarm.generation import generate_texts
 
     e = recipe.eval
     chosen = records[: e.max_prompts] if e.max_prompts else records
@@ -239,8 +238,6 @@ def win_rate(a: list, b: list, higher_is_better: bool = True, n_boot: int = 2000
     (ties and missing excluded, 50 when none is decisive) with its bootstrap interval over prompts, the counts,
     and ``win_rate`` as a fraction (None when none is decisive)."""
     from dataclasses import asdict
-
-    from alarm.evaluation.compare import win_counts
 
     return asdict(win_counts(a, b, higher_is_better=higher_is_better, n_boot=n_boot, seed=seed))
 

@@ -14,6 +14,7 @@ from alarm.data.qa_feedback import (
     split_questions,
 )
 from alarm.io import write_jsonl_atomic
+from alarm.models import load_tokenizer, resolve_model_path
 
 
 def prepare(prompts_source: str, out: str | Path, tokenizer_name: str | None = "smollm2-135m-instruct",
@@ -24,7 +25,6 @@ def prepare(prompts_source: str, out: str | Path, tokenizer_name: str | None = "
     Passages are cut so the policy prompt fits ``max_prompt_tokens`` of ``tokenizer_name``; a lone passage is
     split in two (the QA JSONL needs 2-4 passages); questions without any passage are dropped.
     """
-    from alarm.models import load_tokenizer, resolve_model_path
 
     records = load_prompts(prompts_source)
     _, val = split_questions([r.question for r in records], validation_fraction, seed)

@@ -24,10 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from alarm.config import RunSpec, build_reward_set, read_settings, validate_recipe
 from alarm.data.prompts import prompt_records, reward_inputs
 from alarm.errors import AlarmError
+from alarm.generation import generate_texts
 from alarm.io import write_text_atomic
 from alarm.models import is_encoder_decoder, load_policy
 from alarm.rewards.base import summarize
-from alarm.trainers.vcb import VCBConfig
+from alarm.trainers.vcb import VCBConfig, VCBTrainer
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -88,8 +89,6 @@ def run_sample(recipe: VCBRecipe, model=None, tokenizer=None, reward_set=None, p
     """Sample, score and store the candidates; returns the dataset directory. Finished shards are skipped."""
     import datasets
     import torch
-
-    from alarm.generation import generate_texts
 
     out = recipe.samples_dir()
     shards, final = out / "shards", out / "dataset"
@@ -170,7 +169,6 @@ def _slug(name: str) -> str:
 
 def run_train(recipe: VCBRecipe, resume: bool = False, model=None, tokenizer=None, progress: bool = True) -> dict:
     """Train on the stored samples; returns the final held-out diagnostics."""
-    from alarm.trainers.vcb import VCBTrainer
 
     samples = load_samples(recipe)
     meta = json.loads((recipe.samples_dir() / "meta.json").read_text())

@@ -23,6 +23,8 @@ from alarm.data.qa_feedback import (
     split_feedback,
 )
 from alarm.errors import AlarmError
+from alarm.reward_models.grounding_bt import GroundingBTReward
+from alarm.rewards.hf_models import SequenceClassifierReward, SpanRewardModel
 
 
 def prf(pred: list[int], gold: list[int]) -> dict:
@@ -105,10 +107,8 @@ def evaluate_completeness(reward, records: list[FeedbackRecord]) -> dict:
 def load_reward(model_dir: str | Path, info: dict):
     """The saved model as a reward. Holistic models read the question as the prompt and a ``passages`` column
     (either architecture); the others read ``reward_prompt(question, passages)`` as the prompt."""
-    from alarm.rewards.hf_models import SequenceClassifierReward, SpanRewardModel
 
     if info.get("architecture") == "grounding_features":
-        from alarm.reward_models.grounding_bt import GroundingBTReward
 
         return GroundingBTReward(str(model_dir), name=info["kind"])
     if info["kind"] in ("factuality", "relevance"):

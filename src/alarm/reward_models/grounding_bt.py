@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from alarm.errors import AlarmError
 from alarm.rewards.base import check_batch, require_column
+from alarm.rewards.embedding import _embed, _resolve_encoder, _texts, load_encoder
 from alarm.text import sentence_spans
 
 ARCHITECTURE = "grounding_features"
@@ -38,7 +39,6 @@ def _sentences(text: str) -> list[str]:
 def features(encoder, questions: list[str], passages: list, responses: list[str], max_evidence: int = 80,
              grounded_at: float = 0.8) -> torch.Tensor:
     """[N, len(FEATURES)] features of each (question, passages, response); one encoder call for the batch."""
-    from alarm.rewards.embedding import _embed, _texts
 
     evidence = [[s for t in _texts("holistic", "passages", ps, i) for s in _sentences(t)][:max_evidence]
                 for i, ps in enumerate(passages)]
@@ -90,8 +90,6 @@ def train_grounding_bt(config, train_records) -> dict:
     """Fit, save (safetensors + rm_config.json) and return training stats."""
     from safetensors.torch import save_file
 
-    from alarm.rewards.embedding import load_encoder
-
     t0 = time.perf_counter()
     encoder = load_encoder(config.backbone)
     feats = record_features(encoder, train_records, config)
@@ -123,8 +121,6 @@ class GroundingBTReward:
 
     def __init__(self, path: str, column: str = "passages", name: str = "holistic", encoder=None):
         from safetensors.torch import load_file
-
-        from alarm.rewards.embedding import _resolve_encoder
 
         root = Path(path)
         info_path = root / "rm_config.json"

@@ -46,7 +46,10 @@ from alarm.data.qa_feedback import (
     split_feedback,
 )
 from alarm.errors import AlarmError
+from alarm.models import minilm_path
 from alarm.reward_models.evaluate import evaluate_reward_model
+from alarm.reward_models.grounding_bt import train_grounding_bt
+from alarm.rewards.hf_models import build_span_inputs
 
 SPAN_KINDS = {"factuality": ("sentence", FACTUALITY_ERRORS, 0.5), "relevance": ("subsentence", RELEVANCE_ERRORS, 0.3)}
 
@@ -115,7 +118,6 @@ def holistic_examples(records: list[FeedbackRecord], tokenizer, max_length: int)
 
 def span_examples(records: list[FeedbackRecord], tokenizer, kind: str, max_length: int) -> list[dict]:
     """One example per ``prediction 1``: span-model input with a label at each separator (−100 elsewhere)."""
-    from alarm.rewards.hf_models import build_span_inputs
 
     level, types, _ = SPAN_KINDS[kind]
     out = []
@@ -300,8 +302,6 @@ def train_reward_model(config: RMTrainConfig, records: list[FeedbackRecord] | No
     """Train, save and (by default) evaluate one reward model. ``model``/``tokenizer`` override the backbone."""
     from transformers import TrainingArguments, set_seed
 
-    from alarm.models import minilm_path
-
     if config.threads:
         torch.set_num_threads(config.threads)
     set_seed(config.seed)
@@ -352,7 +352,6 @@ def train_reward_model(config: RMTrainConfig, records: list[FeedbackRecord] | No
 
 
 def _train_grounding_bt(config: RMTrainConfig, train, val, evaluate: bool) -> dict:
-    from alarm.reward_models.grounding_bt import train_grounding_bt
 
     stats = {"kind": config.kind, "architecture": config.architecture, "train_questions": len(train),
              "validation_questions": len(val), **train_grounding_bt(config, train)}

@@ -23,8 +23,12 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from alarm.config import read_settings, validate_settings
 from alarm.data.mt import format_mt_prompt, load_splits
 from alarm.errors import AlarmError
+from alarm.generation import generate_texts
+from alarm.models import is_encoder_decoder
+from alarm.models import load_policy as load
 
 
 class SFTConfig(BaseModel):
@@ -104,7 +108,6 @@ def translation_scores(hypotheses: list[str], references: list[str]) -> dict[str
 
 def translate(model, tokenizer, sources: list[str], seq2seq: bool, config: SFTConfig) -> list[str]:
     """Greedy translations of ``sources`` with the same prompt format as training."""
-    from alarm.generation import generate_texts
 
     prompts = [format_mt_prompt(tokenizer, s, seq2seq, config.source_lang, config.target_lang) for s in sources]
     out = generate_texts(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
@@ -117,8 +120,6 @@ def translate(model, tokenizer, sources: list[str], seq2seq: bool, config: SFTCo
 
 def load_policy(config: SFTConfig):
     """(model, tokenizer, seq2seq) for ``config.model`` through :func:`alarm.models.load_policy`."""
-    from alarm.models import is_encoder_decoder
-    from alarm.models import load_policy as load
 
     model, tokenizer = load(config.model, trust_remote_code=config.trust_remote_code)
     if tokenizer.eos_token_id is None:
@@ -210,6 +211,5 @@ def run_sft(config: SFTConfig, model=None, tokenizer=None) -> dict:
 
 def load_sft_config(path: str | None, overrides: list[str] | None = None) -> SFTConfig:
     """YAML file (optional) + ``key=value`` overrides → a validated :class:`SFTConfig`."""
-    from alarm.config import read_settings, validate_settings
 
     return validate_settings(SFTConfig, read_settings(path, overrides))

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from alarm import checkpoints
 from alarm.data.prompts import reward_inputs
 from alarm.errors import AlarmError
+from alarm.generation import generate_texts
 from alarm.trainers.configs import VCBConfig
 from alarm.trainers.runtime import log_metrics, make_accelerator, make_optimizer
 from alarm.trainers.sequences import (
@@ -398,7 +399,6 @@ class VCBTrainer:
         return out
 
     def greedy_reward(self) -> dict[str, float]:
-        from alarm.generation import generate_texts
 
         recs = self.eval_prompts
         texts = [t[0] for t in generate_texts(self.unwrapped.model, self.tokenizer, [r["prompt"] for r in recs],
