@@ -30,3 +30,78 @@ def minilm_tokenizer(minilm_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(minilm_dir)
+
+
+# ------------------------------------------------------------------------------------- local HTTP servers
+
+
+class LocalServer:
+    """A real HTTP server on 127.0.0.1 (a free port) in a thread, for the stand-ins the tests talk to (an
+    OpenAI-compatible judge, LanguageTool, a file host). ``handle(request) -> (status, payload)``: ``request``
+    has method, path, headers, body (bytes) and json (parsed, or None); a dict/list payload is sent as JSON,
+    bytes/str as they are. Every request is kept: ``requests`` (the JSON bodies), ``headers``, ``seen``."""
+
+    def __init__(self, handle):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list = []
+        self.headers: list[dict] = []
+        self.seen: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self):
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    parsed = json.loads(raw) if raw else None
+                except ValueError:
+                    parsed = None
+                request = {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": raw,
+                           "json": parsed}
+                outer.requests.append(parsed)
+                outer.headers.append(dict(self.headers))
+                outer.seen.append(request)
+                status, payload = handle(request)
+                data = payload if isinstance(payload, bytes) else (
+                    payload.encode() if isinstance(payload, str) else json.dumps(payload).encode())
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json" if isinstance(payload, (dict, list))
+                                 else "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _serve
+
+            def log_message(self, *args):
+                pass
+
+        class Quiet(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):  # a client that gave up (timeout tests)
+                pass
+
+        self.httpd = Quiet(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def http_server():
+    """``start(handle) -> LocalServer``; every server started is shut down after the test."""
+    servers = []
+
+    def start(handle):
+        servers.append(LocalServer(handle))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()

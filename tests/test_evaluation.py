@@ -9,8 +9,6 @@ import json
 import math
 import re
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -286,55 +284,22 @@ def test_combine_orders():
 # A fake OpenAI-compatible server
 
 
-class FakeServer:
-    """Replies come from ``script(messages) -> (status, content)``; records every request."""
-
-    def __init__(self, script):
-        self.script = script
-        self.requests: list[dict] = []
-        self.headers: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append(body)
-                outer.headers.append(dict(self.headers))
-                status, content = outer.script(body["messages"])
-                message = content if isinstance(content, dict) else {"role": "assistant", "content": content}
-                data = json.dumps({"choices": [{"message": message}]}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
-def server_factory():
-    servers = []
+def server_factory(http_server):
+    """An OpenAI-compatible judge stand-in: replies come from ``script(messages) -> (status, content)``."""
 
     def make(script):
-        s = FakeServer(script)
-        servers.append(s)
-        return s
+        def handle(request):  # the script can be swapped mid-test: server.script = ...
+            status, content = server.script(request["json"]["messages"])
+            message = content if isinstance(content, dict) else {"role": "assistant", "content": content}
+            return status, {"choices": [{"message": message}]}
 
-    yield make
-    for s in servers:
-        s.close()
+        server = http_server(handle)
+        server.script = script
+        server.url += "/v1"
+        return server
+
+    return make
 
 
 def shown(messages) -> tuple[str, str]:

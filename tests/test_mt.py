@@ -6,16 +6,15 @@ from __future__ import annotations
 import argparse
 import json
 import socket
-import threading
 import time
 import urllib.parse
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import tiny
 import torch
+from conftest import LocalServer
 
 from alarm.combine import CombineConfig, RewardSet
 from alarm.data.mt import (
@@ -264,38 +263,23 @@ def lt_answer(text: str) -> dict:
 
 @contextmanager
 def lt_server(mode="ok", delay=0.0):
+    """A LanguageTool stand-in (the shared LocalServer) answering /v2/check with the real JSON shape."""
     requests = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            form = urllib.parse.parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
-            requests.append({"path": self.path, **{k: v[0] for k, v in form.items()}})
-            if delay:
-                time.sleep(delay)
-            if mode in ("500", "400"):
-                self.send_response(int(mode))
-                self.end_headers()
-                self.wfile.write(b"Error: bad language code" if mode == "400" else b"internal error")
-                return
-            body = json.dumps(lt_answer(form["text"][0])).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def handle(request):
+        form = {k: v[0] for k, v in urllib.parse.parse_qs(request["body"].decode()).items()}
+        requests.append({"path": request["path"], **form})
+        if delay:
+            time.sleep(delay)
+        if mode in ("500", "400"):
+            return int(mode), b"Error: bad language code" if mode == "400" else b"internal error"
+        return 200, lt_answer(form["text"])
 
-        def log_message(self, *a):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = LocalServer(handle)
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", requests
+        yield server.url, requests
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
 
 
 def test_languagetool_matches_map_to_python_indices():

@@ -101,25 +101,10 @@ def test_missing_field_and_bad_source(tmp_path):
         load_prompts(tmp_path / "bad.json")
 
 
-def test_loader_reads_a_url(tmp_path):
-    import http.server
-    import threading
-
-    write(tmp_path, "f.json", [feedback_record()])
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **k):
-            super().__init__(*a, directory=str(tmp_path), **k)
-
-        def log_message(self, *a):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        recs = load_feedback(f"http://127.0.0.1:{server.server_address[1]}/f.json")
-    finally:
-        server.shutdown()
+def test_loader_reads_a_url(tmp_path, http_server):
+    path = write(tmp_path, "f.json", [feedback_record()])
+    server = http_server(lambda request: (200, Path(path).read_bytes()))  # a file host
+    recs = load_feedback(f"{server.url}/f.json")
     assert recs[0].question == "What is the capital of France?"
 
 
