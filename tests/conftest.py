@@ -105,3 +105,21 @@ def http_server():
     yield start
     for s in servers:
         s.close()
+
+
+@pytest.fixture
+def server_factory(http_server):
+    """An OpenAI-compatible judge stand-in: replies come from ``script(messages) -> (status, content)``."""
+
+    def make(script):
+        def handle(request):  # the script can be swapped mid-test: server.script = ...
+            status, content = server.script(request["json"]["messages"])
+            message = content if isinstance(content, dict) else {"role": "assistant", "content": content}
+            return status, {"choices": [{"message": message}]}
+
+        server = http_server(handle)
+        server.script = script
+        server.url += "/v1"
+        return server
+
+    return make

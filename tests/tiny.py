@@ -57,3 +57,18 @@ def seq2seq_lm(seed: int = 0):
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.decoder_start_token_id = tok.pad_token_id
     return model
+
+
+def tiny_bert(kind, tok, seed=0):
+    """A tiny BERT reward model: a token classifier for span kinds, else a one-label sequence classifier."""
+    from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=512, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0)
+    if kind in ("factuality", "relevance"):
+        cfg.num_labels = 2
+        return BertForTokenClassification(cfg)
+    cfg.num_labels = 1
+    return BertForSequenceClassification(cfg)

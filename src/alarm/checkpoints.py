@@ -21,7 +21,8 @@ from alarm.errors import AlarmError
 
 
 def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, model, optimizer, state: dict,
-                    tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+                    tensors: dict[str, dict[str, torch.Tensor]] | None = None,
+                    model_state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a checkpoint of ``model`` (a PEFT or transformers model), the optimizer, ``state`` and RNGs."""
     from safetensors.torch import save_file
 
@@ -31,12 +32,16 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, model
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        model.save_pretrained(tmp / "model", safe_serialization=True)
+        model.save_pretrained(tmp / "model", safe_serialization=True,
+                              **({"state_dict": model_state_dict} if model_state_dict is not None else {}))
         for name, weights in (tensors or {}).items():
             save_file({k: v.contiguous() for k, v in weights.items()}, tmp / f"{name}.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if model_state_dict is None:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=2))
     accelerator.wait_for_everyone()
+    if model_state_dict is not None:  # FSDP: each rank holds its own shard of the optimizer state
+        torch.save(optimizer.state_dict(), tmp / f"optimizer_{accelerator.process_index}.pt")
     rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     torch.save(rng, tmp / f"rng_{accelerator.process_index}.pt")  # every rank keeps its own RNG stream
     accelerator.wait_for_everyone()
@@ -73,6 +78,9 @@ def load_checkpoint(ckpt: Path, model, optimizer, lora: bool, rank: int) -> None
         set_peft_model_state_dict(model, load_peft_weights(str(ckpt / "model")))
     else:
         model.load_state_dict(load_file(str(ckpt / "model" / "model.safetensors")), strict=False)
+    if not (ckpt / "optimizer.pt").exists() and (ckpt / f"optimizer_{rank}.pt").exists():
+        raise AlarmError(f"{ckpt} was written under FSDP (one optimizer shard per rank); resuming an FSDP run is "
+                         "not supported yet: start a new run, or train without FSDP to resume")
     optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
     rng_file = ckpt / f"rng_{rank}.pt"
     if rng_file.exists():

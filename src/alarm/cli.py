@@ -11,13 +11,14 @@ import os
 import sys
 
 from alarm.errors import AlarmError
+from alarm.integrations import serve
 from alarm.recipes import evaluation, ppo, qa_feedback, reward_models, sft, vcb
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alarm", description="Align language models with hierarchical rewards.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for recipe in (ppo, evaluation, sft, vcb, reward_models, qa_feedback):
+    for recipe in (ppo, evaluation, sft, vcb, reward_models, qa_feedback, serve):
         recipe.add_commands(sub)
     return parser
 

@@ -12,7 +12,7 @@ every rank, and the reward model gets its own GPUs. In a recipe::
 | api | POST (default path) | body | score |
 |---|---|---|---|
 | ``plain`` | the url as given | ``{"prompts", "completions", <columns>}`` | ``scores`` (or ``rewards``) list |
-| ``openrlhf`` | ``/get_reward`` | ``{"query": prompt+completion, "prompts", "labels"}`` | ``rewards`` list |
+| ``openrlhf`` | ``/get_reward`` | ``{"query": text, "prompts", "labels": <first of columns>}`` | ``rewards`` list |
 | ``vllm_pooling`` | ``/pooling`` | ``{"model", "input": [text]}`` | ``data[i].data``: its last row's ``label_index`` |
 | ``vllm_classify`` | ``/classify`` | ``{"model", "input": [text]}`` | ``data[i].probs[label_index]`` |
 | ``tei_predict`` | ``/predict`` | ``{"inputs": [[prompt, completion]], "raw_scores": true}`` | the entry of ``label`` |

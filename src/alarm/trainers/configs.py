@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 
 class LoRASettings(BaseModel):
@@ -52,12 +52,13 @@ class PPOConfig(LoRASettings):
     cliprange: float = Field(0.2, gt=0)
     cliprange_value: float = Field(0.2, gt=0)
     vf_coef: float = Field(0.1, ge=0)
-    early_stop_kl: float = Field(0.1, gt=0)  # early-stop a rollout's epochs when approx KL > factor × early_stop_kl
+    # early-stop a rollout's epochs when approx KL > factor × early_stop_kl (was `target_kl`: still read)
+    early_stop_kl: float = Field(0.1, gt=0, validation_alias=AliasChoices("early_stop_kl", "target_kl"))
     early_stop_kl_factor: float = Field(1.5, gt=0)
     # KL penalty against the reference policy
     kl_coef: float = Field(0.2, ge=0)
     adaptive_kl: bool = True
-    adaptive_kl_target: float = Field(6.0, gt=0)
+    adaptive_kl_target: float = Field(6.0, gt=0, validation_alias=AliasChoices("adaptive_kl_target", "kl_target"))
     kl_horizon: int = Field(10_000, ge=1)
     # run
     steps: int = Field(100, ge=1)

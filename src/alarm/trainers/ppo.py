@@ -218,6 +218,38 @@ class PolicyWithValue(torch.nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 
 
+def is_fsdp2(module: torch.nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return isinstance(module, FSDPModule)
+
+
+@contextmanager
+def fsdp2_gathered(module: torch.nn.Module):
+    """Every FSDP2 (``fully_shard``) parameter of ``module`` unsharded for the duration, then resharded."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without FSDP2
+        yield
+        return
+    if not isinstance(module, FSDPModule):
+        yield
+        return
+    mods = [m for m in module.modules() if isinstance(m, FSDPModule)]
+    module._get_fsdp_state()._lazy_init()  # the root first, as its own forward would (else: "not the root")
+    for m in mods:
+        m.set_reshard_after_forward(False, recurse=False)
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in mods:
+            m.reshard()
+            m.set_reshard_after_forward(True, recurse=False)
+
+
 class PPOTrainer:
     """Online PPO on a prompt set with an ALaRM :class:`RewardSet`.
 
@@ -327,8 +359,19 @@ class PPOTrainer:
         dev = self.accelerator.device
         return {"prompt_ids": enc["input_ids"].to(dev), "prompt_mask": enc["attention_mask"].to(dev)}
 
-    @torch.inference_mode()
     def generate(self, batch: dict[str, torch.Tensor], with_policy_outputs: bool = False):
+        """:meth:`_generate` with every FSDP2 shard gathered (a no-op without FSDP).
+
+        Why: generate() calls the inner model, not the FSDP root, so the root's parameters (embeddings, LM
+        head, value head) would still be sharded DTensors; and ranks decode for different numbers of steps,
+        so gathering per layer per step would pair collectives up wrongly. All shards are gathered once,
+        kept through the decode loop, and resharded after.
+        """
+        with torch.no_grad(), fsdp2_gathered(self.policy):  # gathered outside inference mode (see make_experience)
+            return self._generate(batch, with_policy_outputs)
+
+    @torch.inference_mode()
+    def _generate(self, batch: dict[str, torch.Tensor], with_policy_outputs: bool = False):
         """Sampled response token ids [B, T] (padding after EOS), temperature/top-p/top-k from the config.
 
         ``with_policy_outputs``: also return ``(logits [B, T, V], values [B, T])`` of the sampling pass itself,
@@ -396,7 +439,9 @@ class PPOTrainer:
         t0 = time.perf_counter()
         policy = self.unwrapped
         policy.eval()
-        with torch.inference_mode():
+        # FSDP2 allocates its gathered parameters in the mode it runs in: inference tensors from here could
+        # not be written by the update's all-gathers later, so FSDP gets no_grad instead.
+        with torch.no_grad() if is_fsdp2(self.policy) else torch.inference_mode():
             logits, values = policy_outputs or policy(batch)
             logits = self._tempered(logits)
             old_logprobs = logprobs_from_logits(logits, responses) * mask
@@ -543,9 +588,19 @@ class PPOTrainer:
         """Adapter (or model), value head, optimizer, β, reward normalisation, RNG, step — atomically."""
         state = {"beta": self.kl.value, "rewards": self.reward_set.state(), "lora": self.config.lora,
                  "config": self.config.model_dump()}
+        full = None
+        if is_fsdp2(self.policy):  # gather the shards (a collective: every rank)
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            whole = get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            full = {"model": {k.removeprefix("model."): v for k, v in whole.items() if k.startswith("model.")},
+                    "value_head": {k.removeprefix("value_head."): v for k, v in whole.items()
+                                   if k.startswith("value_head.")}}
         return checkpoints.save_checkpoint(self.accelerator, self.output_dir, self.step_idx, self.unwrapped.model,
                                            self.optimizer, state,
-                                           tensors={"value_head": self.unwrapped.value_head.state_dict()})
+                                           tensors={"value_head": full["value_head"] if full else
+                                                    self.unwrapped.value_head.state_dict()},
+                                           model_state_dict=full["model"] if full else None)
 
     latest_checkpoint = staticmethod(checkpoints.latest_checkpoint)
 

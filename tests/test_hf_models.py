@@ -1,4 +1,5 @@
-"""Reward backends that need no training: simple, embedding and Hugging Face model rewards."""
+"""alarm.rewards.hf_models (and the reward contract every backend keeps): tiny random HF models as sequence
+classifiers (templates, truncation, published layouts such as UltraRM) and span models; bad input, every backend."""
 
 import math
 
@@ -8,7 +9,7 @@ from transformers import BertConfig, BertForSequenceClassification, BertForToken
 
 from alarm.errors import AlarmError
 from alarm.rewards.base import Dense, compute
-from alarm.rewards.embedding import GroundingReward, ReferenceSimilarityReward, RelevanceReward, load_encoder
+from alarm.rewards.embedding import GroundingReward, ReferenceSimilarityReward, RelevanceReward
 from alarm.rewards.hf_models import SequenceClassifierReward, SpanRewardModel, build_span_inputs
 from alarm.rewards.simple import LanguageConfidenceReward, LengthReward, ReadabilityReward
 
@@ -120,148 +121,6 @@ def test_missing_column_is_named(backends, which, column):
         reward(["q"], ["a"])
     with pytest.raises(AlarmError, match=f"column '{column}' must be a list with one entry per completion"):
         reward(["q", "q"], ["a", "b"], **{column: ["only one"]})
-
-
-# ---------------------------------------------------------------- simple
-
-
-def test_length_units():
-    text = "One two three. Four five!"
-    assert LengthReward("words")(["p"], [text]) == [5.0]
-    assert LengthReward("chars")(["p"], [text]) == [float(len(text))]
-    assert LengthReward("sentences")(["p", "p"], [text, ""]) == [2.0, 0.0]
-    with pytest.raises(AlarmError, match="unknown unit 'tokens'"):
-        LengthReward("tokens")
-
-
-def test_readability_direction():
-    easier = ReadabilityReward()(["p", "p", "p"], [SIMPLE, CONVOLUTED, "  "])
-    assert easier[0] > easier[1]
-    assert easier[2] is None
-    harder = ReadabilityReward("harder")(["p", "p"], [SIMPLE, CONVOLUTED])
-    assert harder == [-easier[0], -easier[1]]
-    assert harder[1] > harder[0]
-    with pytest.raises(AlarmError, match="'easier' or 'harder'"):
-        ReadabilityReward("simpler")
-
-
-def test_language_confidence():
-    reward = LanguageConfidenceReward()
-    english = "The weather is lovely today, so we are going for a walk in the park."
-    spanish = "El tiempo es estupendo hoy, así que vamos a dar un paseo por el parque."
-    en, es, empty = reward(["p"] * 3, [english, spanish, ""])
-    assert en > 0.5 > es
-    assert 0.0 <= es <= en <= 1.0
-    assert empty is None
-    assert reward.detector() is reward.detector()  # built once
-    spanish_target = LanguageConfidenceReward(target="spanish")(["p", "p"], [english, spanish])
-    assert spanish_target[1] > 0.5 > spanish_target[0]
-
-
-def test_language_names_are_checked():
-    with pytest.raises(AlarmError, match="unknown language 'klingon'.*english"):
-        LanguageConfidenceReward(languages=("english", "klingon"))
-    with pytest.raises(AlarmError, match="at least two languages"):
-        LanguageConfidenceReward(target="english", languages=("english",))
-
-
-# ---------------------------------------------------------------- embedding
-
-
-def test_load_encoder_is_cached(minilm):
-    assert load_encoder() is minilm
-    assert load_encoder(None, "cpu") is minilm
-
-
-def test_load_encoder_bad_path(tmp_path):
-    with pytest.raises(AlarmError, match="could not load sentence encoder"):
-        load_encoder(str(tmp_path))
-
-
-class CountingEncoder:
-    """Wraps an encoder to count ``encode`` calls (every reward must embed a whole batch in one call)."""
-
-    def __init__(self, encoder):
-        self.encoder, self.calls = encoder, 0
-
-    def encode(self, texts, **kw):
-        self.calls += 1
-        return self.encoder.encode(texts, **kw)
-
-
-def test_reference_similarity(minilm):
-    enc = CountingEncoder(minilm)
-    reward = ReferenceSimilarityReward(enc)
-    same, other, best_of, none, empty = reward(
-        ["q"] * 5,
-        ["Paris is the capital of France.", "I like turtles.", "I like turtles.", "Paris.", ""],
-        reference=["Paris is the capital of France.", "The capital is Paris.",
-                   ["The capital is Paris.", "Turtles are what I like."], None, "Paris"],
-    )
-    assert enc.calls == 1
-    assert same == pytest.approx(1.0, abs=1e-4)
-    assert other < 0.5 < best_of
-    assert none is None
-    assert isinstance(empty, float) and math.isfinite(empty)
-
-
-def test_reference_similarity_bad_entry(minilm):
-    with pytest.raises(AlarmError, match="column 'reference' entry 0 is int"):
-        ReferenceSimilarityReward(minilm)(["q"], ["a"], reference=[3])
-
-
-def test_grounding_copied_vs_unrelated(minilm):
-    enc = CountingEncoder(minilm)
-    reward = GroundingReward(enc)
-    completion = "The Eiffel Tower is located in Paris. Bananas are rich in potassium."
-    qa_feedback_passages = [{"wikipage": "Eiffel Tower", "content": PASSAGE}]
-    a, b, empty, no_passages = reward(
-        ["q"] * 4, [completion, completion, "", completion],
-        passages=[[PASSAGE, "Another passage about nothing."], qa_feedback_passages, PASSAGE, []],
-    )
-    assert enc.calls == 1
-    first_end = completion.index(".") + 1
-    assert a == Dense(points=((first_end, 0.5), (len(completion), -0.5)), level="sentence")
-    assert b == a
-    assert empty == Dense(level="sentence") and empty.points == ()
-    assert no_passages is None
-
-
-def test_grounding_copied_sentence_from_later_passage(minilm):
-    completion = "It was completed in 1889."
-    (d,) = GroundingReward(minilm, value=0.25)(["q"], [completion], passages=[["Unrelated text.", PASSAGE]])
-    assert d.points == ((len(completion), 0.25),)
-
-
-@pytest.mark.parametrize("kw,match", [({"threshold": math.nan}, "threshold"), ({"threshold": 2.0}, "threshold"),
-                                      ({"value": -0.5}, "value"), ({"value": math.inf}, "value")])
-def test_embedding_reward_parameters_checked(minilm, kw, match):
-    with pytest.raises(AlarmError, match=match):
-        GroundingReward(minilm, **kw)
-    with pytest.raises(AlarmError, match=match):
-        RelevanceReward(minilm, **kw)
-
-
-def test_relevance_subsentences(minilm):
-    enc = CountingEncoder(minilm)
-    reward = RelevanceReward(enc)
-    completion = "The capital of France is Paris, and my cat likes to sleep on the sofa."
-    d, empty = reward(["What is the capital of France?"] * 2, [completion, ""])
-    assert enc.calls == 1
-    assert d == Dense(points=((completion.index(",") + 1, 0.3), (len(completion), -0.3)), level="subsentence")
-    assert empty.points == ()
-
-
-def test_relevance_question_column(minilm):
-    reward = RelevanceReward(minilm, column="question")
-    completion = "The capital of France is Paris."
-    (d,) = reward(["question: ... context: a very long prompt about cats"], [completion],
-                  question=["What is the capital of France?"])
-    assert d.points == ((len(completion), 0.3),)
-    with pytest.raises(AlarmError, match="needs the column 'question'"):
-        reward(["q"], [completion])
-    with pytest.raises(AlarmError, match="column 'question' entry 0 is list"):
-        reward(["q"], [completion], question=[["a"]])
 
 
 # ---------------------------------------------------------------- sequence classifier

@@ -1,0 +1,259 @@
+"""alarm.evaluation.compare: means and intervals, win rates (the paper's and their bootstrap intervals), the
+win-rate matrix, aligning systems — against hand-computed values and scipy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats as sps
+
+from alarm.errors import AlarmError
+from alarm.evaluation.compare import (
+    align_systems,
+    compare_systems,
+    mean_ci,
+    report_markdown,
+    wilson_interval,
+    win_counts,
+    win_rate_interval,
+    win_rate_matrix,
+)
+from alarm.recipes.evaluation import default_aspects
+from alarm.rewards.base import Dense, summarize_dense
+
+# ---------------------------------------------------------------------------------------------------------
+# Means and confidence intervals
+
+
+def test_t_interval_by_hand():
+    c = mean_ci([1.0, 2.0, 3.0, 4.0, None])
+    # s = sqrt(((1.5)^2 + (0.5)^2) * 2 / 3) = 1.2909944; t_{0.975, 3} = 3.1824463; half = t * s / 2
+    half = 3.1824463 * 1.2909944 / 2
+    assert c.mean == pytest.approx(2.5)
+    assert (c.low, c.high) == (pytest.approx(2.5 - half, abs=1e-6), pytest.approx(2.5 + half, abs=1e-6))
+    assert (c.n, c.n_missing, c.method) == (4, 1, "t")
+
+
+def test_interval_undefined_for_one_or_no_value():
+    assert mean_ci([3.0]).mean == 3.0 and mean_ci([3.0]).low is None
+    empty = mean_ci([None, None])
+    assert empty.mean is None and empty.n == 0 and empty.n_missing == 2
+
+
+def test_bootstrap_interval():
+    const = mean_ci([2.0] * 5, method="bootstrap")
+    assert (const.low, const.high) == (2.0, 2.0)
+    values = [0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0]
+    a, b = mean_ci(values, "bootstrap", seed=3), mean_ci(values, "bootstrap", seed=3)
+    assert a == b  # seeded
+    assert 0.0 <= a.low < a.mean < a.high <= 1.0
+    t = mean_ci(values)
+    assert abs((a.high - a.low) - (t.high - t.low)) < 0.25  # same scale as the t interval
+
+
+def test_bad_ci_settings():
+    with pytest.raises(AlarmError, match="'t' or 'bootstrap'"):
+        mean_ci([1.0, 2.0], method="normal")
+    with pytest.raises(AlarmError, match="confidence"):
+        mean_ci([1.0, 2.0], confidence=95)
+    with pytest.raises(AlarmError, match="--n-boot"):
+        win_rate_interval([1, -1], n_boot=0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Win rates
+
+X = [3.0, 1.0, 2.0, None, 5.0, 0.5]
+Y = [1.0, 1.0, 3.0, 2.0, 4.0, 0.4]
+
+
+def test_win_counts_by_hand():
+    # pairs: win, tie, loss, n/a, win, win
+    w = win_counts(X, Y)
+    assert (w.wins, w.losses, w.ties, w.n_missing) == (3, 1, 1, 1)
+    assert w.win_rate == pytest.approx(3 / 4)  # ties excluded
+
+
+def test_win_counts_lower_is_better_flips():
+    w = win_counts(X, Y, higher_is_better=False)
+    assert (w.wins, w.losses, w.ties) == (1, 3, 1)
+    assert w.win_rate == pytest.approx(1 / 4)
+
+
+def test_win_counts_tie_tolerance_and_all_ties():
+    w = win_counts(X, Y, tie_tol=0.15)  # 0.5 vs 0.4 becomes a tie
+    assert (w.wins, w.losses, w.ties) == (2, 1, 2)
+    ties = win_counts([1.0, 2.0, None], [1.0, 2.0, 5.0])
+    assert (ties.wins, ties.losses, ties.ties, ties.n_missing) == (0, 0, 2, 1)
+    assert ties.win_rate is None and ties.pct_low is None and ties.pct_high is None
+    assert (ties.win_rate_pct, ties.decisive) == (50.0, 0)  # the paper's convention when nothing is decisive
+
+
+def test_wilson_interval_by_hand():
+    low, high = wilson_interval(8, 10)  # textbook values for 8/10 at 95 %
+    assert low == pytest.approx(0.4902, abs=1e-4) and high == pytest.approx(0.9433, abs=1e-4)
+    assert wilson_interval(0, 0) == (None, None)
+    assert wilson_interval(5, 5)[1] == pytest.approx(1.0)
+
+
+@given(st.lists(st.tuples(st.integers(-3, 3), st.integers(-3, 3)), min_size=1, max_size=30))
+def test_win_rates_of_the_two_sides_sum_to_one(pairs):
+    xs, ys = [float(a) for a, _ in pairs], [float(b) for _, b in pairs]
+    w, v = win_counts(xs, ys), win_counts(ys, xs)
+    assert (w.wins, w.losses, w.ties) == (v.losses, v.wins, v.ties)
+    if w.win_rate is not None:
+        assert w.win_rate + v.win_rate == pytest.approx(1.0)
+    assert win_counts(xs, ys, higher_is_better=False).wins == w.losses
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Aligning systems and the comparison
+
+
+def _rec(pid, completion, sample=0, **scores):
+    return {"prompt_id": pid, "sample": sample, "prompt": f"q{pid}", "completion": completion, "scores": scores}
+
+
+def test_align_missing_prompts_is_an_error_unless_allowed():
+    a = [_rec("1", "x"), _rec("2", "x"), _rec("3", "x")]
+    b = [_rec("1", "y"), _rec("3", "y"), _rec("4", "y")]
+    with pytest.raises(AlarmError, match="a lacks 1, b lacks 1.*--allow-missing"):
+        align_systems({"a": a, "b": b})
+    al = align_systems({"a": a, "b": b}, allow_missing=True)
+    assert al.prompt_ids == ["1", "3"]
+    assert al.excluded == {"a": ["2"], "b": ["4"]} and al.missing == {"a": ["4"], "b": ["2"]}
+    with pytest.raises(AlarmError, match="twice"):
+        align_systems({"a": a + [_rec("1", "z")], "b": b}, allow_missing=True)
+    with pytest.raises(AlarmError, match="at least two"):
+        align_systems({"a": a})
+
+
+def test_compare_systems_by_hand():
+    a = [_rec("1", "x", r=1.0, err=0.0), _rec("2", "x", r=3.0, err=2.0), _rec("3", "x", r=2.0, err=1.0)]
+    b = [_rec("3", "y", r=2.0, err=0.0), _rec("1", "y", r=0.0, err=1.0), _rec("2", "y", r=4.0, err=None)]
+    res = compare_systems(align_systems({"a": a, "b": b}), ["r", "err"], {"err": False})
+    assert res["means"]["a"]["r"]["mean"] == pytest.approx(2.0)
+    assert res["means"]["b"]["err"]["n_missing"] == 1
+    r = res["pairs"]["a vs b"]["metrics"]["r"]  # prompt 1 win, 2 loss, 3 tie
+    assert (r["wins"], r["losses"], r["ties"], r["win_rate"]) == (1, 1, 1, 0.5)
+    e = res["pairs"]["a vs b"]["metrics"]["err"]  # lower is better: 1 win (0 < 1), 3 loss (1 > 0), 2 n/a
+    assert (e["wins"], e["losses"], e["ties"], e["n_missing"]) == (1, 1, 0, 1)
+
+
+def test_summarize_dense_by_hand():
+    pts = Dense(points=((5, 0.5), (10, -0.5), (15, 0.5)))
+    assert summarize_dense(pts, "x" * 15) == (pytest.approx(0.5 / 3), pytest.approx(2 / 3))
+    # token-level: chars 0-3 get -1, the other 6 chars the default 0.25
+    spans = Dense(spans=((0, 4, -1.0),), default=0.25, level="token")
+    mean, pos = summarize_dense(spans, "x" * 10)
+    assert mean == pytest.approx((4 * -1 + 6 * 0.25) / 10) and pos == pytest.approx(0.6)
+    assert summarize_dense(Dense(), "abc") == (None, None)
+
+
+def test_default_aspects_skip_holistic_and_duplicate_z_scores():
+    names = ["holistic", "holistic.z", "length", "length.z", "g.mean_emitted", "g.share_positive", "only.z"]
+    assert default_aspects(names, "holistic") == ["g.mean_emitted", "g.share_positive", "length", "only.z"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The paper's win rates, their bootstrap intervals and the win-rate matrix
+
+
+def _paper(signs) -> float:
+    w, losses = int(np.sum(np.asarray(signs) > 0)), int(np.sum(np.asarray(signs) < 0))
+    return 100.0 * w / (w + losses) if w + losses else 50.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from([-1, 0, 1]), min_size=1, max_size=40), st.integers(0, 5))
+def test_paper_win_rate_and_its_interval(signs, seed):
+    pct, low, high = win_rate_interval(signs, n_boot=200, seed=seed)
+    assert pct == pytest.approx(_paper(signs))
+    assert win_rate_interval(signs, n_boot=200, seed=seed) == (pct, low, high)  # seeded
+    mirror = win_rate_interval([-s for s in signs], n_boot=200, seed=seed)
+    assert mirror[0] == pytest.approx(100 - pct)
+    if pct == 50.0 and not any(signs):
+        assert (low, high) == (None, None) and mirror[1:] == (None, None)
+    else:  # the other side's interval is the mirror image: same resamples of the prompts
+        assert 0.0 <= low <= high <= 100.0
+        assert (mirror[1], mirror[2]) == (pytest.approx(100 - high), pytest.approx(100 - low))
+
+
+def test_win_rate_interval_agrees_with_scipy_percentile_bootstrap_over_prompts():
+    signs = np.random.default_rng(5).choice([-1, 0, 1], size=60, p=[0.3, 0.3, 0.4])
+    pct, low, high = win_rate_interval(signs, n_boot=4000, seed=0)
+    ref = sps.bootstrap((signs,), _paper, vectorized=False, n_resamples=4000, method="percentile", rng=0)
+    assert pct == pytest.approx(_paper(signs))
+    assert low == pytest.approx(ref.confidence_interval.low, abs=2.0)
+    assert high == pytest.approx(ref.confidence_interval.high, abs=2.0)
+    # more prompts with the same proportions: a narrower interval
+    _, low4, high4 = win_rate_interval(np.tile(signs, 4), n_boot=4000, seed=0)
+    assert high4 - low4 < 0.7 * (high - low)
+
+
+def test_win_rate_matrix_by_hand():
+    r = {"a": [3, 1, 2, 2], "b": [1, 1, 3, 0], "c": [0, 0, 0, 5]}
+    recs = {s: [_rec(str(i), s, r=float(v)) for i, v in enumerate(vals)] for s, vals in r.items()}
+    res = compare_systems(align_systems(recs), ["r"], n_boot=500)
+    m = res["matrices"]["r"]
+    # a vs b: win, tie, loss, win (2–1); a vs c: 3–1; b vs c: 3–1
+    cells = {(x, y): c["win_rate_pct"] for x, row in m["cells"].items() for y, c in row.items()}
+    assert cells == pytest.approx({("a", "b"): 200 / 3, ("b", "a"): 100 / 3, ("a", "c"): 75.0, ("c", "a"): 25.0,
+                                   ("b", "c"): 75.0, ("c", "b"): 25.0})
+    assert (m["cells"]["a"]["b"]["decisive"], m["cells"]["a"]["b"]["ties"]) == (3, 1)
+    assert {s: a["win_rate_pct"] for s, a in m["avg"].items()} == pytest.approx(
+        {"a": (200 / 3 + 75) / 2, "b": (100 / 3 + 75) / 2, "c": 25.0})
+    assert m["avg"]["a"]["decisive"] == 3 + 4
+    # one resampling of the prompts for everything: the pair table and the matrix give the same interval
+    pair = res["pairs"]["a vs b"]["metrics"]["r"]
+    assert (pair["win_rate_pct"], pair["pct_low"], pair["pct_high"]) == (
+        pytest.approx(200 / 3), m["cells"]["a"]["b"]["pct_low"], m["cells"]["a"]["b"]["pct_high"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 4), st.integers(1, 12), st.randoms(use_true_random=False))
+def test_win_rate_matrix_properties(n_systems, n_prompts, rnd):
+    systems = [f"s{i}" for i in range(n_systems)]
+    signs = {(x, y): [rnd.choice([-1, 0, 1]) for _ in range(n_prompts)]
+             for i, x in enumerate(systems) for y in systems[i + 1:]}
+    m = win_rate_matrix(systems, signs, n_boot=100, seed=1)
+    for (x, y), sg in signs.items():
+        assert m["cells"][x][y]["win_rate_pct"] == pytest.approx(_paper(sg))
+        assert m["cells"][x][y]["win_rate_pct"] + m["cells"][y][x]["win_rate_pct"] == pytest.approx(100.0)
+        assert m["cells"][x][y]["decisive"] == m["cells"][y][x]["decisive"] == sum(s != 0 for s in sg)
+    for x in systems:
+        assert x not in m["cells"][x]  # no diagonal
+        a = m["avg"][x]
+        assert a["win_rate_pct"] == pytest.approx(np.mean([m["cells"][x][y]["win_rate_pct"] for y in systems if y != x]))
+        assert a["pct_low"] is None or 0.0 <= a["pct_low"] <= a["pct_high"] <= 100.0
+    assert np.mean([m["avg"][x]["win_rate_pct"] for x in systems]) == pytest.approx(50.0)  # zero-sum
+
+
+def test_report_has_the_papers_matrix_with_intervals():
+    r = {"a": [3, 1, 2, 2], "b": [1, 1, 3, 0], "c": [0, 0, 0, 5]}
+    recs = {s: [_rec(str(i), s, r=float(v), err=float(-v)) for i, v in enumerate(vals)] for s, vals in r.items()}
+    res = compare_systems(align_systems(recs), ["r", "err"], {"err": False}, n_boot=500)
+    judge = {"model": "fake", "n_prompts": 4, "pairs": {},
+             "matrix": win_rate_matrix(["a", "b", "c"], {("a", "b"): [1, 1, 0, 0], ("a", "c"): [1, 0, 0, 0],
+                                                         ("b", "c"): [0, 0, 0, 0]}, n_boot=500)}
+    md = report_markdown(res, judge)
+    assert res["ci"]["method"] == "bootstrap" and "percentile bootstrap over prompts (500 resamples" in md
+    assert md.count("| | a | b | c | Avg. |") == 3  # by r, by err, by the judge
+    assert "**by r (higher is better)**" in md and "**by the LLM judge fake (4 prompts)**" in md
+    a_b = res["matrices"]["r"]["cells"]["a"]["b"]
+    avg = res["matrices"]["r"]["avg"]["a"]
+    row = (f"| a | — | 66.7 [{a_b['pct_low']:.1f}, {a_b['pct_high']:.1f}] (3) | 75.0 ["
+           f"{res['matrices']['r']['cells']['a']['c']['pct_low']:.1f}, "
+           f"{res['matrices']['r']['cells']['a']['c']['pct_high']:.1f}] (4) | 70.8 [{avg['pct_low']:.1f}, "
+           f"{avg['pct_high']:.1f}] (7) |")
+    assert row in md
+    assert "| b | 33.3 [" in md and "(3) | — | 75.0 [" in md  # the diagonal is blank
+    assert "| — | 50.0 [–] (0) |" in md  # judge: b vs c never decisive -> 50, no interval
+    # the Avg. summary: one column per evaluator
+    assert "| system | r | err | judge fake |" in md
+    # lower-is-better err (= −r) ranks like r
+    assert res["matrices"]["err"]["avg"]["a"]["win_rate_pct"] == pytest.approx(avg["win_rate_pct"])
+
+

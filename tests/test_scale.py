@@ -1,0 +1,87 @@
+"""Item 4 of issue 17, what runs on a CPU: the shipped accelerate configs, and FSDP2 on two gloo ranks.
+
+Not tested here (no GPU, no deepspeed): DDP/FSDP on NCCL, DeepSpeed ZeRO-2/3, bf16 mixed precision under
+FSDP, CPU-RAM-efficient loading. DDP on two gloo ranks is tested in test_ppo.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "accelerate_configs"
+
+
+def launch_env(config: str, port: int) -> dict:
+    """The environment `accelerate launch --config_file <config> --num_processes 2` gives each rank."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(["--config_file", str(CONFIGS / config), "--num_processes", "2",
+                                               "--main_process_port", str(port), "script.py"])
+    args, _, _ = _validate_launch_command(args)
+    return prepare_multi_gpu_env(args)
+
+
+def test_shipped_accelerate_configs_are_what_accelerate_launch_reads():
+    kinds = {}
+    for name in ("ddp", "fsdp", "zero2", "zero3"):
+        cfg = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+        kinds[name] = cfg["distributed_type"]
+        if cfg["distributed_type"] == "DEEPSPEED":
+            ds = json.loads((ROOT / cfg["deepspeed_config"]["deepspeed_config_file"]).read_text())
+            # alarm's PPO prepares no dataloader: accelerate cannot infer the micro-batch, so it must be a number
+            assert isinstance(ds["train_micro_batch_size_per_gpu"], int)
+            assert isinstance(ds["gradient_accumulation_steps"], int)
+            assert ds["zero_optimization"]["stage"] == int(name[-1])
+    assert kinds == {"ddp": "MULTI_GPU", "fsdp": "FSDP", "zero2": "DEEPSPEED", "zero3": "DEEPSPEED"}
+    env = launch_env("fsdp.yaml", 29650)
+    assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
+    assert env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP" and env["FSDP_STATE_DICT_TYPE"] == "FULL_STATE_DICT"
+    assert launch_env("ddp.yaml", 29651)["ACCELERATE_MIXED_PRECISION"] == "bf16"
+
+
+def run_ranks(script: str, out: Path, env: dict, port: int, args: tuple = (), timeout: float = 120) -> list[int]:
+    out.mkdir(parents=True, exist_ok=True)
+    here = Path(__file__).parent
+    base = {**os.environ, **env, "OMP_NUM_THREADS": "1", "ACCELERATE_MIXED_PRECISION": "no",
+            "PYTHONPATH": os.pathsep.join([str(here), *sys.path]), "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+    logs = [out / f"stderr_{r}.txt" for r in (0, 1)]
+    procs = [subprocess.Popen([sys.executable, str(here / script), str(out), *args], stdout=subprocess.DEVNULL,
+                              stderr=logs[r].open("w"), env={**base, "RANK": str(r), "LOCAL_RANK": str(r)})
+             for r in (0, 1)]
+    deadline = time.monotonic() + timeout
+    try:
+        codes = [p.wait(timeout=max(deadline - time.monotonic(), 0.1)) for p in procs]
+    except subprocess.TimeoutExpired:
+        codes = None
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    err = "\n".join(f"--- rank {r}:\n{log.read_text()[-1500:]}" for r, log in enumerate(logs))
+    assert codes == [0, 0], f"exit codes {codes}\n{err}"
+    return codes
+
+
+def test_ppo_under_fsdp2_on_two_gloo_ranks_keeps_ranks_in_step(tmp_path):
+    import torch
+
+    run_ranks("ppo_accelerate.py", tmp_path, launch_env("fsdp.yaml", 29652), 29652, ("lora",))
+    r0, r1 = (torch.load(tmp_path / f"rank_{r}.pt", weights_only=False) for r in (0, 1))
+    assert r0["sharded"] and r1["sharded"] and len(r0["metrics"]) == 2
+    assert all(torch.isfinite(torch.tensor(m["return/mean"])) for m in r0["metrics"])
+    assert r0["params"].keys() == r1["params"].keys()
+    for k in r0["params"]:
+        assert torch.equal(r0["params"][k], r1["params"][k]), k  # the ranks stayed in step
+    moved = [k for k in r0["params"] if not torch.equal(r0["params"][k], r0["before"][k])]
+    assert any("lora_B" in k for k in moved) and any("value_head" in k for k in moved)
+    assert (tmp_path / "checkpoints" / "latest").exists()
