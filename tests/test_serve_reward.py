@@ -224,9 +224,9 @@ def test_command_serves_a_run_with_its_kept_aspects(run_dir):
 
 def test_verl_compute_score_local_batch_and_through_the_server(run_dir):
     from alarm.integrations import verl
-    from alarm.integrations.scoring import load_reward_set
+    from alarm.integrations.run_rewards import fitted_reward_set
 
-    rs = load_reward_set(run=str(run_dir))
+    rs = fitted_reward_set(run=str(run_dir))
     sols = ["one two three four", "x", ""]
     infos = [{"question": "count?", "index": 0}, {"question": "count?", "index": 1}, None]
     expected = rs.sequence_rewards(["count?", "count?", ""], sols)[0]

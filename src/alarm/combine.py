@@ -29,7 +29,7 @@ import torch
 
 from alarm.errors import AlarmError
 from alarm.placement import place
-from alarm.rewards.base import Dense, compute, is_dense, reward_name
+from alarm.rewards.base import Dense, compute, is_dense, reward_name, summarize
 from alarm.rewards.normalize import Normalizer
 
 MODES = ("holistic_only", "aspect_only", "weighted_sum", "hierarchical")
@@ -317,7 +317,8 @@ class RewardSet:
         return {k: [self.normalizers[k](v) for v in vals] if k in self.normalizers else list(vals)
                 for k, vals in raw.items()}
 
-    def _check_fitted(self):
+    def check_fitted(self):
+        """Refuse to combine before the normalisers and ε exist (they come from the initial policy's samples)."""
         missing = [k for k in self.normalize if k in self.names() and k not in self.normalizers]
         if missing or self.epsilon is None:
             raise AlarmError(
@@ -327,7 +328,7 @@ class RewardSet:
 
     def combine(self, prompts, completions, token_ends, **columns) -> tuple[Combined, dict[str, list]]:
         """Score a batch and combine into token rewards. Returns ``(combined, raw_scores)``."""
-        self._check_fitted()
+        self.check_fitted()
         raw = self.raw_scores(prompts, completions, **columns)
         norm = self.normalized(raw)
         result = combine(self.config, completions, token_ends, norm.get(self.HOLISTIC),
@@ -350,24 +351,60 @@ class RewardSet:
         self.epsilon = state["epsilon"]
 
     def sequence_rewards(self, prompts, completions, **columns) -> tuple[list[float], dict[str, float]]:
-        """One return per response (R = w_h·h + 1[h ≥ ε]·Σ a), for trainers that want a scalar per sequence.
+        """One return per response (R = w_h·h + 1[h ≥ ε]·Σ a), for trainers that want a scalar per sequence."""
+        scored = self.score_sequences(prompts, completions, **columns)
+        return scored.returns, scored.stats
+
+    def score_sequences(self, prompts, completions, **columns) -> ScoredSequences:
+        """Every reward once on a batch, combined at sequence level, with the parts integrations report.
 
         Dense aspects that emit values at points are summed after shaping; token-level (span) aspects need the
         generated token ids and so only work in alarm's own PPO trainer.
         """
-        self._check_fitted()
-        raw = self.raw_scores(prompts, completions, **columns)
-        norm = self.normalized(raw)
+        self.check_fitted()
+        cfg = self.config
+        norm = self.normalized(self.raw_scores(prompts, completions, **columns))
         for k in self.aspects:
             if any(isinstance(v, Dense) and (v.spans or v.default is not None) for v in norm[k]):
-                raise AlarmError(
-                    f"aspect {k!r} is token-level; a sequence-level trainer cannot place it. Use `alarm train`"
-                )
+                raise AlarmError(f"aspect {k!r} is token-level; a sequence-level trainer cannot place it on tokens "
+                                 "(use `alarm train`, or a sentence-level aspect)")
         one_token = [[len(c)] for c in completions]  # every emitted value lands on one pseudo-token
-        result = combine(self.config, completions, one_token, norm.get(self.HOLISTIC),
-                         {k: norm[k] for k in self.aspects}, epsilon=self.epsilon)
+        holistic = norm.get(self.HOLISTIC)
+        result = combine(cfg, completions, one_token, holistic, {k: norm[k] for k in self.aspects},
+                         epsilon=self.epsilon)
         result.stats.pop("length/tokens")  # one pseudo-token per response here: not a token count
-        return result.returns, result.stats
+        with_h = holistic is not None and cfg.mode != "aspect_only"
+        h_part = [cfg.empty_return if empty else (cfg.holistic_weight * float(holistic[i]) if with_h else 0.0)
+                  for i, empty in enumerate(result.empty)]
+        return ScoredSequences(
+            returns=list(result.returns), holistic_part=h_part,
+            aspect_part=[r - h if g else None for r, h, g in zip(result.returns, h_part, result.gate_open)],
+            gate_open=list(result.gate_open),
+            holistic_z=list(holistic) if holistic is not None else [None] * len(completions),
+            aspects={k: [summarize(v, c) for v, c in zip(norm[k], completions)] for k in self.aspects},
+            stats=dict(result.stats))
+
+
+@dataclass
+class ScoredSequences:
+    """A batch scored and combined at sequence level (:meth:`RewardSet.score_sequences`); one entry per response."""
+
+    returns: list[float]  # R = w_h·h + 1[h ≥ ε]·Σ_k w_k·s(r_k); an empty response gets the empty penalty
+    holistic_part: list[float]  # w_h·h (the empty penalty for an empty response; 0 in aspect_only)
+    aspect_part: list[float | None]  # R − holistic part when the gate is open, None when it is closed
+    gate_open: list[bool]
+    holistic_z: list[float | None]
+    aspects: dict[str, list[float | None]]  # each aspect's (normalised) value, one number per response
+    stats: dict[str, float]  # combine()'s batch statistics: gate_open_rate, rewards/<name>/mean, ...
+
+    def per_sample(self) -> dict[str, list]:
+        """Per-response columns, JSON-ready (for OpenRLHF's extra_logs and TRL's completions table)."""
+        out = {"return": self.returns, "gate_open": [float(g) for g in self.gate_open],
+               "holistic_part": self.holistic_part, "aspect_part": self.aspect_part}
+        if any(h is not None for h in self.holistic_z):
+            out["holistic_z"] = self.holistic_z
+        out.update({f"aspect/{k}": v for k, v in self.aspects.items()})
+        return out
 
 
 def as_trl_reward(reward_set: RewardSet, name: str = "alarm_hierarchical"):
@@ -421,6 +458,6 @@ def trl_component_logger(reward_fn):
 
 
 __all__ = [
-    "MODES", "CombineConfig", "Combined", "HierarchyWarning", "RewardSet", "as_trl_reward", "combine",
+    "MODES", "CombineConfig", "Combined", "ScoredSequences", "HierarchyWarning", "RewardSet", "as_trl_reward", "combine",
     "hierarchy_warnings", "logistic", "over_nonempty", "resolve_epsilon", "reward_name", "trl_component_logger",
 ]

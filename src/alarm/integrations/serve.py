@@ -30,9 +30,9 @@ import traceback
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from alarm.combine import RewardSet
+from alarm.combine import RewardSet, ScoredSequences
 from alarm.errors import AlarmError
-from alarm.integrations.scoring import Scored, load_reward_set, score
+from alarm.integrations.run_rewards import fitted_reward_set
 
 
 class BadRequest(Exception):
@@ -108,7 +108,7 @@ def _finite(xs) -> list[float]:
     return [0.0 if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x) for x in xs]
 
 
-def response_body(result: Scored) -> dict:
+def response_body(result: ScoredSequences) -> dict:
     return {"rewards": list(result.returns), "scores": list(result.returns),
             "extra_logs": {k: _finite(v) for k, v in result.per_sample().items()}}
 
@@ -193,14 +193,14 @@ class RewardServer:
         rows = [row for j in jobs for row in j.columns]
         keys = sorted({k for row in rows for k in row})
         columns = {k: [row.get(k) for row in rows] for k in keys}
-        result = score(self.reward_set, prompts, completions, **columns)
+        result = self.reward_set.score_sequences(prompts, completions, **columns)
         self.count("batches")
         self.count("responses", len(completions))
         start = 0
         for job in jobs:
             sl = slice(start, start + len(job.completions))
             start = sl.stop
-            part = Scored(result.returns[sl], result.holistic_part[sl], result.aspect_part[sl],
+            part = ScoredSequences(result.returns[sl], result.holistic_part[sl], result.aspect_part[sl],
                           result.gate_open[sl], result.holistic_z[sl], {k: v[sl] for k, v in result.aspects.items()},
                           result.stats)
             job.result = response_body(part)
@@ -304,7 +304,7 @@ class RewardServer:
 
 
 def make_server(args) -> RewardServer:
-    reward_set = load_reward_set(config=args.config, state=args.state, run=args.run, overrides=args.overrides)
+    reward_set = fitted_reward_set(config=args.config, state=args.state, run=args.run, overrides=args.overrides)
     return RewardServer(reward_set, host=args.host, port=args.port, max_batch=args.max_batch,
                         max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, label_column=args.label_column)
 

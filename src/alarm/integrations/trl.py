@@ -29,9 +29,9 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from alarm.combine import HierarchyWarning, RewardSet
+from alarm.combine import HierarchyWarning, RewardSet, ScoredSequences
 from alarm.errors import AlarmError
-from alarm.integrations.scoring import Scored, load_reward_set, score
+from alarm.integrations.run_rewards import fitted_reward_set
 
 _TRL_KWARGS = ("trainer_state", "log_metric", "log_extra", "completion_ids", "environments")
 
@@ -58,7 +58,7 @@ class AlarmReward:
 
     ``question_column``: a dataset column holding the text the rewards should read as the prompt (our PPO
     gives rewards the question, not the chat-formatted prompt); used when present, else TRL's prompt.
-    ``last`` holds the latest batch's :class:`~alarm.integrations.scoring.Scored`.
+    ``last`` holds the latest batch's :class:`~alarm.combine.ScoredSequences`.
     """
 
     def __init__(self, reward_set: RewardSet, name: str = "alarm", log_prefix: str = "alarm/",
@@ -70,15 +70,15 @@ class AlarmReward:
         self.log_prefix = log_prefix
         self.question_column = question_column
         self.log_completions = log_completions
-        self.last: Scored | None = None
+        self.last: ScoredSequences | None = None
         self._lock = threading.Lock()
-        self._cache: tuple[Any, Scored] | None = None
+        self._cache: tuple[Any, ScoredSequences] | None = None
         self._split = False
 
     @classmethod
     def from_run(cls, run: str | None = None, config: str | None = None, state: str | None = None, **kw):
         """The reward of a finished ``alarm run`` (its recipe, normalisers, ε and kept aspects)."""
-        return cls(load_reward_set(config=config, state=state, run=run), **kw)
+        return cls(fitted_reward_set(config=config, state=state, run=run), **kw)
 
     # -- scoring --------------------------------------------------------------------------------------
 
@@ -92,20 +92,20 @@ class AlarmReward:
             else [_text(p) for p in prompts]
         return prompts_t, completions_t, columns
 
-    def scored(self, prompts, completions, **kwargs) -> Scored:
+    def scored(self, prompts, completions, **kwargs) -> ScoredSequences:
         """Score the batch once; a second call on the same batch (the other half of a split) reuses it."""
         prompts_t, completions_t, columns = self._inputs(prompts, completions, kwargs)
         key = (tuple(prompts_t), tuple(completions_t), getattr(kwargs.get("trainer_state"), "global_step", None))
         with self._lock:
             if self._cache is not None and self._cache[0] == key:
                 return self._cache[1]
-            result = score(self.reward_set, prompts_t, completions_t, **columns)
+            result = self.reward_set.score_sequences(prompts_t, completions_t, **columns)
             self._cache = (key, result)
             self.last = result
             self._log(result, kwargs)
             return result
 
-    def _log(self, result: Scored, kwargs) -> None:
+    def _log(self, result: ScoredSequences, kwargs) -> None:
         log_metric, log_extra = kwargs.get("log_metric"), kwargs.get("log_extra")
         if callable(log_metric):
             for k, v in result.stats.items():

@@ -34,12 +34,12 @@ _SKIP = ("question", "prompt")  # extra_info keys that are the prompt, not colum
 
 def _reward_set(run, recipe, state):
     """One fitted RewardSet per (run, recipe, state) per worker process: reward models load once."""
-    from alarm.integrations.scoring import load_reward_set
+    from alarm.integrations.run_rewards import fitted_reward_set
 
     key = (run, recipe, state)
     with _LOCK:
         if key not in _SETS:
-            _SETS[key] = load_reward_set(config=recipe, state=state, run=run)
+            _SETS[key] = fitted_reward_set(config=recipe, state=state, run=run)
         return _SETS[key]
 
 
@@ -85,11 +85,9 @@ def compute_score_batch(data_sources: Sequence, solution_strs: Sequence[str], gr
         raise AlarmError("alarm's verl reward needs run=RUN_DIR, recipe=RECIPE (+ state=), or url= of "
                          "`alarm serve-reward` in custom_reward_function.reward_kwargs (or ALARM_REWARD_RUN / "
                          "ALARM_REWARD_URL)")
-    from alarm.integrations.scoring import score
-
     keys = sorted({k for c in columns for k in c})
-    result = score(_reward_set(run, recipe, state), prompts, completions,
-                   **{k: [c.get(k) for c in columns] for k in keys})
+    result = _reward_set(run, recipe, state).score_sequences(prompts, completions,
+                                                             **{k: [c.get(k) for c in columns] for k in keys})
     return _dicts(result.returns, result.per_sample())
 
 
