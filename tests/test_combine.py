@@ -448,3 +448,84 @@ def test_prompt_cuts_of_reward_models_reach_the_step_metrics():
     rs.fit(PROMPTS, COMPLETIONS)
     combined, _ = rs.combine(["p"] * 4, ["a", "bb", "ccc", "dddd"], [[1], [2], [3], [4]])
     assert combined.stats["rewards/holistic/prompt_cut_rate"] == 0.25
+
+
+# ---------------------------------------------------------------- empty penalty, ε checks, shaping scale
+
+
+def _e_rate(prompts, completions, **kw):
+    return [c.count("e") / (1 + len(c)) for c in completions]
+
+
+# --------------------------------------------------------------------------------- 2. empty responses
+
+
+def test_default_empty_penalty_is_below_every_real_answer():
+    import warnings
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from alarm.combine import HierarchyWarning, combine
+
+    @settings(max_examples=60, deadline=None)
+    @given(w_h=st.floats(0.1, 10.0), h=st.floats(-9.99, 10.0), mode=st.sampled_from(
+        ["hierarchical", "holistic_only", "weighted_sum"]), a=st.floats(-20, 20))
+    def check(w_h, h, mode, a):
+        config = CombineConfig(mode=mode, holistic_weight=w_h, epsilon=0.6)
+        out = combine(config, ["a real answer", ""], [[2, 6, 13], [0]], [h, None], {"fact": [a, None]})
+        assert out.returns[1] < out.returns[0]
+        assert out.returns[1] == config.empty_return
+
+    check()
+    assert CombineConfig(holistic_weight=5.0).empty_return == -50.0  # the paper: QA −50, MT −30
+    assert CombineConfig(holistic_weight=3.0).empty_return == -30.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", HierarchyWarning)
+        RewardSet(CombineConfig(), holistic=_e_rate)  # the default configuration warns about nothing
+
+
+def test_a_penalty_inside_the_return_range_is_named_in_the_warnings():
+    from alarm.combine import HierarchyWarning
+
+    with pytest.warns(HierarchyWarning, match=r"empty_penalty -5 is above the return of a real answer with h < -1\.00"):
+        rs = RewardSet(CombineConfig(mode="holistic_only", empty_penalty=-5.0), holistic=_e_rate)
+    completions = ["eeee", "eee", "eeeee", "ee", "eeeeee", "xyz"]  # "xyz" lies ~2 std below the rest
+    with pytest.warns(HierarchyWarning, match=r"above the holistic return w_h·h of \d+ of 6 initial-policy answers"):
+        rs.fit(["q"] * 6, completions)
+
+
+# ------------------------------------------------------------------------------------- 6. normalisers
+
+
+def test_epsilon_on_an_unnormalised_holistic_reward_warns():
+    from alarm.combine import HierarchyWarning
+
+    with pytest.warns(HierarchyWarning, match="epsilon 0.6 is a z value but the holistic reward is not normalised"):
+        RewardSet(CombineConfig(mode="hierarchical"), holistic=_e_rate, normalize=())
+
+
+def test_combine_called_directly_with_a_quantile_needs_epsilon():
+    from alarm.combine import combine, resolve_epsilon
+    from alarm.errors import AlarmError
+
+    config = CombineConfig(mode="hierarchical", epsilon_quantile=0.9)
+    with pytest.raises(AlarmError, match="epsilon_quantile needs the initial policy's holistic scores"):
+        combine(config, ["ab"], [[1, 2]], [0.7], {})
+    eps = resolve_epsilon(config, [0.0, 1.0, 2.0])
+    assert combine(config, ["ab"], [[1, 2]], [0.7], {"a": [1.0]}, epsilon=eps).gate_open == [False]
+
+
+# ------------------------------------------------------------------------ 8. the paper's settings
+
+
+def test_aspect_scale_shapes_inside_the_logistic():
+    from alarm.combine import combine, logistic
+
+    config = CombineConfig(mode="weighted_sum", holistic_weight=1.0, aspect_scales={"completeness": 0.3})
+    out = combine(config, ["ab"], [[1, 2]], [0.0], {"completeness": [2.0], "fact": [2.0]})
+    assert float(out.token_rewards[0][-1]) == pytest.approx(logistic(0.6) + logistic(2.0))
+    from alarm.errors import AlarmError
+
+    with pytest.raises(AlarmError, match="aspect_scales.completeness must be > 0"):
+        CombineConfig(aspect_scales={"completeness": 0.0})

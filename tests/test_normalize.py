@@ -89,3 +89,12 @@ def test_malformed_file(tmp_path, content):
     path.write_text(content)
     with pytest.raises(AlarmError, match="malformed.*fit again"):
         load_normalizers(path)
+
+
+def test_a_constant_reward_cannot_be_fitted_through_the_reward_set():
+    from alarm.combine import CombineConfig, RewardSet
+    from alarm.errors import AlarmError
+
+    rs = RewardSet(CombineConfig(mode="holistic_only"), holistic=lambda p, c, **k: [3.0] * len(c))
+    with pytest.raises(AlarmError, match="'holistic' is constant on the 4 fitting samples"):
+        rs.fit(["q"] * 4, ["a", "b", "c", "d"])

@@ -376,3 +376,127 @@ def test_lora_layers_limits_adapters_to_chosen_layers(tmp_path):
     tr = trainer(tmp_path, lora_layers=[1])
     with_lora = {n for n, p in tr.unwrapped.named_parameters() if p.requires_grad and "lora" in n}
     assert with_lora and all(".layers.1." in n for n in with_lora)
+
+
+# ========================================================= rollout correctness (temperature, bf16, safety valve)
+
+
+def holistic_only_set():
+    rs = RewardSet(CombineConfig(mode="holistic_only"), holistic=e_rate)
+    rs.fit(["a"] * 4, ["eee", "abc", "hello there", "x"])
+    return rs
+
+
+def ppo(tmp_path, model, **cfg):
+    base = dict(max_new_tokens=8, rollout_batch_size=4, mini_batch_size=2, grad_accum_steps=1, steps=1,
+                learning_rate=1e-3)
+    return PPOTrainer(PPOConfig(**{**base, **cfg}), model, tiny.tokenizer(), holistic_only_set(), PROMPTS, tmp_path)
+
+
+def nonzero_adapters(trainer, std=0.05):
+    """LoRA B is 0 at initialisation (policy = reference); give it values so the adapters matter."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in trainer.unwrapped.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, std)
+
+
+def start_of_update_ratio(trainer, exp):
+    """π/π_old per token at the start of the update: the update's own forward pass (train mode, trimmed)."""
+    trainer.policy.train()
+    mb = trim_padding(exp)
+    with torch.no_grad():
+        logits, _ = trainer.policy(mb)
+    logprobs = logprobs_from_logits(trainer._tempered(logits), mb["responses"])
+    return torch.exp(logprobs - mb["old_logprobs"]), mb["mask"]
+
+
+# ------------------------------------------------------------------------------------- 9. temperature
+
+
+def test_old_logprobs_are_those_of_the_tempered_sampling_distribution(tmp_path):
+    tr = ppo(tmp_path, tiny.causal_lm(), temperature=0.7)
+    nonzero_adapters(tr)
+    records = tr.prompt_batch(0)
+    batch = tr.encode_prompts(records)
+    responses, outputs = tr.generate(batch, with_policy_outputs=True)
+    exp, _ = tr.make_experience(records, batch, responses, outputs)
+    tr.policy.eval()
+    with torch.no_grad():
+        raw, _ = tr.policy(exp)
+    sampled = torch.log_softmax(raw.float() / 0.7, -1).gather(-1, exp["responses"].unsqueeze(-1)).squeeze(-1)
+    mask = exp["mask"]
+    torch.testing.assert_close(exp["old_logprobs"], sampled * mask, atol=1e-5, rtol=0)
+    ratio, m = start_of_update_ratio(tr, exp)
+    assert float(((ratio - 1).abs() * m).max()) < 1e-5
+
+
+# ------------------------------------------------------------------------------------ 10. low precision
+
+
+def test_bf16_policy_starts_the_update_at_ratio_one(tmp_path):
+    tr = ppo(tmp_path, tiny.causal_lm().to(torch.bfloat16), ppo_epochs=1, mini_batch_size=4,
+             learning_rate=1e-12, max_new_tokens=12)
+    nonzero_adapters(tr, std=0.002)  # small adapter updates: what merging into bf16 weights would round away
+    assert not tr.unwrapped.full_precision
+    # The sampling pass must not merge adapters into bf16 weights: base weights stay as they were.
+    base = {n: p.detach().clone() for n, p in tr.unwrapped.model.named_parameters() if "base_layer" in n}
+    m = tr.step()
+    assert all(torch.equal(p, base[n]) for n, p in tr.unwrapped.model.named_parameters() if n in base)
+    assert m["ppo/approx_kl"] < 1e-9 and m["ppo/clipfrac"] == 0
+
+
+def test_full_precision_policy_still_reuses_the_sampling_pass(tmp_path):
+    tr = ppo(tmp_path, tiny.causal_lm())
+    assert tr.unwrapped.full_precision
+    calls = []
+    original = tr.unwrapped.forward
+    tr.unwrapped.forward = lambda *a, **k: (calls.append(k.get("reference", False)), original(*a, **k))[1]
+    records = tr.prompt_batch(0)
+    batch = tr.encode_prompts(records)
+    responses, outputs = tr.generate(batch, with_policy_outputs=True)
+    tr.make_experience(records, batch, responses, outputs)
+    assert calls == [True]  # only the reference pass; the policy's log-probs came from sampling
+
+
+# -------------------------------------------------------------------------------- 7. ratio safety valve
+
+
+def _diverged_experience(tr):
+    records = tr.prompt_batch(0)
+    batch = tr.encode_prompts(records)
+    responses, outputs = tr.generate(batch, with_policy_outputs=True)
+    exp, _ = tr.make_experience(records, batch, responses, outputs)
+    exp["old_logprobs"] = (exp["old_logprobs"] - 5.0) * exp["mask"]  # ratio e^5 ≈ 148 on every token
+    return exp
+
+
+@pytest.mark.parametrize("threshold", [10.0, None])
+def test_mini_batches_with_a_runaway_ratio_are_skipped_and_counted(tmp_path, threshold):
+    tr = ppo(tmp_path, tiny.causal_lm(), ppo_epochs=1, ratio_threshold=threshold, early_stop_kl_factor=1e9)
+    nonzero_adapters(tr)
+    exp = _diverged_experience(tr)
+    before = [p.detach().clone() for p in tr.unwrapped.parameters() if p.requires_grad]
+    stats = tr.update(exp)
+    after = [p.detach() for p in tr.unwrapped.parameters() if p.requires_grad]
+    changed = any(not torch.equal(a, b) for a, b in zip(after, before))
+    if threshold is None:
+        assert changed and stats["ppo/skipped_minibatches"] == 0
+    else:
+        assert not changed and stats["ppo/skipped_minibatches"] == 2  # 4 responses / mini-batch 2
+
+
+def test_ratio_threshold_must_exceed_one():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        PPOConfig(ratio_threshold=0.9)
+
+
+def test_ppo_and_vcb_default_to_plain_adam(tmp_path):
+    tr = ppo(tmp_path, tiny.causal_lm())
+    assert all(g["weight_decay"] == 0.0 for g in tr.optimizer.param_groups)
+    from alarm.trainers.configs import VCBConfig
+
+    assert VCBConfig().weight_decay == 0.0

@@ -74,3 +74,34 @@ def test_mt_recipe_runs_through_the_pipeline_on_a_tiny_model(tmp_path, tiny_mode
     state = json.loads((tmp_path / "reward_state.json").read_text())
     assert set(state["normalizers"]) == {"holistic", "readability"}
     assert result["n_prompts"] == 3
+
+
+# ------------------------------------------------------------------ 5. full fine-tuning evaluation
+
+
+def test_full_finetuning_evaluates_the_frozen_initial_policy(tmp_path):
+    import json
+
+    from alarm.config import load_recipe
+    from alarm.data.prompts import prompt_records
+    from alarm.generation import generate_texts
+    from alarm.recipes.ppo import run
+
+    model_dir = tmp_path / "policy"
+    tiny.causal_lm().save_pretrained(model_dir)
+    tiny.tokenizer().save_pretrained(model_dir)
+    recipe = load_recipe(None, [
+        f"model.name={model_dir}", f"output_dir={tmp_path / 'run'}", "rewards.holistic={type: length}",
+        "sample.prompts=4", "sample.max_new_tokens=6", "ppo.steps=2", "ppo.rollout_batch_size=4",
+        "ppo.mini_batch_size=2", "ppo.max_new_tokens=6", "ppo.lora=false", "ppo.learning_rate=0.05",
+        "eval.max_new_tokens=6", "eval.max_prompts=4", "selection.enabled=false",
+    ])
+    run(recipe)
+    initial = [json.loads(x) for x in (tmp_path / "run" / "eval" / "initial.jsonl").read_text().splitlines()]
+    trained = [json.loads(x) for x in (tmp_path / "run" / "eval" / "trained.jsonl").read_text().splitlines()]
+    fresh = tiny.causal_lm()  # the initial policy, untouched
+    records = prompt_records(recipe.data, tiny.tokenizer(), recipe.data.test_split)[:4]
+    expected = [t[0] for t in generate_texts(fresh, tiny.tokenizer(), [r["prompt"] for r in records],
+                                             max_new_tokens=6, batch_size=16)]
+    assert [r["completion"] for r in initial] == expected
+    assert [r["completion"] for r in trained] != expected  # training at lr 0.05 changed the policy
