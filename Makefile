@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/alarm quickstart --out runs/quickstart
+	$(BIN)/alarm quickstart --out runs/quickstart --overwrite
 
 test: $(STAMP)
 	$(BIN)/ruff check .

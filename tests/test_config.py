@@ -55,3 +55,29 @@ def test_cli_prints_one_line_error_and_exit_code_2(tmp_path, capsys):
     assert err.startswith("alarm: error: ppo.stepz") and "\n" not in err
     assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+# --- issue 18 item 6: the combine section validated like every other; exponent numbers everywhere
+
+
+@pytest.mark.parametrize("override, message", [
+    ("combine.holistic_weight=abc", "combine.holistic_weight: Input should be a valid number"),
+    ("combine.aspect_weights.grounding=heavy", "combine.aspect_weights.grounding: Input should be a valid number"),
+    ("combine.shape_aspects=maybe", "combine.shape_aspects: Input should be a valid boolean"),
+])
+def test_combine_settings_fail_with_one_line_naming_the_key(override, message):
+    with pytest.raises(AlarmError, match=message) as e:
+        load_recipe(None, [override])
+    assert "\n" not in str(e.value)
+
+
+def test_numbers_in_exponent_form_work_in_overrides_and_recipes(tmp_path):
+    r = load_recipe(None, ["combine.holistic_weight=5e0", "combine.epsilon=-6E-1", "ppo.learning_rate=1e-5"])
+    c = r.combine_config()
+    assert (c.holistic_weight, c.epsilon, r.ppo.learning_rate) == (5.0, -0.6, 1e-5)
+    assert isinstance(c.holistic_weight, float)
+    p = tmp_path / "r.yaml"
+    p.write_text("combine: {holistic_weight: 3e0, aspect_weights: {g: 2e-1}}\nppo: {learning_rate: 2e-5}\nname: 1e3x\n")
+    r = load_recipe(p)
+    assert (r.combine_config().holistic_weight, r.combine_config().weight("g"), r.ppo.learning_rate) == (3.0, 0.2, 2e-5)
+    assert r.name == "1e3x"  # not a number: stays a string

@@ -227,3 +227,37 @@ def test_run_report_gives_intervals_and_decisive_pairs(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"{w['pct_low']:.1f}" in printed and "3–1" in printed
 
+
+
+# --- issue 18 item 7: every reader of scored files names the file, line, prompt id and metric (rc 2)
+
+
+@pytest.mark.parametrize("bad, shown", [("0.5x", "'0.5x'"), (float("nan"), "NaN"), (True, "True")])
+@pytest.mark.parametrize("command", ["compare", "select"])
+def test_a_bad_score_names_its_file_line_id_and_metric(tmp_path, capsys, command, bad, shown):
+    from alarm.cli import main
+
+    recs = [_rec(str(i), "r", s, holistic=float(i + s), m=float(s)) for i in range(3) for s in (0, 1)]
+    recs[3]["scores"]["holistic"] = bad  # line 4: prompt 1, sample 1
+    bad_file = tmp_path / "bad.scored.jsonl"
+    bad_file.write_text("".join(json.dumps(r) + "\n" for r in recs))  # json.dumps writes NaN as NaN
+    good = write_jsonl(tmp_path / "good.scored.jsonl",
+                       [_rec(str(i), "r", s, holistic=1.0, m=0.0) for i in range(3) for s in (0, 1)])
+    argv = (["compare", str(good), str(bad_file)] if command == "compare" else ["select", str(bad_file)])
+    assert main([*argv, "--out-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"alarm: error: {bad_file} line 4 (prompt_id '1'): scores.holistic is {shown}; a score must be "
+                   "a finite number, or null where the reward does not apply\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_prints_its_table(tmp_path, capsys):
+    from alarm.cli import main
+
+    a = write_jsonl(tmp_path / "a.scored.jsonl", [_rec(str(i), "x", holistic=float(i), m=1.0) for i in range(4)])
+    b = write_jsonl(tmp_path / "b.scored.jsonl", [_rec(str(i), "y", holistic=float(i) + 1, m=None) for i in range(4)])
+    assert main(["compare", str(a), str(b), "--n-boot", "50", "--out-dir", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "| metric | better | a | b |" in out
+    assert "| holistic | higher | 1.500 [" in out and "| m | higher | 1.000 [" in out
+    assert "| b | 100.0 [" in out  # b's average win rate by holistic: every prompt

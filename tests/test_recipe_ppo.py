@@ -51,9 +51,9 @@ def test_recipe_runs_end_to_end(tmp_path, tiny_model_dir, minilm):
     report = (tmp_path / "report.md").read_text()
     assert "Reward selection" in report and "win rate" in report
 
-    # Running again without --resume starts afresh: one record per step, not the old ones appended.
+    # Running again with --overwrite starts afresh: one record per step, not the old ones appended.
     recipe.ppo.steps = 1
-    run(recipe, steps=("sample", "train"))
+    run(recipe, steps=("sample", "train"), overwrite=True)
     assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1]
 
 

@@ -202,3 +202,24 @@ def test_rm_config_rejects_unknown_keys(tmp_path):
         load_config(p)
     for k in ("holistic", "factuality", "relevance", "completeness"):
         assert load_config(RECIPES / f"rm_{k}.yaml").kind == k
+
+
+def test_rm_train_checks_max_length_against_the_validation_answers_before_training(tmp_path, minilm_tokenizer):
+    """Issue 18 item 8: a validation answer longer than max_length failed the evaluation after training, with a
+    hint naming max_new_tokens (not an `rm train` setting); now one line naming max_length, before training."""
+    from alarm.data.qa_feedback import split_questions
+    from alarm.reward_models.train import RMTrainConfig, train_reward_model
+
+    questions = [f"Q{i}?" for i in range(8)]
+    _, val_q = split_questions(questions, 0.25, 42)
+    long = " ".join(f"Sentence {k} is here." for k in range(30))
+    records = load_feedback_from([feedback_record(q=q, errors=[], **{"prediction 1": long if q in val_q else
+                                                                      "Short answer. Fine."}) for q in questions])
+    cfg = RMTrainConfig(kind="factuality", epochs=1, batch_size=8, max_length=64, validation_fraction=0.25,
+                        output_dir=str(tmp_path / "f"), warmup_ratio=0.0)
+    with pytest.raises(AlarmError) as e:
+        train_reward_model(cfg, records=records, model=tiny.tiny_bert("factuality", minilm_tokenizer),
+                           tokenizer=minilm_tokenizer)
+    assert str(e.value) == ("2 of 2 validation answers do not fit max_length=64 tokens, and the evaluation after "
+                            "training scores every one; raise max_length")
+    assert "max_length" in RMTrainConfig.model_fields and not (tmp_path / "f").exists()  # nothing trained or written

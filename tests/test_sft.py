@@ -82,3 +82,21 @@ def test_sft_config_rejects_unknown_settings(tmp_path):
     assert cfg.epochs == 1 and cfg.data == "pairs.tsv"
     with pytest.raises(AlarmError, match="batch_size"):
         load_sft_config(None, ["batch_size=0"])
+
+
+def test_sft_without_network_names_the_data_setting_before_loading_a_model(monkeypatch, tmp_path):
+    """Issue 18 item 8: the hint named data.path, a recipe setting; `alarm sft` calls it data. The data is
+    read before the model loads."""
+    import datasets
+
+    import alarm.trainers.sft as sft
+
+    def offline(*a, **k):
+        raise ConnectionError("Couldn't reach the Hub (offline)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.setattr(sft, "load_policy", lambda config: pytest.fail("the model loaded before the data"))
+    config = sft.SFTConfig(output_dir=str(tmp_path / "o"))
+    with pytest.raises(AlarmError, match=r"give a parallel JSONL/TSV file instead \(data=pairs.jsonl\)$") as e:
+        sft.run_sft(config)
+    assert "data.path" not in str(e.value) and not (tmp_path / "o").exists()

@@ -4,10 +4,13 @@ Layout of ``<output_dir>/checkpoints/step-NNNNNN/``: ``model/`` (LoRA adapter or
 extra safetensors files (e.g. the value head), ``optimizer.pt``, ``trainer_state.json`` and one
 ``rng_<rank>.pt`` per process. Everything is written to a hidden temporary directory and renamed into place,
 so an interrupted save never looks like a finished checkpoint; ``checkpoints/latest`` names the newest one.
+``manifest.json`` (every file's size and sha256) is written last: a checkpoint whose files do not match it
+(a truncated or damaged file) is skipped on resume in favour of the newest intact one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -18,6 +21,9 @@ import numpy as np
 import torch
 
 from alarm.errors import AlarmError
+from alarm.io import write_text_atomic
+
+MANIFEST = "manifest.json"
 
 
 def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, model, optimizer, state: dict,
@@ -46,19 +52,84 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, model
     torch.save(rng, tmp / f"rng_{accelerator.process_index}.pt")  # every rank keeps its own RNG stream
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        write_manifest(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        (root / "latest").write_text(final.name)
+        write_text_atomic(root / "latest", final.name)
     accelerator.wait_for_everyone()
     return final
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(ckpt: Path) -> None:
+    """Size and sha256 of every file, fsynced, written last: its presence means the rest is complete."""
+    files = sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name != MANIFEST)
+    for p in files:  # the data must be on disk before the manifest that vouches for it
+        with open(p, "rb+") as f:
+            os.fsync(f.fileno())
+    entries = {str(p.relative_to(ckpt)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    write_text_atomic(ckpt / MANIFEST, json.dumps({"files": entries}, indent=2))
+
+
+def verify_checkpoint(ckpt: Path) -> str | None:
+    """Why ``ckpt`` cannot be trusted (a missing, resized or changed file), or None when it is intact."""
+    manifest = ckpt / MANIFEST
+    if not manifest.exists():
+        return "no manifest.json (unfinished or damaged)"
+    try:
+        entries = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        return "manifest.json is unreadable"
+    for name, want in entries.items():
+        p = ckpt / name
+        if not p.is_file():
+            return f"{name} is missing"
+        if p.stat().st_size != want["size"]:
+            return f"{name} has {p.stat().st_size} bytes, the manifest says {want['size']}"
+        if _sha256(p) != want["sha256"]:
+            return f"{name} does not match its sha256 in the manifest"
+    return None
+
+
+def checkpoints_newest_first(output_dir: str | os.PathLike) -> list[Path]:
+    root = Path(output_dir) / "checkpoints"
+    return sorted(root.glob("step-*"), key=lambda p: p.name, reverse=True) if root.is_dir() else []
+
+
+def pick_checkpoint(output_dir: str | os.PathLike, path: str | os.PathLike | None = None,
+                    say=print) -> Path | None:
+    """The checkpoint to resume from: ``path`` (refused when damaged), else the newest intact one of
+    ``output_dir``, saying which damaged ones it skipped; None when there is none."""
+    if path:
+        ckpt = Path(path)
+        if not ckpt.is_dir():
+            raise AlarmError(f"checkpoint {ckpt} not found; pass a checkpoints/step-N directory of the run")
+        if not (ckpt / MANIFEST).exists() and (ckpt / "trainer_state.json").exists():
+            # Written before checkpoints carried manifests: only an explicit choice uses it, and says so.
+            say(f"checkpoint {ckpt} has no manifest (written by an older alarm): resuming from it unverified")
+            return ckpt
+        why = verify_checkpoint(ckpt)
+        if why:
+            raise AlarmError(f"checkpoint {ckpt} is damaged ({why}); pick another with --resume PATH")
+        return ckpt
+    for ckpt in checkpoints_newest_first(output_dir):
+        why = verify_checkpoint(ckpt)
+        if why is None:
+            return ckpt
+        say(f"checkpoint {ckpt} is damaged ({why}); trying the previous one")
+    return None
+
+
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    pointer = Path(output_dir) / "checkpoints" / "latest"
-    if not pointer.exists():
-        return None
-    path = pointer.parent / pointer.read_text().strip()
-    return path if path.exists() else None
+    """The newest intact checkpoint of ``output_dir`` (None when there is none)."""
+    return pick_checkpoint(output_dir, say=lambda _: None)
 
 
 def read_state(ckpt: Path) -> dict:
@@ -92,11 +163,14 @@ def load_checkpoint(ckpt: Path, model, optimizer, lora: bool, rank: int) -> None
 
 def restore(output_dir: str | os.PathLike, path: str | os.PathLike | None, model, optimizer, rank: int,
             expected: dict) -> dict | None:
-    """Load the given (or the latest) checkpoint of ``output_dir`` into ``model`` and ``optimizer``; returns its
-    trainer state, or None when there is none. ``expected`` settings (e.g. ``lora``) must match the state's."""
-    ckpt = Path(path) if path else latest_checkpoint(output_dir)
+    """Load the given (or the newest intact) checkpoint of ``output_dir`` into ``model`` and ``optimizer``;
+    returns its trainer state, or None when there is none. ``expected`` settings (e.g. ``lora``) must match."""
+    ckpt = pick_checkpoint(output_dir, path)
     if ckpt is None:
         return None
+    newest = checkpoints_newest_first(output_dir)
+    if not path and newest and newest[0] != ckpt:
+        print(f"resuming from {ckpt.name}, the newest intact checkpoint")
     state = read_state(ckpt)
     differ = {k: state.get(k) for k, v in expected.items() if state.get(k) != v}
     if differ:

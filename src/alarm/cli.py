@@ -12,6 +12,7 @@ import sys
 
 from alarm.errors import AlarmError
 from alarm.integrations import serve
+from alarm.models import quiet_transformers
 from alarm.recipes import evaluation, ppo, qa_feedback, reward_models, sft, vcb
 
 
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_transformers()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

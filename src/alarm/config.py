@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from alarm.combine import CombineConfig, RewardSet
 from alarm.errors import AlarmError
@@ -109,11 +110,20 @@ class Recipe(RunSpec):
 
 
 def build_dataclass(cls, settings: dict, where: str):
+    """``cls(**settings)`` through pydantic's typed validation, so a dataclass section (``combine``) fails like
+    every other section: one line naming ``where.key``, numbers given as strings (``"5e0"``) read as numbers."""
+    if not isinstance(settings, dict):
+        raise AlarmError(f"{where}: must be a mapping of settings (got {settings!r})")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(settings) - names)
     if unknown:
         raise AlarmError(f"{where}.{unknown[0]}: unknown setting (valid: {', '.join(sorted(names))})")
-    return cls(**settings)
+    try:
+        return TypeAdapter(cls).validate_python(settings)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join([where, *(str(x) for x in err["loc"])])
+        raise AlarmError(f"{loc}: {err['msg']} (got {err.get('input')!r})") from None
 
 
 def _format_validation_error(e: ValidationError, model_cls=None) -> str:
@@ -128,6 +138,19 @@ def _format_validation_error(e: ValidationError, model_cls=None) -> str:
     return f"{loc}: {err['msg']} (got {err.get('input')!r})"
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``5e0`` and ``1e-5`` (no dot) as strings; here they are numbers, as in YAML 1.2."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def load_yaml(text: str):
+    """``yaml.safe_load`` with numbers in exponent form read as numbers (recipes and overrides alike)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def parse_overrides(pairs: list[str]) -> dict:
     """``["ppo.steps=3", "combine.mode=weighted_sum"]`` → nested dict (values parsed as YAML scalars)."""
     out: dict = {}
@@ -135,7 +158,7 @@ def parse_overrides(pairs: list[str]) -> dict:
         if "=" not in pair:
             raise AlarmError(f"override {pair!r} must look like key=value (e.g. ppo.steps=10)")
         key, raw = pair.split("=", 1)
-        value = yaml.safe_load(raw) if raw else None
+        value = load_yaml(raw) if raw else None
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -161,7 +184,7 @@ def read_settings(path: str | Path | None, overrides: list[str] | None = None) -
         if not p.exists():
             raise AlarmError(f"recipe {p} not found; give a YAML file path (see recipes/)")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = load_yaml(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise AlarmError(f"recipe {p} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(data, dict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from alarm.progress import Progress
 from alarm.trainers.sequences import response_mask
 
 
@@ -11,8 +12,6 @@ def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int = 6
                    num_samples: int = 1, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                    batch_size: int = 16, progress: str | None = None) -> list[list[str]]:
     """``num_samples`` completions per prompt (greedy by default), decoded up to the first EOS."""
-    from rich.progress import Progress
-
     is_seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
     eos = model.generation_config.eos_token_id
     if eos is None:
@@ -26,8 +25,7 @@ def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int = 6
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) if do_sample else \
         dict(do_sample=False, temperature=None, top_p=None, top_k=None)
     try:
-        with Progress(disable=progress is None, transient=True) as bar:
-            task = bar.add_task(progress or "", total=len(flat))
+        with Progress(progress or "", len(flat), enabled=progress is not None) as bar:
             for i in range(0, len(flat), batch_size):
                 enc = tokenizer(flat[i : i + batch_size], return_tensors="pt", padding=True,
                                 add_special_tokens=is_seq2seq).to(model.device)
@@ -37,7 +35,7 @@ def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int = 6
                 responses = ids[:, 1:] if is_seq2seq else ids[:, enc["input_ids"].shape[1] :]
                 lengths = response_mask(responses, eos).sum(1).long().tolist()
                 out += [tokenizer.decode(responses[j, :n], skip_special_tokens=True) for j, n in enumerate(lengths)]
-                bar.update(task, advance=len(lengths))
+                bar.update(advance=len(lengths))
     finally:
         tokenizer.padding_side = side
         model.train(was_training)

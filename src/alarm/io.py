@@ -54,3 +54,37 @@ def read_jsonl(path: str | os.PathLike, what: str = "file") -> list[dict]:
             raise AlarmError(f"{p} line {lineno}: each line must be a JSON object")
         out.append(obj)
     return out
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
+    """Refuse, before any work, a directory that is a file or cannot be created or written."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise AlarmError(f"{what} {p} is a file; pass a directory")
+    parent = p
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise AlarmError(f"{what} {p} cannot be written ({parent} is not writable); choose another")
+    return p
+
+
+RUN_MARKERS = ("config.yaml", "checkpoints", "metrics.jsonl", "meta.json")
+
+
+def claim_run_dir(path: str | os.PathLike, resume: bool, overwrite: bool, what: str = "run directory") -> Path:
+    """Make ``path`` the run's directory once every input has been checked: an existing non-empty one is
+    refused unless resuming it or told to replace it; a replaced one must look like an alarm run."""
+    import shutil
+
+    p = check_writable_dir(path, what)
+    if p.is_dir() and any(p.iterdir()) and not resume:
+        if not overwrite:
+            raise AlarmError(f"{what} {p} already holds a run; pass --resume to continue it, --overwrite to "
+                             "replace it, or choose another output directory")
+        if not any((p / name).exists() for name in RUN_MARKERS):
+            raise AlarmError(f"{what} {p} is not empty and does not look like an alarm run (none of "
+                             f"{', '.join(RUN_MARKERS)}); --overwrite only replaces runs: choose another directory")
+        shutil.rmtree(p)
+    p.mkdir(parents=True, exist_ok=True)
+    return p

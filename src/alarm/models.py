@@ -27,6 +27,26 @@ SMOLLM2 = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def _hf_logs_wanted() -> bool:
+    return os.environ.get("ALARM_HF_LOGS", "").strip() not in ("", "0")
+
+
+def quiet_transformers() -> None:
+    """Hide transformers' weight-loading bars, info logs and deprecation warnings (they bury alarm's own lines
+    and mean nothing to a user); ``ALARM_HF_LOGS=1`` shows them again. Real errors still surface."""
+    if _hf_logs_wanted():
+        return
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    for module in ("transformers", "peft", "accelerate", "torch"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
+
+
 def cache_dir() -> Path:
     """Root of alarm's cache: $ALARM_CACHE, else $XDG_CACHE_HOME/alarm, else ~/.cache/alarm."""
     if os.environ.get("ALARM_CACHE"):
@@ -75,8 +95,18 @@ def convert_smollm2(out_dir: Path) -> None:
     A GGUF-loaded model refuses save_pretrained, so its weights are copied into a plain model
     built from the same config minus the quantization entry.
     """
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
     gguf = smollm2_gguf_path()
-    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    bar = gguf_utils.tqdm  # a plain tqdm bar, deaf to transformers' own switch; the warning above says enough
+    if not _hf_logs_wanted():
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    finally:
+        gguf_utils.tqdm = bar
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config_dict = gguf_model.config.to_dict()
     for key in ("quantization_config", "_name_or_path", "_model_name_or_path"):

@@ -162,8 +162,11 @@ def split_pairs(pairs: list[Pair], n_pairs: int | None = PAPER_PAIRS, test_fract
 def load_europarl(n_pairs: int | None = PAPER_PAIRS, source_lang: str = "es", target_lang: str = "en",
                   name: str = EUROPARL, config: str = EUROPARL_CONFIG, seed: int = PAPER_SEED,
                   test_fraction: float = PAPER_TEST_FRACTION,
-                  valid_fraction: float = PAPER_VALID_FRACTION) -> dict[str, list[Pair]]:
-    """Europarl through ``datasets`` with the paper's split (needs network or a local ``datasets`` cache)."""
+                  valid_fraction: float = PAPER_VALID_FRACTION, setting: str = "data.path") -> dict[str, list[Pair]]:
+    """Europarl through ``datasets`` with the paper's split (needs network or a local ``datasets`` cache).
+
+    ``setting``: the name of the setting that chose Europarl, for the hint (``data.path`` in a recipe, ``data`` in
+    `alarm sft`)."""
     import datasets
 
     try:
@@ -172,7 +175,7 @@ def load_europarl(n_pairs: int | None = PAPER_PAIRS, source_lang: str = "es", ta
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise AlarmError(
             f"cannot load {name} ({config}) through datasets: {reason}. Without network, give a parallel "
-            "JSONL/TSV file instead (data.path=...)"
+            f"JSONL/TSV file instead ({setting}=pairs.jsonl)"
         ) from None
     if "translation" not in ds.column_names:
         raise AlarmError(f"{name} ({config}) has no 'translation' column (columns: {ds.column_names})")
@@ -189,10 +192,11 @@ def load_europarl(n_pairs: int | None = PAPER_PAIRS, source_lang: str = "es", ta
 
 
 def load_splits(path: str | None, source_lang: str = "es", target_lang: str = "en", n_pairs: int | None = None,
-                seed: int = PAPER_SEED) -> dict[str, list[Pair]]:
+                seed: int = PAPER_SEED, setting: str = "data.path") -> dict[str, list[Pair]]:
     """``{"train", "validation", "test"}`` pairs from ``path`` (a file, or ``"europarl"``: the paper's data)."""
     if path is None or str(path).lower() == "europarl":
-        return load_europarl(PAPER_PAIRS if n_pairs is None else n_pairs, source_lang, target_lang, seed=seed)
+        return load_europarl(PAPER_PAIRS if n_pairs is None else n_pairs, source_lang, target_lang, seed=seed,
+                             setting=setting)
     return split_pairs(load_pairs(path, source_lang, target_lang), n_pairs, seed=seed)
 
 

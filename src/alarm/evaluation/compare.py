@@ -356,6 +356,53 @@ def matrix_markdown(matrix: Mapping[str, Any], title: str) -> list[str]:
     return [*lines, ""]
 
 
+def _matrices(result: Mapping[str, Any], judge: Mapping[str, Any] | None) -> list[tuple[str, str, Any]]:
+    """(short name, title, win-rate matrix) for every reward compared, then the judge's."""
+    out = [(m, f"by {m} ({'higher' if result['higher_is_better'][m] else 'lower'} is better)", result["matrices"][m])
+           for m in result["metrics"] if m in result.get("matrices", {})]
+    if judge and "matrix" in judge:
+        out.append((f"judge {judge.get('model', '?')}",
+                    f"by the LLM judge {judge.get('model', '?')} ({judge['n_prompts']} prompts)", judge["matrix"]))
+    return out
+
+
+def _avg_lines(result: Mapping[str, Any], matrices) -> list[str]:
+    lines = ["| system | " + " | ".join(short for short, _, _ in matrices) + " |", "|---|" + "---|" * len(matrices)]
+    for x in result["systems"]:
+        lines.append(f"| {x} | " + " | ".join(_wr(mx["avg"][x]) if x in mx["avg"] else "—"
+                                              for _, _, mx in matrices) + " |")
+    return lines
+
+
+def _means_lines(result: Mapping[str, Any]) -> list[str]:
+    lines = ["| metric | better | " + " | ".join(result["systems"]) + " |",
+             "|---|---|" + "---|" * len(result["systems"])]
+    for m in result["metrics"]:
+        cells = []
+        for s in result["systems"]:
+            c = result["means"][s][m]
+            cell = f"{_f(c['mean'])} [{_f(c['low'])}, {_f(c['high'])}]"
+            if c["n_missing"]:
+                cell += f" (n={c['n']}, {c['n_missing']} n/a)"
+            cells.append(cell)
+        better = "higher" if result["higher_is_better"][m] else "lower"
+        lines.append(f"| {m} | {better} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def summary_markdown(result: Mapping[str, Any], judge: Mapping[str, Any] | None = None) -> str:
+    """What `alarm compare` prints: the means with their intervals and each system's average win rate by every
+    evaluator (the full report, pair by pair, is report.md)."""
+    lines = [f"{result['n_prompts']} prompts; means [{result['ci']['confidence']:.0%} interval]:", ""]
+    if result["metrics"]:
+        lines += [*_means_lines(result), ""]
+    matrices = _matrices(result, judge)
+    if matrices and len(result["systems"]) > 1:
+        lines += ["Average win rate over the other systems [interval] (decisive pairs):", "",
+                  *_avg_lines(result, matrices), ""]
+    return "\n".join(lines)
+
+
 def report_markdown(result: Mapping[str, Any], judge: Mapping[str, Any] | None = None,
                     plots: Sequence[str] = ()) -> str:
     ci = result["ci"]
@@ -371,38 +418,18 @@ def report_markdown(result: Mapping[str, Any], judge: Mapping[str, Any] | None =
                   "Prompts each system lacks: "
                   + ", ".join(f"{s}: {n}" for s, n in result["missing_prompts"].items()) + ".", ""]
     metrics = result["metrics"]
-    matrices = [(m, f"by {m} ({'higher' if result['higher_is_better'][m] else 'lower'} is better)",
-                 result["matrices"][m]) for m in metrics if m in result.get("matrices", {})]
-    if judge and "matrix" in judge:
-        matrices.append((f"judge {judge.get('model', '?')}",
-                         f"by the LLM judge {judge.get('model', '?')} ({judge['n_prompts']} prompts)", judge["matrix"]))
+    matrices = _matrices(result, judge)
     if matrices and len(result["systems"]) > 1:
         lines += ["## Win rates (the paper's layout)", "",
                   "Each cell: the row system's win rate over the column system, 100·wins / (wins + losses) (ties "
                   "excluded; 50 when no pair is decisive), its " f"{ci['confidence']:.0%} percentile bootstrap "
                   f"interval over prompts ({n_boot} resamples) and, in parentheses, the number of decisive pairs. "
                   "Avg.: the mean of the row's win rates against the other systems.", ""]
-        lines += ["Avg. by each evaluator:", "", "| system | " + " | ".join(short for short, _, _ in matrices) + " |",
-                  "|---|" + "---|" * len(matrices)]
-        for x in result["systems"]:
-            lines.append(f"| {x} | " + " | ".join(_wr(mx["avg"][x]) if x in mx["avg"] else "—"
-                                                  for _, _, mx in matrices) + " |")
-        lines.append("")
+        lines += ["Avg. by each evaluator:", "", *_avg_lines(result, matrices), ""]
         for _, title, mx in matrices:
             lines += matrix_markdown(mx, title)
     if metrics:
-        lines += ["## Means", "", "| metric | better | " + " | ".join(result["systems"]) + " |",
-                  "|---|---|" + "---|" * len(result["systems"])]
-        for m in metrics:
-            cells = []
-            for s in result["systems"]:
-                c = result["means"][s][m]
-                cell = f"{_f(c['mean'])} [{_f(c['low'])}, {_f(c['high'])}]"
-                if c["n_missing"]:
-                    cell += f" (n={c['n']}, {c['n_missing']} n/a)"
-                cells.append(cell)
-            better = "higher" if result["higher_is_better"][m] else "lower"
-            lines.append(f"| {m} | {better} | " + " | ".join(cells) + " |")
+        lines += ["## Means", "", *_means_lines(result)]
         lines += ["", "## Win rates by reward, pair by pair", "",
                   "Win rate of the first system = 100·wins / (wins + losses); ties excluded (50 when none is "
                   f"decisive); lower-is-better metrics flipped; ties within {result['tie_tol']:g}. Interval: "

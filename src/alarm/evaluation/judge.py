@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from alarm.errors import AlarmError
+from alarm.progress import Progress
 
 log = logging.getLogger("alarm.judge")
 
@@ -395,8 +396,6 @@ class Judge:
         The first fatal error (e.g. a dead endpoint) cancels what has not started and is raised; everything
         finished before it is already in the cache.
         """
-        from rich.progress import Progress
-
         same = [self._identical(*item) for item in items]
         tasks = [(q, a, b) for (q, x, y), s in zip(items, same) if s is None for a, b in ((x, y), (y, x))]
         results: list[Judgment | None] = [None] * len(tasks)
@@ -411,9 +410,8 @@ class Judge:
                     raise
             return i
 
-        with Progress(disable=progress is None, transient=True) as bar, \
+        with Progress(progress or "", len(tasks), enabled=progress is not None) as bar, \
                 ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
-            task_id = bar.add_task(progress or "", total=len(tasks))
             pending = {pool.submit(run, i) for i in range(len(tasks))}
             while pending:
                 done, pending = wait(pending, return_when=FIRST_EXCEPTION)
@@ -421,7 +419,7 @@ class Judge:
                     if fut.exception() is not None:
                         pool.shutdown(wait=True, cancel_futures=True)
                         raise fut.exception()
-                    bar.update(task_id, advance=1)
+                    bar.update(advance=1)
         asked = iter(range(0, len(tasks), 2))
         out = []
         for s in same:

@@ -15,13 +15,15 @@ prompt, never the chat-formatted policy input, so `alarm score` and training sco
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 from alarm.config import DataSpec
 from alarm.data.prompts import prompt_records, reward_inputs
 from alarm.errors import AlarmError
-from alarm.io import read_jsonl
+from alarm.io import jsonl_lines, read_jsonl
+from alarm.progress import Progress
 from alarm.rewards.base import Dense, is_dense, summarize_dense
 from alarm.rewards.normalize import Normalizer, load_normalizers
 
@@ -84,13 +86,10 @@ def score_records(reward_set, records: list[dict], batch_size: int = 64, progres
 
     Dense rewards are summarised per response (see :func:`alarm.rewards.base.summarize_dense`).
     """
-    from rich.progress import Progress
-
     rewards = ({"holistic": reward_set.holistic} if reward_set.holistic is not None else {}) | reward_set.aspects
     scores: list[dict] = [{} for _ in records]
     described: dict[str, dict] = {}
-    with Progress(transient=True, disable=not progress) as bar:
-        task = bar.add_task("scoring", total=len(records))
+    with Progress("scoring", len(records), enabled=progress) as bar:
         for i in range(0, len(records), batch_size):
             batch = records[i : i + batch_size]
             prompts, cols = reward_inputs(batch)
@@ -112,7 +111,7 @@ def score_records(reward_set, records: list[dict], batch_size: int = 64, progres
                                                            "higher_is_better": hib}
                 else:
                     described[name] = {"reward": name, "kind": "raw", "higher_is_better": hib}
-            bar.update(task, advance=len(batch))
+            bar.update(advance=len(batch))
     return scores, described
 
 
@@ -142,16 +141,35 @@ def load_normalizer_file(path: str):
     return load_normalizers(path)[0]
 
 
-def read_scored(path: str) -> tuple[list[dict], dict[str, bool]]:
-    """Scored records and each metric's direction (from the sidecar written by `alarm score`, if any)."""
-    records = read_jsonl(path, "scored file")
-    for i, r in enumerate(records, start=1):
-        if not isinstance(r.get("scores"), dict) or "prompt_id" not in r:
-            raise AlarmError(f"{path} record {i}: needs 'prompt_id' and a 'scores' object; run alarm score first")
+def check_score(path: str | os.PathLike, lineno: int, record: dict, metric: str) -> None:
+    """A score is a finite number or null (the reward does not apply); anything else names its file, line,
+    prompt id and metric, so a hand-edited or foreign file fails where the problem is."""
+    v = record["scores"][metric]
+    if v is None or (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)):
+        return
+    what = "NaN" if isinstance(v, float) and math.isnan(v) else repr(v)
+    raise AlarmError(f"{path} line {lineno} (prompt_id {record.get('prompt_id')!r}): scores.{metric} is {what}; "
+                     "a score must be a finite number, or null where the reward does not apply")
+
+
+def read_scored(path: str | os.PathLike, require_scores: bool = True) -> tuple[list[dict], dict[str, bool]]:
+    """Scored records (every score checked by :func:`check_score`) and each metric's direction (from the sidecar
+    written by `alarm score`, if any). ``require_scores=False`` also takes plain generation files."""
+    p = Path(path)
+    if not p.exists():
+        raise AlarmError(f"scored file {p} not found")
+    records = []
+    for lineno, r in jsonl_lines(str(p), p.read_text(encoding="utf-8")):
+        if not isinstance(r, dict) or "prompt_id" not in r:
+            raise AlarmError(f"{p} line {lineno}: needs an object with 'prompt_id' (write it with alarm generate)")
+        if "scores" in r or require_scores:
+            if not isinstance(r.get("scores"), dict):
+                raise AlarmError(f"{p} line {lineno}: needs a 'scores' object; run alarm score first")
+            for metric in r["scores"]:
+                check_score(p, lineno, r, metric)
+        records.append(r)
     directions = {}
-    if meta_path(path).exists():
-        meta = json.loads(meta_path(path).read_text())
+    if meta_path(p).exists():
+        meta = json.loads(meta_path(p).read_text())
         directions = {k: bool(v.get("higher_is_better", True)) for k, v in meta.get("metrics", {}).items()}
     return records, directions
-
-

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from alarm.config import build_reward_set, load_recipe, parse_overrides, read_settings, validate_recipe
 from alarm.errors import AlarmError
-from alarm.evaluation.compare import compare_scored
+from alarm.evaluation.compare import compare_scored, summary_markdown
 from alarm.evaluation.judge import Judge, JudgeConfig
 from alarm.evaluation.scoring import (
     load_normalizer_file,
@@ -30,6 +30,8 @@ from alarm.evaluation.scoring import (
 from alarm.generation import generate_texts
 from alarm.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 from alarm.models import load_policy, policy_checkpoint
+from alarm.outputs import check_output_dir, check_output_file
+from alarm.progress import Progress
 from alarm.rewards.normalize import Normalizer, save_normalizers
 from alarm.selection import (
     compute_stats,
@@ -77,9 +79,8 @@ def _read_existing_generations(out: Path, num_samples: int) -> tuple[list[dict],
 
 def generate(args: argparse.Namespace) -> int:
     import torch
-    from rich.progress import Progress
 
-    out = Path(args.out)
+    out = check_output_file(args.out, "--out")
     settings = {"policy": args.policy, "base_model": args.base_model, "prompts": args.prompts, "split": args.split,
                 "system": args.system, "chat": args.chat, "max_new_tokens": args.max_new_tokens,
                 "do_sample": args.sample, "num_samples": args.num_samples, "seed": args.seed,
@@ -110,8 +111,7 @@ def generate(args: argparse.Namespace) -> int:
     write_json_atomic(meta_path(out), settings)
     torch.manual_seed(args.seed)
     chunk = max(1, args.batch_size // args.num_samples)
-    with Progress(transient=True, disable=not sys.stderr.isatty()) as bar, out.open("a", encoding="utf-8") as f:
-        task = bar.add_task("generating", total=len(todo))
+    with Progress("generating", len(todo)) as bar, out.open("a", encoding="utf-8") as f:
         for i in range(0, len(todo), chunk):
             batch = todo[i : i + chunk]
             texts = generate_texts(model, tokenizer, [p["prompt"] for p in batch], max_new_tokens=args.max_new_tokens,
@@ -123,7 +123,7 @@ def generate(args: argparse.Namespace) -> int:
                     f.write(json.dumps({"prompt_id": p["id"], "sample": s, "prompt": p["prompt"],
                                         "completion": completion, **columns}, ensure_ascii=False) + "\n")
             f.flush()
-            bar.update(task, advance=len(batch))
+            bar.update(advance=len(batch))
     _info(f"generate: wrote {out} ({len(prompts) * args.num_samples} responses)")
     return 0
 
@@ -159,6 +159,15 @@ def score(args: argparse.Namespace) -> int:
         raise AlarmError("--out names one output; with several input files use --out-dir")
     if args.fit and args.normalizers:
         raise AlarmError("give either --normalizers FILE (fitted before) or --fit (fit on these files), not both")
+    if args.out:
+        check_output_file(args.out, "--out")
+    elif args.out_dir:
+        check_output_dir(args.out_dir, "--out-dir")
+    else:
+        for f in args.files:  # the scored files go beside their inputs
+            check_output_dir(Path(f).parent, f"the directory of {f} (where its scored file goes; or give --out-dir)")
+    if args.fit and args.save_normalizers:
+        check_output_file(args.save_normalizers, "--save-normalizers")
     reward_set = load_reward_set(args.rewards, args.set or [])
     inputs = {f: read_jsonl(f, "generation file") for f in args.files}
     for f, recs in inputs.items():
@@ -168,7 +177,7 @@ def score(args: argparse.Namespace) -> int:
     results = {}
     for f, recs in inputs.items():
         _info(f"score: {f} ({len(recs)} responses, rewards: {', '.join(reward_set.names())})")
-        results[f] = score_records(reward_set, recs, args.batch_size, progress=sys.stderr.isatty())
+        results[f] = score_records(reward_set, recs, args.batch_size, progress=True)
     normalizers: dict[str, Normalizer] = {}
     norm_source = None
     if args.fit:
@@ -272,6 +281,7 @@ def select(args: argparse.Namespace) -> int:
 
     if args.top_k is None and args.max_conflict is None:
         args.max_conflict = 0.4
+    check_output_dir(args.out_dir, "--out-dir")
     pairs = args.pairs or ("two-samples" if len(args.files) == 1 else "greedy-vs-sample")
     need = 1 if pairs == "two-samples" else 2
     if len(args.files) != need:
@@ -349,13 +359,14 @@ def compare(args: argparse.Namespace) -> int:
         raise AlarmError(f"--names gives {len(names)} names for {len(args.files)} files")
     if len(set(names)) != len(names):
         raise AlarmError(f"system names must differ (got {names}); set them with --names")
+    check_output_dir(args.out_dir, "--out-dir")
+    if args.judge_cache:
+        check_output_file(args.judge_cache, "--judge-cache")
     systems, dirs = {}, []
     for n, f in zip(names, args.files):
-        records = read_jsonl(f, "generation file")
-        systems[n] = records
-        dirs.append(json.loads(meta_path(f).read_text()).get("metrics", {}) if meta_path(f).exists() else {})
-    directions = _directions([{k: bool(v.get("higher_is_better", True)) for k, v in d.items()} for d in dirs],
-                             _csv(args.lower_is_better))
+        systems[n], d = read_scored(f, require_scores=False)
+        dirs.append(d)
+    directions = _directions(dirs, _csv(args.lower_is_better))
     out = Path(args.out_dir)
     judge = None
     if args.judge_url:
@@ -368,10 +379,11 @@ def compare(args: argparse.Namespace) -> int:
         systems, directions, out, metrics=_csv(args.metrics) or None, method=args.ci, confidence=args.confidence,
         tie_tol=args.tie_tol, n_boot=args.n_boot, seed=args.seed, sample=args.sample,
         allow_missing=args.allow_missing, judge=judge, judge_max_prompts=args.judge_max_prompts,
-        files=dict(zip(names, args.files)), progress=sys.stderr.isatty(), info=_info)
+        files=dict(zip(names, args.files)), progress=True, info=_info)
     if judge is not None:
         _info(f"compare: judge made {judge.requests_made} requests; {judge.unparsed} replies never parsed "
               f"(logged in {out / 'judge_unparsed.jsonl'})")
+    print(summary_markdown(result, judge_result))
     _info(f"compare: wrote {out}/report.md, compare.json and {len(plots)} plot(s)")
     return 0
 

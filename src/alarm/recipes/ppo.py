@@ -23,7 +23,13 @@ from alarm.errors import AlarmError
 from alarm.evaluation.compare import compare_scored, win_counts
 from alarm.evaluation.scoring import generation_rows, meta_path, normalize_scores, score_records
 from alarm.generation import generate_texts
-from alarm.io import write_json_atomic, write_jsonl_atomic
+from alarm.io import (
+    check_writable_dir,
+    claim_run_dir,
+    write_json_atomic,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
 from alarm.models import load_policy
 from alarm.rewards.base import summarize
 from alarm.selection import (
@@ -70,8 +76,7 @@ def sample_and_fit(recipe: Recipe, model, tokenizer, records: list[dict], reward
     samples = [{"prompt_id": r["id"], "sample": k, "completion": t,
                 **{name: summarize(norm[name][i], t) for name in norm}}
                for i, (r, k, t) in enumerate(flat)]
-    with open(run_dir / "initial_samples.jsonl", "w") as f:
-        f.writelines(json.dumps(x) + "\n" for x in samples)
+    write_jsonl_atomic(run_dir / "initial_samples.jsonl", samples)
     write_json_atomic(run_dir / "reward_state.json", reward_set.state())
     if selection_pairs and recipe.selection.enabled and recipe.selection.pairs == "greedy_vs_sample" \
             and reward_set.aspects:
@@ -91,8 +96,7 @@ def sample_and_fit(recipe: Recipe, model, tokenizer, records: list[dict], reward
         if pure:
             rows += [{"prompt_id": x["prompt_id"], "side": "sample", **{k: v for k, v in x.items() if k != "prompt_id"}}
                      for x in samples if x["sample"] == 0]
-        with open(run_dir / "selection_pairs.jsonl", "w") as f:
-            f.writelines(json.dumps(x) + "\n" for x in rows)
+        write_jsonl_atomic(run_dir / "selection_pairs.jsonl", rows)
     return samples
 
 
@@ -137,7 +141,7 @@ def select_step(recipe: Recipe, reward_set: RewardSet, samples: list[dict], run_
     selection = select_aspects(stats, max_conflict=sel.max_conflict, top_k=sel.top_k, min_decisive=sel.min_decisive)
     write_json_atomic(run_dir / "selection.json", {"pairs": sel.pairs, "n_pairs": len(h_a),
                                             **selection_to_json(stats, selection, wins, sides)})
-    (run_dir / "selection.md").write_text(f"Pairs: {len(h_a)}, {described}.\n\n"
+    write_text_atomic(run_dir / "selection.md", f"Pairs: {len(h_a)}, {described}.\n\n"
                                           + selection_markdown(stats, selection, wins, sides))
     plot_selection(stats, selection, run_dir / "selection.png", wins, sides)
     h = wins["holistic"]
@@ -150,14 +154,17 @@ def select_step(recipe: Recipe, reward_set: RewardSet, samples: list[dict], run_
 
 
 def train_step(recipe: Recipe, model, tokenizer, reward_set: RewardSet, records: list[dict], run_dir: Path,
-               resume: bool = False):
-    """(c) PPO on the training prompts; returns the trainer (its policy holds the trained adapters)."""
+               resume: bool | str = False):
+    """(c) PPO on the training prompts; returns the trainer (its policy holds the trained adapters).
+    ``resume``: True for the newest intact checkpoint, or a checkpoint's path."""
 
     trainer = PPOTrainer(recipe.ppo, model, tokenizer, reward_set, records, run_dir)
     if resume:
-        start = trainer.resume()
+        start = trainer.resume(resume if isinstance(resume, str) else None)
         if start:
             console.print(f"resuming from step {start}")
+        else:
+            console.print(f"no checkpoint in {run_dir / 'checkpoints'}: training starts fresh")
     trainer.train()
     return trainer
 
@@ -306,7 +313,7 @@ def write_report(recipe: Recipe, run_dir: Path, history: list[dict], result: dic
         lines += ["", "![before/after](before_after.png)", ""]
     lines += ["## Timings", "", *[f"- {k}: {v:.0f} s" for k, v in timings.items()], ""]
     path = run_dir / "report.md"
-    path.write_text("\n".join(lines))
+    write_text_atomic(path, "\n".join(lines))
     return path
 
 
@@ -344,19 +351,17 @@ def print_summary(result: dict) -> None:
 # ------------------------------------------------------------------------------------------------ commands
 
 
-def run(recipe: Recipe, steps: tuple[str, ...] = ("sample", "select", "train", "eval"), resume: bool = False) -> dict:
-    """Run the recipe's steps in order; returns the evaluation result (if evaluated)."""
+def run(recipe: Recipe, steps: tuple[str, ...] = ("sample", "select", "train", "eval"),
+        resume: bool | str = False, overwrite: bool = False) -> dict:
+    """Run the recipe's steps in order; returns the evaluation result (if evaluated).
+
+    Every input (model, data, rewards, output directory) is checked before anything is written, so a typo
+    never costs an earlier run: an existing run directory is only continued (``resume``: True, or the path of
+    a checkpoint) or, with ``overwrite``, replaced after the checks passed."""
     import torch
 
     torch.manual_seed(recipe.seed)
-    run_dir = recipe.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:  # a fresh run replaces an earlier run's training record instead of appending to it
-        import shutil
-
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    run_dir = check_writable_dir(recipe.run_dir(), "run directory")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     model, tokenizer = load_policy(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code)
@@ -364,12 +369,16 @@ def run(recipe: Recipe, steps: tuple[str, ...] = ("sample", "select", "train", "
     train_records = prompt_records(recipe.data, tokenizer, recipe.data.train_split, seq2seq, recipe.seed)
     if recipe.data.max_train_prompts:
         train_records = train_records[: recipe.data.max_train_prompts]
+    test_records = prompt_records(recipe.data, tokenizer, recipe.data.test_split, seq2seq, recipe.seed) \
+        if "eval" in steps else []
     reward_set = build_reward_set(recipe)
     timings["load"] = time.perf_counter() - t0
+    claim_run_dir(run_dir, bool(resume), overwrite)
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
 
     kept = None
     state_file = run_dir / "reward_state.json"
-    if resume and state_file.exists():
+    if resume and state_file.exists() and (run_dir / "initial_samples.jsonl").exists():
         reward_set.load_state(json.loads(state_file.read_text()))
         samples = [json.loads(x) for x in (run_dir / "initial_samples.jsonl").read_text().splitlines()]
     else:
@@ -400,7 +409,6 @@ def run(recipe: Recipe, steps: tuple[str, ...] = ("sample", "select", "train", "
     if "eval" in steps:
         t0 = time.perf_counter()
         console.print("[bold](d)[/bold] evaluating initial and trained policies on the test prompts")
-        test_records = prompt_records(recipe.data, tokenizer, recipe.data.test_split, seq2seq, recipe.seed)
         systems = initial_and_trained(model, trainer)
         result = evaluate_step(recipe, tokenizer, reward_set, test_records, run_dir, systems)
         timings["eval"] = time.perf_counter() - t0
@@ -411,7 +419,16 @@ def run(recipe: Recipe, steps: tuple[str, ...] = ("sample", "select", "train", "
     return result or {}
 
 
+def resume_arg(args) -> None:
+    """``--resume key=value``: argparse took the first override for the optional PATH; give it back."""
+    value = getattr(args, "resume", False)
+    if isinstance(value, str) and "=" in value and not Path(value).exists():
+        args.overrides.insert(0, value)
+        args.resume = True
+
+
 def _recipe_from_args(args) -> Recipe:
+    resume_arg(args)
     recipe = load_recipe(args.config, args.overrides)
     if getattr(args, "out", None):
         recipe.output_dir = args.out
@@ -419,12 +436,12 @@ def _recipe_from_args(args) -> Recipe:
 
 
 def cmd_run(args) -> int:
-    run(_recipe_from_args(args), resume=args.resume)
+    run(_recipe_from_args(args), resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
 def cmd_train(args) -> int:
-    run(_recipe_from_args(args), steps=("sample", "train"), resume=args.resume)
+    run(_recipe_from_args(args), steps=("sample", "train"), resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
@@ -433,8 +450,12 @@ def cmd_quickstart(args) -> int:
 
     path = resources.files("alarm") / "recipes" / "quickstart.yaml"
     args.config = str(path)
-    run(_recipe_from_args(args), resume=args.resume)
+    run(_recipe_from_args(args), resume=args.resume, overwrite=args.overwrite)
     return 0
+
+
+RESUME_HELP = ("continue the run: from its newest intact checkpoint (damaged ones are skipped, with a line "
+               "saying so), or from the checkpoint directory PATH")
 
 
 def add_commands(sub) -> None:
@@ -447,6 +468,9 @@ def add_commands(sub) -> None:
         if needs_config:
             p.add_argument("--config", required=True, help="recipe YAML (see recipes/)")
         p.add_argument("--out", help="run directory (default runs/<recipe name>)")
-        p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+        mode = p.add_mutually_exclusive_group()
+        mode.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH", help=RESUME_HELP)
+        mode.add_argument("--overwrite", action="store_true",
+                          help="replace an existing run in the output directory (after every input was checked)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. ppo.steps=10")
         p.set_defaults(handler=handler)

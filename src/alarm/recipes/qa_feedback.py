@@ -15,6 +15,7 @@ from alarm.data.qa_feedback import (
 )
 from alarm.io import write_jsonl_atomic
 from alarm.models import load_tokenizer, resolve_model_path
+from alarm.outputs import check_output_file
 
 
 def prepare(prompts_source: str, out: str | Path, tokenizer_name: str | None = "smollm2-135m-instruct",
@@ -45,6 +46,7 @@ def prepare(prompts_source: str, out: str | Path, tokenizer_name: str | None = "
 
 
 def cmd_prepare(args) -> int:
+    check_output_file(args.out, "--out")
     s = prepare(args.prompts, args.out, args.tokenizer, args.max_prompt_tokens, args.validation_fraction, args.seed)
     print(f"wrote {s['out']}: {s['train']} train / {s['test']} test questions "
           f"({s['dropped_without_passages']} without passages dropped)")

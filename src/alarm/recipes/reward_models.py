@@ -6,6 +6,7 @@ from pathlib import Path
 
 from alarm.config import read_settings, validate_settings
 from alarm.errors import AlarmError
+from alarm.outputs import check_output_dir
 from alarm.reward_models.evaluate import evaluate_reward_model
 from alarm.reward_models.train import RMTrainConfig, train_reward_model
 
@@ -24,6 +25,7 @@ def cmd_train(args) -> int:
     config = load_config(args.config, args.overrides)
     if args.out:
         config.output_dir = args.out
+    check_output_dir(config.out_dir(), "output directory" if args.out is None else "--out")
     stats = train_reward_model(config)
     print(f"saved {config.kind} reward model to {config.out_dir()} ({stats['train_seconds']} s training)")
     return 0

@@ -25,8 +25,9 @@ from alarm.config import RunSpec, build_reward_set, read_settings, validate_reci
 from alarm.data.prompts import prompt_records, reward_inputs
 from alarm.errors import AlarmError
 from alarm.generation import generate_texts
-from alarm.io import write_text_atomic
+from alarm.io import check_writable_dir, claim_run_dir, write_text_atomic
 from alarm.models import is_encoder_decoder, load_policy
+from alarm.recipes.ppo import RESUME_HELP, resume_arg
 from alarm.rewards.base import summarize
 from alarm.trainers.vcb import VCBConfig, VCBTrainer
 
@@ -85,15 +86,23 @@ def vcb_records(recipe: VCBRecipe, tokenizer, seq2seq: bool) -> list[dict]:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def run_sample(recipe: VCBRecipe, model=None, tokenizer=None, reward_set=None, progress: bool = True) -> Path:
-    """Sample, score and store the candidates; returns the dataset directory. Finished shards are skipped."""
+def run_sample(recipe: VCBRecipe, model=None, tokenizer=None, reward_set=None, progress: bool = True,
+               overwrite: bool = False) -> Path:
+    """Sample, score and store the candidates; returns the dataset directory. Finished shards are skipped;
+    ``overwrite`` replaces earlier samples, once the model, the data and the rewards were loaded."""
     import datasets
     import torch
 
-    out = recipe.samples_dir()
+    out = check_writable_dir(recipe.samples_dir(), "samples directory")
     shards, final = out / "shards", out / "dataset"
     s = recipe.sample
     meta = {"model": recipe.model.name, "data": recipe.data.model_dump(), "seed": recipe.seed, **s.model_dump()}
+    if overwrite and out.exists():
+        if model is None or tokenizer is None:
+            model, tokenizer = load_policy(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code)
+        vcb_records(recipe, tokenizer, is_encoder_decoder(model))
+        reward_set = reward_set if reward_set is not None else build_reward_set(recipe)
+        claim_run_dir(out, resume=False, overwrite=True, what="samples directory")
     if (out / "meta.json").exists():
         old = json.loads((out / "meta.json").read_text())
         if old != meta:
@@ -167,25 +176,27 @@ def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[-80:]
 
 
-def run_train(recipe: VCBRecipe, resume: bool = False, model=None, tokenizer=None, progress: bool = True) -> dict:
-    """Train on the stored samples; returns the final held-out diagnostics."""
+def run_train(recipe: VCBRecipe, resume: bool | str = False, model=None, tokenizer=None, progress: bool = True,
+              overwrite: bool = False) -> dict:
+    """Train on the stored samples; returns the final held-out diagnostics. ``resume``: True for the newest
+    intact checkpoint or a checkpoint's path; ``overwrite`` replaces an earlier training run once every
+    input was loaded."""
 
+    out = check_writable_dir(recipe.training_dir(), "training directory")
     samples = load_samples(recipe)
     meta = json.loads((recipe.samples_dir() / "meta.json").read_text())
-    out = recipe.training_dir()
-    if not resume and out.exists() and any(out.iterdir()):
-        raise AlarmError(f"{out} already holds a run; pass --resume to continue it or set train_dir elsewhere")
     reward_set = None
     if recipe.vcb.eval_greedy:
         reward_set = build_reward_set(recipe)
         reward_set.load_state(json.loads((recipe.samples_dir() / "reward_state.json").read_text()))
     if model is None or tokenizer is None:
         model, tokenizer = load_policy(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code)
+    claim_run_dir(out, bool(resume), overwrite, what="training directory")
     trainer = VCBTrainer(recipe.vcb, model, tokenizer, samples, out, reward_set=reward_set,
                          max_new_tokens=meta["max_new_tokens"],
                          reference_cache=recipe.samples_dir() / f"reference_logprobs-{_slug(recipe.model.name)}.pt")
-    if resume:
-        trainer.resume()
+    if resume and not trainer.resume(resume if isinstance(resume, str) else None):
+        print(f"no checkpoint in {out / 'checkpoints'}: training starts fresh")
     history = trainer.train(progress=progress)
     final = next((m for m in reversed(history) if any(k.startswith("eval/") for k in m)), {})
     if trainer.accelerator.is_main_process:
@@ -203,12 +214,13 @@ def run_train(recipe: VCBRecipe, resume: bool = False, model=None, tokenizer=Non
 
 
 def _sample_cmd(args) -> int:
-    run_sample(load_vcb_recipe(args.config, args.overrides))
+    run_sample(load_vcb_recipe(args.config, args.overrides), overwrite=args.overwrite)
     return 0
 
 
 def _train_cmd(args) -> int:
-    run_train(load_vcb_recipe(args.config, args.overrides), resume=args.resume)
+    resume_arg(args)
+    run_train(load_vcb_recipe(args.config, args.overrides), resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
@@ -222,6 +234,9 @@ def add_commands(subparsers) -> None:
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--config", required=True, help="recipe YAML (e.g. src/alarm/recipes/vcb_quickstart.yaml)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. vcb.loss=dpo")
+        mode = p.add_mutually_exclusive_group()
         if name == "train":
-            p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+            mode.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH", help=RESUME_HELP)
+        mode.add_argument("--overwrite", action="store_true", help=f"replace earlier {name} output (after every "
+                          "input was checked)")
         p.set_defaults(handler=fn)

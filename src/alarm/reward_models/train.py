@@ -297,6 +297,29 @@ def make_examples(kind: str, records, tokenizer, max_length: int) -> list[dict]:
     return span_examples(records, tokenizer, kind, max_length)
 
 
+def _fits(config: RMTrainConfig, tokenizer, r: FeedbackRecord) -> bool:
+    prompt, answer = reward_prompt(r.question, r.passages), r.predictions[0]
+    if config.kind not in SPAN_KINDS:
+        return _pair_encode(tokenizer, prompt, answer, config.max_length) is not None
+    try:
+        build_span_inputs(tokenizer, prompt, answer, SPAN_KINDS[config.kind][0], max_length=config.max_length)
+    except AlarmError:
+        return False
+    return True
+
+
+def check_validation_fits(config: RMTrainConfig, val: list[FeedbackRecord], tokenizer) -> None:
+    """Before training: the evaluation after it scores every validation answer of the span and completeness
+    kinds, so an answer longer than ``max_length`` would fail only once training is done."""
+    if config.kind == "holistic":  # the holistic evaluation skips (and counts) questions too long for the model
+        return
+    answers = [r for r in val if r.predictions[0].strip()]
+    too_long = sum(not _fits(config, tokenizer, r) for r in answers)
+    if too_long:
+        raise AlarmError(f"{too_long} of {len(answers)} validation answers do not fit max_length={config.max_length} "
+                         "tokens, and the evaluation after training scores every one; raise max_length")
+
+
 def train_reward_model(config: RMTrainConfig, records: list[FeedbackRecord] | None = None, model=None,
                        tokenizer=None, evaluate: bool = True) -> dict:
     """Train, save and (by default) evaluate one reward model. ``model``/``tokenizer`` override the backbone."""
@@ -312,6 +335,8 @@ def train_reward_model(config: RMTrainConfig, records: list[FeedbackRecord] | No
     backbone = config.backbone or minilm_path()
     if model is None:
         model, tokenizer = build_model(config.kind, backbone)
+    if evaluate:
+        check_validation_fits(config, val, tokenizer)
     trainable = freeze_lower_layers(model, config.train_layers)
     examples = make_examples(config.kind, train, tokenizer, config.max_length)
     if not examples:

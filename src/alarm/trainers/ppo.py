@@ -29,7 +29,7 @@ from alarm.data.prompts import reward_inputs
 from alarm.errors import AlarmError
 from alarm.placement import token_char_ends
 from alarm.trainers.configs import PPOConfig
-from alarm.trainers.runtime import log_metrics, make_accelerator, make_optimizer
+from alarm.trainers.runtime import cut_metrics, log_metrics, make_accelerator, make_optimizer, tracker_kwargs
 from alarm.trainers.sequences import (
     decoder_inputs,
     entropy_from_logits,
@@ -558,21 +558,19 @@ class PPOTrainer:
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         if self.config.report_to != "none":
-            acc.init_trackers("alarm", config=self.config.model_dump())
+            acc.init_trackers("alarm", config=self.config.model_dump(),
+                              init_kwargs=tracker_kwargs(self.config.report_to, self.step_idx))
         history = []
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from alarm.progress import Progress
 
-        bar = Progress(TextColumn("PPO"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                       TextColumn("{task.fields[info]}"), disable=not (progress and main))
-        with bar:
-            task = bar.add_task("ppo", total=total, completed=self.step_idx, info="")
+        with Progress("PPO", total, completed=self.step_idx, enabled=progress and main, transient=False) as bar:
             while self.step_idx < total:
                 m = self.step()
                 history.append(m)
                 log_metrics(acc, self.output_dir, m, self.config.report_to)
                 info = (f"return {m['return/mean']:+.2f} gate {m.get('gate_open_rate', 0):.2f} "
                         f"kl {m['kl']:.2f} len {m['length/tokens']:.0f}")
-                bar.update(task, completed=self.step_idx, info=info)
+                bar.update(completed=self.step_idx, info=info)
                 if on_step is not None:
                     on_step(m)
                 every = self.config.save_every
@@ -608,6 +606,8 @@ class PPOTrainer:
         """Load the latest (or given) checkpoint; returns the step it continues from (0 if none)."""
         state = checkpoints.restore(self.output_dir, path, self.unwrapped.model, self.optimizer,
                                     self.accelerator.process_index, {"lora": self.config.lora})
+        if self.accelerator.is_main_process:  # the log must end where the checkpoint does
+            cut_metrics(self.output_dir, int(state["step"]) if state else 0)
         if state is None:
             return 0
         from safetensors.torch import load_file

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from alarm.io import write_text_atomic
+
 
 def make_accelerator(report_to: str, output_dir: str | os.PathLike):
     """An ``accelerate.Accelerator`` (one process, or what `accelerate launch` set up), logging to a tracker
@@ -30,3 +32,33 @@ def log_metrics(accelerator, output_dir: Path, metrics: dict, report_to: str) ->
             f.write(json.dumps(metrics) + "\n")
     if report_to != "none":
         accelerator.log({k: v for k, v in metrics.items() if v is not None}, step=metrics["step"])
+
+
+def cut_metrics(output_dir: Path, step: int) -> int:
+    """Keep only ``metrics.jsonl`` lines up to ``step`` (the checkpoint resumed from): a kill between a step's
+    metrics line and its checkpoint, or in the middle of a line, must not leave that step twice. Returns the
+    number of lines dropped."""
+    path = Path(output_dir) / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # half a line: the kill came while it was written
+            dropped += 1
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line + "\n")
+        else:
+            dropped += 1
+    if dropped:
+        write_text_atomic(path, "".join(kept))
+    return dropped
+
+
+def tracker_kwargs(report_to: str, step: int) -> dict:
+    """Tracker options for a run resumed at ``step``: TensorBoard drops the events after it (purge_step)."""
+    if report_to == "tensorboard" and step:
+        return {"tensorboard": {"purge_step": step + 1}}
+    return {}

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Literal
 
 import yaml
@@ -29,6 +28,7 @@ from alarm.errors import AlarmError
 from alarm.generation import generate_texts
 from alarm.models import is_encoder_decoder
 from alarm.models import load_policy as load
+from alarm.outputs import check_output_dir
 
 
 class SFTConfig(BaseModel):
@@ -142,22 +142,23 @@ def run_sft(config: SFTConfig, model=None, tokenizer=None) -> dict:
     )
 
     set_seed(config.seed)
-    if model is None:
-        model, tokenizer, seq2seq = load_policy(config)
-    else:
-        if tokenizer is None:
-            raise AlarmError("run_sft: pass the tokenizer together with the model")
-        seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
-    out_dir = Path(config.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
-
-    splits = load_splits(config.data, config.source_lang, config.target_lang, config.n_pairs, config.seed)
+    if model is not None and tokenizer is None:
+        raise AlarmError("run_sft: pass the tokenizer together with the model")
+    out_dir = check_output_dir(config.output_dir, "output_dir")
+    # the data and the output directory are checked before the model loads and long before training
+    splits = load_splits(config.data, config.source_lang, config.target_lang, config.n_pairs, config.seed,
+                         setting="data")
     train_pairs, eval_pairs = splits["train"], splits[config.eval_split]
     if config.max_eval_pairs is not None:
         eval_pairs = eval_pairs[: config.max_eval_pairs]
     if not train_pairs or not eval_pairs:
         raise AlarmError(f"{config.data}: the train or {config.eval_split} split is empty; give more pairs")
+    if model is None:
+        model, tokenizer, seq2seq = load_policy(config)
+    else:
+        seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
 
     side = tokenizer.padding_side
     tokenizer.padding_side = "right"  # training batches: right padding keeps causal positions intact

@@ -39,7 +39,7 @@ from alarm.data.prompts import reward_inputs
 from alarm.errors import AlarmError
 from alarm.generation import generate_texts
 from alarm.trainers.configs import VCBConfig
-from alarm.trainers.runtime import log_metrics, make_accelerator, make_optimizer
+from alarm.trainers.runtime import cut_metrics, log_metrics, make_accelerator, make_optimizer, tracker_kwargs
 from alarm.trainers.sequences import (
     decoder_inputs,
     eos_ids,
@@ -420,7 +420,7 @@ class VCBTrainer:
 
     def train(self, steps: int | None = None, progress: bool = True) -> list[dict]:
         """Train to ``steps`` (default: epochs × pairs / batch_size, or max_steps); log to ``metrics.jsonl``."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from alarm.progress import Progress
 
         total = steps or self.total_steps
         acc, c = self.accelerator, self.config
@@ -428,7 +428,8 @@ class VCBTrainer:
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         if c.report_to != "none":
-            acc.init_trackers("alarm-vcb", config=c.model_dump())
+            acc.init_trackers("alarm-vcb", config=c.model_dump(),
+                              init_kwargs=tracker_kwargs(c.report_to, self.step_idx))
         history = []
 
         def log(m):
@@ -437,14 +438,12 @@ class VCBTrainer:
 
         if self.step_idx == 0 and c.eval_at_start:
             log(self.evaluate())
-        bar = Progress(TextColumn(c.loss.upper()), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                       TextColumn("{task.fields[info]}"), disable=not (progress and main))
-        with bar:
-            task = bar.add_task("vcb", total=total, completed=self.step_idx, info="")
+        with Progress(c.loss.upper(), total, completed=self.step_idx, enabled=progress and main,
+                      transient=False) as bar:
             while self.step_idx < total:
                 m = self.step()
                 log(m)
-                bar.update(task, completed=self.step_idx,
+                bar.update(completed=self.step_idx,
                            info=f"loss {m['loss']:.3f} acc {m['train/ranking_accuracy']:.2f} "
                                 f"βΔρ {m['beta_delta_rho/mean']:+.2f}")
                 last = self.step_idx == total
@@ -470,6 +469,8 @@ class VCBTrainer:
         """Load the latest (or given) checkpoint; returns the step training continues from (0 if none)."""
         state = checkpoints.restore(self.output_dir, path, self.unwrapped.model, self.optimizer,
                                     self.accelerator.process_index, {"lora": self.config.lora, "loss": self.config.loss})
+        if self.accelerator.is_main_process:  # the log must end where the checkpoint does
+            cut_metrics(self.output_dir, int(state["step"]) if state else -1)
         if state is None:
             return 0
         self.step_idx = int(state["step"])
