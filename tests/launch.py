@@ -13,14 +13,16 @@ import time
 from pathlib import Path
 
 
-def run_two_ranks(script: str, out: Path, port: int, timeout: float = 120) -> None:
-    """Run ``tests/<script> <out>`` on ranks 0 and 1; fail with their stderr if one fails or they hang."""
+def run_two_ranks(script: str, out: Path, port: int, timeout: float = 120, args: tuple = (),
+                  extra_env: dict | None = None) -> None:
+    """Run ``tests/<script> <out> <args…>`` on ranks 0 and 1 (``extra_env``: e.g. accelerate's launch settings);
+    fail with their stderr if one fails or they hang."""
     out.mkdir(parents=True, exist_ok=True)
     here = Path(__file__).parent
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(here), *sys.path]),
+    env = {**os.environ, **(extra_env or {}), "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(here), *sys.path]),
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
     logs = [out / f"stderr_{r}.txt" for r in (0, 1)]
-    procs = [subprocess.Popen([sys.executable, str(here / script), str(out)], stdout=subprocess.DEVNULL,
+    procs = [subprocess.Popen([sys.executable, str(here / script), str(out), *args], stdout=subprocess.DEVNULL,
                               stderr=logs[r].open("w"), env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
              for r in (0, 1)]
     deadline = time.monotonic() + timeout

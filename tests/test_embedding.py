@@ -9,12 +9,6 @@ from alarm.rewards.base import Dense
 from alarm.rewards.embedding import GroundingReward, ReferenceSimilarityReward, RelevanceReward, load_encoder
 
 PASSAGE = "The Eiffel Tower is a wrought-iron tower. It is located in Paris, France. It was completed in 1889."
-SIMPLE = "The cat sat on the mat. It was warm. The cat was glad."
-CONVOLUTED = (
-    "Notwithstanding considerable epistemological uncertainty, institutional stakeholders systematically "
-    "operationalized multidimensional accountability frameworks, thereby precipitating unprecedented "
-    "organizational transformations throughout interdependent administrative hierarchies."
-)
 
 
 # ---------------------------------------------------------------- embedding

@@ -25,16 +25,6 @@ from alarm.rewards.grammar import GrammarReward, LanguageToolClient, SpellingChe
 from alarm.trainers.ppo import PPOConfig, PPOTrainer
 
 DATA = Path(__file__).parent / "data" / "mt_pairs.jsonl"
-RECIPES = Path(__file__).parents[1] / "src" / "alarm" / "recipes"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run ~10x faster on one thread when several jobs share the 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ---------------------------------------------------------------- offline checker

@@ -14,12 +14,6 @@ from alarm.rewards.hf_models import SequenceClassifierReward, SpanRewardModel, b
 from alarm.rewards.simple import LanguageConfidenceReward, LengthReward, ReadabilityReward
 
 PASSAGE = "The Eiffel Tower is a wrought-iron tower. It is located in Paris, France. It was completed in 1889."
-SIMPLE = "The cat sat on the mat. It was warm. The cat was glad."
-CONVOLUTED = (
-    "Notwithstanding considerable epistemological uncertainty, institutional stakeholders systematically "
-    "operationalized multidimensional accountability frameworks, thereby precipitating unprecedented "
-    "organizational transformations throughout interdependent administrative hierarchies."
-)
 
 
 # ---------------------------------------------------------------- tiny models

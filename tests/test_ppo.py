@@ -388,9 +388,8 @@ def holistic_only_set():
 
 
 def ppo(tmp_path, model, **cfg):
-    base = dict(max_new_tokens=8, rollout_batch_size=4, mini_batch_size=2, grad_accum_steps=1, steps=1,
-                learning_rate=1e-3)
-    return PPOTrainer(PPOConfig(**{**base, **cfg}), model, tiny.tokenizer(), holistic_only_set(), PROMPTS, tmp_path)
+    """:func:`trainer` with a holistic-only reward, 4 prompts a rollout and one step."""
+    return trainer(tmp_path, model, holistic_only_set(), **{"rollout_batch_size": 4, "steps": 1, **cfg})
 
 
 def nonzero_adapters(trainer, std=0.05):

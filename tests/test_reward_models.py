@@ -4,52 +4,17 @@ held-out questions (tiny BERT models; the shared QA-Feedback data when present).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import tiny
 import torch
-from test_qa_feedback import load_feedback_from
+from test_qa_feedback import RECIPES, feedback_record, load_feedback_from
 
 from alarm.data.qa_feedback import (
     PassagePrompt,
     reward_prompt,
 )
 from alarm.errors import AlarmError
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "qa_feedback"
-RECIPES = ROOT / "src" / "alarm" / "recipes"
-needs_shared_data = pytest.mark.skipif(not (SHARED / "prompts.json").exists(), reason=f"no QA-Feedback subset at {SHARED}")
-
-ANSWER = "Paris is the capital of France. It has two million people. The moon is made of cheese."
-
-
-def feedback_record(q="What is the capital of France?", errors=None, preference=None, **over):
-    rec = {
-        "question": q,
-        "passages": [["Paris", "Paris is the capital of France.", "About two million people live there."]],
-        "gold": "Paris.",
-        "prediction 1": ANSWER,
-        "prediction 2": "Paris.",
-        "prediction 3": "Paris is the capital of France, with about two million people.",
-        "prediction 4": "",
-        "feedback": {"errors": errors if errors is not None else [
-            {"error type": "Unverifiable", "explanation": "", "start": 59, "end": 86},
-            {"error type": "Irrelevant", "explanation": "", "start": 59, "end": 86}],
-            "missing-info": [], "corrected-prediction": "Paris is the capital of France."},
-        "preference": preference if preference is not None else [2, 2, 1, 0, 1, 1],
-    }
-    rec.update(over)
-    return rec
-
-
-def write(tmp_path, name, data) -> Path:
-    p = tmp_path / name
-    p.write_text(json.dumps(data))
-    return p
-
-# ------------------------------------------------------------------------------------------------ reward-model training
 
 
 def test_bradley_terry_loss_value():

@@ -7,13 +7,10 @@ FSDP, CPU-RAM-efficient loading. DDP on two gloo ranks is tested in test_ppo.py.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import yaml
+from launch import run_two_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "accelerate_configs"
@@ -48,34 +45,11 @@ def test_shipped_accelerate_configs_are_what_accelerate_launch_reads():
     assert launch_env("ddp.yaml", 29651)["ACCELERATE_MIXED_PRECISION"] == "bf16"
 
 
-def run_ranks(script: str, out: Path, env: dict, port: int, args: tuple = (), timeout: float = 120) -> list[int]:
-    out.mkdir(parents=True, exist_ok=True)
-    here = Path(__file__).parent
-    base = {**os.environ, **env, "OMP_NUM_THREADS": "1", "ACCELERATE_MIXED_PRECISION": "no",
-            "PYTHONPATH": os.pathsep.join([str(here), *sys.path]), "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
-    logs = [out / f"stderr_{r}.txt" for r in (0, 1)]
-    procs = [subprocess.Popen([sys.executable, str(here / script), str(out), *args], stdout=subprocess.DEVNULL,
-                              stderr=logs[r].open("w"), env={**base, "RANK": str(r), "LOCAL_RANK": str(r)})
-             for r in (0, 1)]
-    deadline = time.monotonic() + timeout
-    try:
-        codes = [p.wait(timeout=max(deadline - time.monotonic(), 0.1)) for p in procs]
-    except subprocess.TimeoutExpired:
-        codes = None
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-    err = "\n".join(f"--- rank {r}:\n{log.read_text()[-1500:]}" for r, log in enumerate(logs))
-    assert codes == [0, 0], f"exit codes {codes}\n{err}"
-    return codes
-
-
 def test_ppo_under_fsdp2_on_two_gloo_ranks_keeps_ranks_in_step(tmp_path):
     import torch
 
-    run_ranks("ppo_accelerate.py", tmp_path, launch_env("fsdp.yaml", 29652), 29652, ("lora",))
+    run_two_ranks("ppo_accelerate.py", tmp_path, 29652, args=("lora",),
+                  extra_env={**launch_env("fsdp.yaml", 29652), "ACCELERATE_MIXED_PRECISION": "no"})
     r0, r1 = (torch.load(tmp_path / f"rank_{r}.pt", weights_only=False) for r in (0, 1))
     assert r0["sharded"] and r1["sharded"] and len(r0["metrics"]) == 2
     assert all(torch.isfinite(torch.tensor(m["return/mean"])) for m in r0["metrics"])

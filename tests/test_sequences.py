@@ -5,48 +5,10 @@ from __future__ import annotations
 
 import tiny
 import torch
+from test_ppo import ppo
 
-from alarm.combine import CombineConfig, RewardSet
-from alarm.trainers.ppo import PPOConfig, PPOTrainer, logprobs_from_logits, trim_padding
+from alarm.trainers.ppo import PPOConfig
 from alarm.trainers.vcb import VCBConfig, VCBTrainer, log_ratio_gap
-
-PROMPTS = [{"prompt": p} for p in ["The quick", "Paris is", "Water boils", "A question", "The answer", "Café"]]
-
-
-def e_rate(prompts, completions, **kw):
-    return [c.count("e") / (1 + len(c)) for c in completions]
-
-
-def reward_set():
-    rs = RewardSet(CombineConfig(mode="holistic_only"), holistic=e_rate)
-    rs.fit(["a"] * 4, ["eee", "abc", "hello there", "x"])
-    return rs
-
-
-def ppo(tmp_path, model, **cfg):
-    base = dict(max_new_tokens=8, rollout_batch_size=4, mini_batch_size=2, grad_accum_steps=1, steps=1,
-                learning_rate=1e-3)
-    return PPOTrainer(PPOConfig(**{**base, **cfg}), model, tiny.tokenizer(), reward_set(), PROMPTS, tmp_path)
-
-
-def nonzero_adapters(trainer, std=0.05):
-    """LoRA B is 0 at initialisation (policy = reference); give it values so the adapters matter."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for n, p in trainer.unwrapped.model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, std)
-
-
-def start_of_update_ratio(trainer, exp):
-    """π/π_old per token at the start of the update: the update's own forward pass (train mode, trimmed)."""
-    trainer.policy.train()
-    mb = trim_padding(exp)
-    with torch.no_grad():
-        logits, _ = trainer.policy(mb)
-    logprobs = logprobs_from_logits(trainer._tempered(logits), mb["responses"])
-    return torch.exp(logprobs - mb["old_logprobs"]), mb["mask"]
-
 
 # ---------------------------------------------------------------------------------------------- 1. dropout
 

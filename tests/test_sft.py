@@ -8,21 +8,10 @@ from pathlib import Path
 
 import pytest
 import tiny
-import torch
 
 from alarm.errors import AlarmError
 
 DATA = Path(__file__).parent / "data" / "mt_pairs.jsonl"
-RECIPES = Path(__file__).parents[1] / "src" / "alarm" / "recipes"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run ~10x faster on one thread when several jobs share the 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ---------------------------------------------------------------- SFT

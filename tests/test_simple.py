@@ -6,7 +6,6 @@ import pytest
 from alarm.errors import AlarmError
 from alarm.rewards.simple import LanguageConfidenceReward, LengthReward, ReadabilityReward
 
-PASSAGE = "The Eiffel Tower is a wrought-iron tower. It is located in Paris, France. It was completed in 1889."
 SIMPLE = "The cat sat on the mat. It was warm. The cat was glad."
 CONVOLUTED = (
     "Notwithstanding considerable epistemological uncertainty, institutional stakeholders systematically "
