@@ -81,3 +81,8 @@ def test_numbers_in_exponent_form_work_in_overrides_and_recipes(tmp_path):
     r = load_recipe(p)
     assert (r.combine_config().holistic_weight, r.combine_config().weight("g"), r.ppo.learning_rate) == (3.0, 0.2, 2e-5)
     assert r.name == "1e3x"  # not a number: stays a string
+
+
+def test_the_renamed_kl_settings_still_read_their_old_names():
+    r = load_recipe(None, ["ppo.target_kl=0.3", "ppo.kl_target=2"])  # recipes written before the rename
+    assert (r.ppo.early_stop_kl, r.ppo.adaptive_kl_target) == (0.3, 2.0)

@@ -55,6 +55,7 @@ def test_recipe_runs_end_to_end(tmp_path, tiny_model_dir, minilm):
     recipe.ppo.steps = 1
     run(recipe, steps=("sample", "train"), overwrite=True)
     assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert not (tmp_path / "selection_pairs.jsonl").exists()  # no selection step: no greedy outputs drawn for it
 
 
 def test_mt_recipe_runs_through_the_pipeline_on_a_tiny_model(tmp_path, tiny_model_dir, minilm):
