@@ -185,3 +185,27 @@ def test_real_smollm2_conversion(cache):
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=20, do_sample=False)
     assert "Paris" in tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def test_a_full_finetuning_checkpoint_must_match_its_base_model(tmp_path):
+    """A weight missing from the checkpoint is an error, never left at the base model's value (strict=False
+    skipped it silently before); the lm_head tied to the embeddings may be stored once."""
+    import tiny
+    import torch
+    from safetensors.torch import load_file, save_file
+    from test_ppo import trainer
+
+    from alarm.errors import AlarmError
+    from alarm.models import load_trained_policy
+
+    tr = trainer(tmp_path, model=tiny.causal_lm(0), lora=False, steps=1, learning_rate=5e-2)
+    tr.train(progress=False)
+    ckpt = tmp_path / "checkpoints" / "step-000001"
+    trained = load_trained_policy(ckpt, tiny.causal_lm(0))
+    assert all(torch.equal(a, b) for a, b in zip(trained.parameters(), tr.unwrapped.model.parameters()))
+    weights = ckpt / "model" / "model.safetensors"
+    tensors = load_file(str(weights))
+    dropped = next(k for k in tensors if "q_proj" in k)
+    save_file({k: v for k, v in tensors.items() if k != dropped}, str(weights))
+    with pytest.raises(AlarmError, match=f"does not match the base model.*{dropped}"):
+        load_trained_policy(ckpt, tiny.causal_lm(0))

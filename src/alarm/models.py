@@ -276,8 +276,9 @@ def load_trained_policy(checkpoint: str | os.PathLike, base_model):
     missing, unexpected = base_model.load_state_dict(load_file(str(ckpt / "model" / "model.safetensors")),
                                                      strict=False)
     # save_pretrained stores one copy of tied weights (lm_head = embeddings): a missing alias is fine.
-    loaded_ptrs = {t.data_ptr() for k, t in base_model.state_dict().items() if k not in missing}
-    missing = [k for k in missing if base_model.state_dict()[k].data_ptr() not in loaded_ptrs]
+    weights = base_model.state_dict()
+    loaded_ptrs = {t.data_ptr() for k, t in weights.items() if k not in missing}
+    missing = [k for k in missing if weights[k].data_ptr() not in loaded_ptrs]
     if missing or unexpected:
         raise AlarmError(f"checkpoint {ckpt} does not match the base model (missing {missing[:3]}, unexpected "
                          f"{unexpected[:3]}); pass the base model it was trained from")
