@@ -257,3 +257,19 @@ def test_report_has_the_papers_matrix_with_intervals():
     assert res["matrices"]["err"]["avg"]["a"]["win_rate_pct"] == pytest.approx(avg["win_rate_pct"])
 
 
+
+
+@given(st.lists(st.tuples(st.sampled_from([0.0, 1.0, 2.0, None]), st.sampled_from([0.0, 1.0, 2.0])),
+                min_size=1, max_size=12))
+@settings(max_examples=40, deadline=None)
+def test_the_other_side_of_a_win_count_is_its_reverse_comparison(pairs):
+    from dataclasses import asdict
+
+    from alarm.evaluation.compare import other_side
+
+    x, y = [a for a, _ in pairs], [b for _, b in pairs]
+    got, want = other_side(asdict(win_counts(x, y, n_boot=200))), asdict(win_counts(y, x, n_boot=200))
+    assert (got["wins"], got["losses"], got["ties"], got["decisive"]) == \
+        (want["wins"], want["losses"], want["ties"], want["decisive"])
+    for k in ("win_rate", "win_rate_pct", "pct_low", "pct_high"):
+        assert (got[k] is None) == (want[k] is None) and (got[k] is None or abs(got[k] - want[k]) < 1e-9), k

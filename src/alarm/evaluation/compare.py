@@ -31,7 +31,7 @@ from alarm.errors import AlarmError
 from alarm.evaluation.judge import OUTCOME_SIGN, summarize_outcomes
 from alarm.io import write_json_atomic
 
-__all__ = ["compare_scored", "MeanCI", "WinCounts", "Alignment", "mean_ci", "wilson_interval", "paper_win_rate", "win_rate_interval",
+__all__ = ["compare_scored", "other_side", "MeanCI", "WinCounts", "Alignment", "mean_ci", "wilson_interval", "paper_win_rate", "win_rate_interval",
            "win_counts", "win_rate_matrix", "align_systems", "compare_systems", "judge_systems", "report_markdown",
            "plot_means", "plot_win_rates"]
 
@@ -58,6 +58,15 @@ class WinCounts:
     win_rate_pct: float  # the paper's 100·wins / (wins + losses), 50 when no pair is decisive
     pct_low: float | None  # percentile bootstrap interval of win_rate_pct over prompts; None when nothing decisive
     pct_high: float | None
+
+
+def other_side(counts: Mapping[str, Any]) -> dict:
+    """The win counts of X over Y (a :class:`WinCounts` as a dict) seen as Y over X: wins and losses swapped,
+    the win rate and its bootstrap interval mirrored (the same resampled prompts)."""
+    low, high, rate = counts["pct_low"], counts["pct_high"], counts["win_rate"]
+    return {**counts, "wins": counts["losses"], "losses": counts["wins"],
+            "win_rate": None if rate is None else 1.0 - rate, "win_rate_pct": 100.0 - counts["win_rate_pct"],
+            "pct_low": None if high is None else 100.0 - high, "pct_high": None if low is None else 100.0 - low}
 
 
 def _values(values: Sequence[float | None]) -> tuple[np.ndarray, int]:

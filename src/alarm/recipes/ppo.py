@@ -20,7 +20,7 @@ from alarm.combine import RewardSet
 from alarm.config import Recipe, build_reward_set, load_recipe
 from alarm.data.prompts import prompt_records, reward_inputs
 from alarm.errors import AlarmError
-from alarm.evaluation.compare import compare_scored, win_counts
+from alarm.evaluation.compare import compare_scored, other_side, win_counts
 from alarm.evaluation.scoring import generation_rows, meta_path, normalize_scores, score_records
 from alarm.generation import generate_texts
 from alarm.io import (
@@ -210,12 +210,9 @@ def evaluate_step(recipe: Recipe, tokenizer, reward_set: RewardSet, records: lis
               "mean_ci": {s: {m: {k: compared["means"][s][m][k] for k in ("low", "high", "n")} for m in metrics}
                           for s in names},
               "win_rates": {}}
-    if len(names) > 1:
-        a, b = names[-1], names[0]  # trained vs initial
-        for m in metrics:
-            result["win_rates"][m] = win_rate([r["scores"].get(m) for r in scored[a]],
-                                              [r["scores"].get(m) for r in scored[b]], directions[m],
-                                              seed=recipe.seed)
+    if len(names) > 1:  # the comparison counted initial vs trained; the report reads it from the trained side
+        pair = compared["pairs"][f"{names[0]} vs {names[-1]}"]["metrics"]
+        result["win_rates"] = {m: other_side(pair[m]) for m in metrics}
     write_json_atomic(run_dir / "eval.json", result)
     return result
 
