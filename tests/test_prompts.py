@@ -74,13 +74,33 @@ def test_ppo_and_vcb_hold_out_the_same_questions(tmp_path):
     tok = tiny.tokenizer()
     ppo = load_recipe(None, ["data.task=qa_feedback", f"data.path={path}"])
     vcb = load_vcb_recipe(None, ["data.task=qa_feedback", f"data.path={path}", "sample.eval_prompts=null"])
-    ppo_test = {r["id"] for r in prompt_records(ppo.data, tok, "test", seed=ppo.seed)}
+    ppo_test = {r["id"] for r in prompt_records(ppo.data, tok, "test")}
     vcb_rows = vcb_records(vcb, tok, seq2seq=False)
     assert {r["prompt_id"] for r in vcb_rows if r["split"] == "test"} == ppo_test
     assert len(ppo_test) == 4  # 20 % of 20 questions, split by question with the seed
-    ppo_train = {r["id"] for r in prompt_records(ppo.data, tok, "train", seed=ppo.seed)}
+    ppo_train = {r["id"] for r in prompt_records(ppo.data, tok, "train")}
     assert {r["prompt_id"] for r in vcb_rows if r["split"] == "train"} == ppo_train
     assert not ppo_train & ppo_test
+
+
+def test_the_run_seed_does_not_move_the_qa_feedback_split(tmp_path):
+    """Seeds 1, 2, 3 of a comparison must hold out the questions the reward models (split seed 42) held out;
+    before, the split followed the run's seed and a seed-7 run trained on the reward models' held-out questions."""
+    from alarm.data.qa_feedback import split_questions
+
+    path = _qa_feedback_file(tmp_path, n=40)
+    tok = tiny.tokenizer()
+    _, rm_held_out = split_questions([f"Question number {i}?" for i in range(40)], 0.2, 42)
+    from alarm.recipes.vcb import load_vcb_recipe, vcb_records
+
+    for seed in (1, 7):
+        run = load_recipe(None, ["data.task=qa_feedback", f"data.path={path}", f"seed={seed}"])
+        assert {r["question"] for r in prompt_records(run.data, tok, "test")} == rm_held_out
+        vcb = load_vcb_recipe(None, ["data.task=qa_feedback", f"data.path={path}", "sample.eval_prompts=null",
+                                     f"seed={seed}"])
+        assert {r["question"] for r in vcb_records(vcb, tok, seq2seq=False) if r["split"] == "test"} == rm_held_out
+    moved = load_recipe(None, ["data.task=qa_feedback", f"data.path={path}", "data.split_seed=7"])
+    assert {r["question"] for r in prompt_records(moved.data, tok, "test")} != rm_held_out
 
 
 def test_a_qa_feedback_file_under_the_qa_task_says_which_task_to_set(tmp_path):

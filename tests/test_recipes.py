@@ -28,7 +28,8 @@ def test_every_shipped_recipe_validates(path):
 def test_the_recipe_list_is_what_ships():
     names = {p.name for p in RECIPES.glob("*.yaml")}
     assert {"quickstart.yaml", "qa_feedback_paper.yaml", "mt_paper.yaml", "vcb_quickstart.yaml",
-            "rm_holistic.yaml"} <= names
+            "rm_holistic.yaml", "vcb_hh.yaml", "vcb_tldr.yaml", "vcb_hh_offline.yaml",
+            "vcb_tldr_offline.yaml"} <= names
     assert (Path(__file__).parents[1] / "recipes").resolve() == RECIPES.resolve()  # the top-level link
 
 

@@ -1,10 +1,12 @@
-"""VCB / DPO / IPO offline training: tabular optimum, hand-computed losses, gradient flow, end to end, config."""
+"""VCB / DPO / IPO / SLiC-HF / RRHF offline training: tabular optima, hand-computed losses, gradient flow, end to
+end, config."""
 
 from __future__ import annotations
 
 import json
 import math
 import sys
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -16,8 +18,10 @@ from hypothesis import strategies as st
 from alarm.combine import CombineConfig, RewardSet
 from alarm.errors import AlarmError
 from alarm.recipes.vcb import load_vcb_recipe, run_sample, run_train
+from alarm.trainers.configs import LossName
 from alarm.trainers.vcb import (
     LOSSES,
+    SFT_LOSSES,
     VCBConfig,
     VCBTrainer,
     dpo_loss,
@@ -28,7 +32,9 @@ from alarm.trainers.vcb import (
     pearson,
     ranking_accuracy,
     reward_scale,
+    rrhf_loss,
     sequence_logprobs,
+    slic_loss,
     vcb_hinge_loss,
     vcb_loss,
 )
@@ -156,6 +162,133 @@ def test_vcb_loss_is_zero_exactly_at_the_value_calibrated_log_ratios(rewards, be
     assert vcb_loss(drho + 1.0, gaps, beta).item() > 0
 
 
+# ------------------------------------------------------------------- SLiC-HF and RRHF: no reference model
+
+
+def test_slic_and_rrhf_match_hand_computed_values():
+    # SLiC-HF: max(0, δ − (log π(y⁺) − log π(y⁻))) − λ·log π(y_best), δ 1, λ 0.5; margins 0.5 and −2
+    w, lo, best = torch.tensor([-2.0, -5.0]), torch.tensor([-2.5, -3.0]), torch.tensor([-1.0, -4.0])
+    assert slic_loss(w, lo, best, 1.0, 0.5).item() == pytest.approx(((0.5 + 0.5) + (3.0 + 2.0)) / 2)
+    # RRHF: p = summed log-prob / length; p_w = [−2, −2], p_l = [−1, −3]: ranking terms 1 and 0;
+    # fine-tuning −log π(y_best) = [4, 6] with shares 1/2 and 1/6 of it per pair
+    w, lo = torch.tensor([-4.0, -6.0]), torch.tensor([-3.0, -12.0])
+    tw, tl, share = torch.tensor([2.0, 3.0]), torch.tensor([3.0, 4.0]), torch.tensor([0.5, 1 / 6])
+    assert rrhf_loss(w, lo, tw, tl, w, share, 1.0).item() == pytest.approx(((1.0 + 2.0) + (0.0 + 1.0)) / 2)
+    assert rrhf_loss(w, lo, tw, tl, w, share, 0.0).item() == pytest.approx(0.5)  # the ranking loss alone
+
+
+def _sft_loss(name, logp, tokens, i, j, best, share, weight, margin=1.0):
+    """slic/rrhf of winner-first pairs (i, j) of one prompt from per-candidate log-probs ``logp``."""
+    if name == "slic":
+        return slic_loss(logp[i], logp[j], logp[best], margin, weight)
+    return rrhf_loss(logp[i], logp[j], tokens[i], tokens[j], logp[best], share, weight)
+
+
+@pytest.mark.parametrize("name", ["slic", "rrhf"])
+@settings(max_examples=60, deadline=None)
+@given(theta=st.lists(st.floats(-4, 4), min_size=2, max_size=2), tokens=st.lists(st.integers(1, 30), min_size=2,
+       max_size=2), weight=st.floats(0.05, 2.0), margin=st.floats(0.1, 3.0))
+def test_two_candidates_a_gradient_step_raises_the_better_one(name, theta, tokens, weight, margin):
+    """Candidate 0 is better (and so the prompt's best): the gradient raises log π(y_0) − log π(y_1) — for a
+    tabular softmax policy after one step, and as partial derivatives of the loss in the sequence log-probs."""
+    th = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
+    n = torch.tensor(tokens, dtype=torch.float64)
+    one = torch.ones(1, dtype=torch.float64)
+    logp = torch.log_softmax(th, 0)
+    _sft_loss(name, logp, n, [0], [1], [0], one, weight, margin).backward()
+    with torch.no_grad():
+        before = logp[0] - logp[1]
+        after = torch.log_softmax(th - 0.01 * th.grad, 0)
+        assert after[0] - after[1] > before
+    lp = torch.tensor([-float(tokens[0]), -2.0 * tokens[1]], dtype=torch.float64, requires_grad=True)
+    _sft_loss(name, lp, n, [0], [1], [0], one, weight, margin).backward()
+    assert lp.grad[0] < 0 <= lp.grad[1]  # descent raises the winner and never raises the loser
+
+
+def _pairs_of_one_prompt(rewards):
+    pairs = make_pairs([list(range(len(rewards)))], rewards, "all")
+    return [p[0] for p in pairs], [p[1] for p in pairs], [int(np.argmax(rewards))] * len(pairs)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.floats(-3, 3), min_size=2, max_size=6), st.data())
+def test_slic_hinge_is_zero_exactly_once_every_margin_reaches_delta(rewards, data):
+    """λ = 0: the loss is zero iff log π(y⁺) − log π(y⁻) ≥ δ for every pair; λ > 0 adds −λ·log π(y_best) only."""
+    i, j, best = _pairs_of_one_prompt(rewards)
+    if not i:
+        return
+    logp = torch.tensor(data.draw(st.lists(st.floats(-20, 0), min_size=len(rewards), max_size=len(rewards))),
+                        dtype=torch.float64)
+    delta = data.draw(st.floats(0.1, 3.0))
+    hinge = slic_loss(logp[i], logp[j], logp[best], delta, 0.0).item()
+    assert (hinge == 0) == bool((logp[i] - logp[j] >= delta).all())
+    # ρ spaced by δ in reward order: every margin ≥ δ, only the SFT term is left
+    ranks = torch.tensor(np.argsort(np.argsort(rewards)), dtype=torch.float64)
+    calibrated = -10.0 + delta * ranks
+    got = slic_loss(calibrated[i], calibrated[j], calibrated[best], delta, 0.5).item()
+    assert got == pytest.approx(-0.5 * calibrated[best].mean().item())
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.floats(-3, 3), min_size=2, max_size=6), st.data())
+def test_rrhf_ranking_loss_is_zero_exactly_when_normalised_logprobs_follow_the_rewards(rewards, data):
+    i, j, best = _pairs_of_one_prompt(rewards)
+    if not i:
+        return
+    k = len(rewards)
+    tokens = torch.tensor(data.draw(st.lists(st.integers(1, 40), min_size=k, max_size=k)), dtype=torch.float64)
+    logp = torch.tensor(data.draw(st.lists(st.floats(-60, 0), min_size=k, max_size=k)), dtype=torch.float64)
+    share = torch.full((len(i),), 1.0 / len(i), dtype=torch.float64)
+    rank = rrhf_loss(logp[i], logp[j], tokens[i], tokens[j], logp[best], share, 0.0).item()
+    p = logp / tokens
+    assert (rank == 0) == bool((p[i] >= p[j]).all())
+    # p ordered like the rewards (whatever the lengths): no ranking loss, L_ft = −log π(y_best) is what is left
+    ordered = (-3.0 + 0.1 * torch.tensor(np.argsort(np.argsort(rewards)), dtype=torch.float64)) * tokens
+    got = rrhf_loss(ordered[i], ordered[j], tokens[i], tokens[j], ordered[best], share, 1.0).item()
+    assert got == pytest.approx(-ordered[best[0]].item() / len(i))  # the shares add up to one L_ft per prompt
+
+
+SFT_REWARDS = [0.0, 0.4, 0.4, 1.5, 0.9]  # the best is candidate 3; 0.4 ~ 0.4 is a tie (no pair)
+SFT_TOKENS = [3.0, 9.0, 4.0, 6.0, 2.0]  # uneven lengths (they matter to RRHF's p only)
+
+
+def _tabular_sft(name, weight, steps, lr=0.05):
+    """A policy = learnable logits over the candidates of one prompt, trained on its untied pairs with slic/rrhf."""
+    theta = torch.tensor([0.3, -0.2, 0.5, 0.0, -0.4], dtype=torch.float64, requires_grad=True)
+    tokens = torch.tensor(SFT_TOKENS, dtype=torch.float64)
+    i, j, best = _pairs_of_one_prompt(SFT_REWARDS)
+    share = torch.full((len(i),), 1.0 / len(i), dtype=torch.float64)
+    opt = torch.optim.Adam([theta], lr=lr)
+    for _ in range(steps):
+        loss = _sft_loss(name, torch.log_softmax(theta, 0), tokens, i, j, best, share, weight)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    logp = torch.log_softmax(theta, 0).detach()
+    return logp, tokens, i, j
+
+
+def test_tabular_slic_stops_at_the_margin_and_the_sft_term_keeps_raising_the_best():
+    logp, _, i, j = _tabular_sft("slic", 0.0, steps=600)
+    assert ((logp[i] - logp[j]) >= 1.0).all()  # every margin reached δ = 1 ...
+    assert slic_loss(logp[i], logp[j], logp[[3] * len(i)], 1.0, 0.0).item() == 0.0  # ... so the hinge is 0
+    assert (logp[i] - logp[j]).min() < 1.2  # and nothing pushed the margins on past it (no SFT term)
+    short, _, i, j = _tabular_sft("slic", 0.5, steps=200)
+    long, _, _, _ = _tabular_sft("slic", 0.5, steps=800)
+    assert ((long[i] - long[j]) >= 1.0 - 1e-6).all()
+    assert short.exp()[3] < long.exp()[3] and long.exp()[3] > 0.9  # λ·(−log π(y_best)) keeps pushing the target
+
+
+def test_tabular_rrhf_orders_normalised_logprobs_like_the_rewards_and_fine_tunes_the_best():
+    logp, tokens, i, j = _tabular_sft("rrhf", 0.0, steps=600)
+    p = logp / tokens
+    assert (p[i] >= p[j] - 1e-6).all()  # the ranking loss is at its optimum: zero
+    logp, tokens, i, j = _tabular_sft("rrhf", 1.0, steps=800)
+    p = logp / tokens
+    assert (p[i] >= p[j] - 1e-3).all()  # still ordered while L_ft ...
+    assert logp.exp()[3] > 0.9  # ... drives the best candidate's probability up
+
+
 # ------------------------------------------------------------------------------- the trainer on tiny models
 
 
@@ -227,7 +360,7 @@ def test_reference_stays_the_initial_policy_while_lora_trains(tmp_path):
     assert torch.allclose(ref_again, before, atol=1e-5)  # adapters off = the initial policy
 
 
-@pytest.mark.parametrize("loss", ["vcb", "vcb_hinge", "dpo", "ipo"])
+@pytest.mark.parametrize("loss", ["vcb", "vcb_hinge", "dpo", "ipo", "slic", "rrhf"])
 def test_every_loss_trains_and_logs(tmp_path, loss):
     t = _trainer(tmp_path, loss=loss, max_steps=2)
     hist = t.train(progress=False)
@@ -236,6 +369,46 @@ def test_every_loss_trains_and_logs(tmp_path, loss):
     assert lines[0]["eval/ranking_accuracy"] == 0.5 and lines[0]["eval/corr"] is None  # Δρ ≡ 0 initially
     assert all(math.isfinite(m["loss"]) for m in lines if "loss" in m)
     assert lines[-1]["eval/pairs"] == 6 and lines[-1]["eval/corr"] is not None
+
+
+@pytest.mark.parametrize("loss, cfg", [("slic", {}), ("slic", {"slic_margin": 3.0, "sft_weight": 0.2}),
+                                       ("rrhf", {}), ("rrhf", {"sft_weight": 0.1})])
+def test_trainer_feeds_slic_and_rrhf_logprobs_lengths_and_the_best_candidate(tmp_path, loss, cfg):
+    """Step 1's loss, recomputed by hand from the candidates' log-probs (the policy is still the reference),
+    their token counts and each prompt's best-rewarded candidate, all found here independently."""
+    t = _trainer(tmp_path, loss=loss, batch_size=4, micro_batch_size=2, **cfg)
+    rows, tok = t.rows, tiny.tokenizer()
+    logp = t.logprobs(list(range(len(rows)))).double()
+    tokens = torch.tensor([len(tok(r["candidate"], add_special_tokens=False)["input_ids"]) + 1 for r in rows],
+                          dtype=torch.float64)  # + EOS
+    best = {}
+    for k, r in enumerate(rows):
+        pid = r["prompt_id"]
+        if r["split"] == "train" and (pid not in best or r["reward"] > rows[best[pid]]["reward"]):
+            best[pid] = k
+    chosen = [t.pairs[k] for k in t.pair_order(0)[:4]]
+    i, j = [a for a, _ in chosen], [b for _, b in chosen]
+    b = [best[rows[a]["prompt_id"]] for a in i]
+    assert b != i  # some pair's winner is not its prompt's best: the SFT target is a candidate of its own
+    if loss == "slic":
+        expected = slic_loss(logp[i], logp[j], logp[b], cfg.get("slic_margin", 1.0), cfg.get("sft_weight", 0.5))
+    else:  # distinct rewards: 6 pairs per training prompt, each carrying 1/6 of the prompt's L_ft
+        share = torch.full((4,), 1 / 6, dtype=torch.float64)
+        expected = rrhf_loss(logp[i], logp[j], tokens[i], tokens[j], logp[b], share, cfg.get("sft_weight", 1.0))
+    assert t.step()["loss"] == pytest.approx(expected.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("loss", ["slic", "rrhf"])
+def test_slic_and_rrhf_train_end_to_end(tmp_path, loss):
+    t = _trainer(tmp_path, loss=loss, max_steps=3)
+    params = {n: p.detach().clone() for n, p in t.unwrapped.named_parameters() if p.requires_grad}
+    best = sorted(set(t.best.values()))
+    before = t.logprobs(best)
+    steps = [m for m in t.train(progress=False) if "loss" in m]
+    assert len(steps) == 3 and all(math.isfinite(m["loss"]) for m in steps)
+    moved = [n for n, p in t.unwrapped.named_parameters() if p.requires_grad and not torch.equal(p, params[n])]
+    assert moved and all("lora_" in n for n in moved)
+    assert t.logprobs(best).mean() > before.mean()  # the SFT term raised the prompts' best candidates
 
 
 def test_seq2seq_policy_logprobs_and_gradients(tmp_path):
@@ -373,6 +546,25 @@ def test_unknown_key_is_a_one_line_error(tmp_path):
         load_vcb_recipe(None, ["rewards.holistic.type=magic"])
 
 
+def test_loss_names_and_the_settings_each_loss_reads():
+    names = {"vcb", "vcb_hinge", "dpo", "ipo", "slic", "rrhf"}
+    assert set(get_args(LossName)) == names == set(LOSSES) | set(SFT_LOSSES)
+    for loss in sorted(names):
+        assert load_vcb_recipe(None, [f"vcb.loss={loss}"]).vcb.loss == loss
+    slic, rrhf = VCBConfig(loss="slic"), VCBConfig(loss="rrhf")
+    assert (slic.resolved_slic_margin, slic.resolved_sft_weight, rrhf.resolved_sft_weight) == (1.0, 0.5, 1.0)
+    assert VCBConfig(loss="rrhf", sft_weight=0.25).resolved_sft_weight == 0.25
+    assert VCBConfig(loss="slic", slic_margin=2.0).resolved_slic_margin == 2.0
+    with pytest.raises(AlarmError, match=r"^vcb.sft_weight: read only by losses slic and rrhf, not by loss dpo"):
+        load_vcb_recipe(None, ["vcb.loss=dpo", "vcb.sft_weight=0.5"])
+    with pytest.raises(AlarmError, match=r"^vcb.slic_margin: read only by loss slic, not by loss rrhf"):
+        load_vcb_recipe(None, ["vcb.loss=rrhf", "vcb.slic_margin=2"])
+    with pytest.raises(AlarmError, match=r"^vcb.slic_margin: .*greater than 0"):
+        load_vcb_recipe(None, ["vcb.loss=slic", "vcb.slic_margin=0"])
+    with pytest.raises(AlarmError, match=r"^vcb.sft_weight: .*greater than or equal to 0"):
+        load_vcb_recipe(None, ["vcb.loss=rrhf", "vcb.sft_weight=-1"])
+
+
 def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):
     from alarm.cli import main
 
@@ -425,3 +617,48 @@ def test_two_processes_with_uneven_pairs_match_one_process(tmp_path):
     assert p1.keys() == a.keys()
     for k in a:
         torch.testing.assert_close(a[k], p1[k], rtol=0, atol=1e-5)  # Adam steps are 1e-2
+
+
+TWO_RANKS_WITH_LOSS = """
+import json, sys
+import tiny, torch
+import vcb_two_ranks as two
+from accelerate import Accelerator
+from alarm.trainers.vcb import VCBConfig, VCBTrainer
+
+out, loss = sys.argv[1], sys.argv[2]
+acc = Accelerator(cpu=True)
+tr = VCBTrainer(VCBConfig(**two.CONFIG, loss=loss), tiny.causal_lm(), tiny.tokenizer(), two.rows(), out,
+                accelerator=acc)
+history = tr.train(progress=False)
+with open(f"{out}/history_{acc.process_index}.json", "w") as f:
+    json.dump(history, f)
+torch.save(two.trainable(tr), f"{out}/params_{acc.process_index}.pt")
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo multi-process test runs on Linux")
+@pytest.mark.parametrize("loss, port", [("slic", 29548), ("rrhf", 29549)])
+def test_two_processes_with_slic_and_rrhf_match_one_process(tmp_path, loss, port):
+    """The same uneven split as above (rank 1 runs a zero-weight pass at step 2) with the losses that add the
+    prompts' best candidates to the forward pass: equal ranks, and one process's losses and parameters."""
+    import vcb_two_ranks as two
+    from launch import run_two_ranks
+
+    script = tmp_path / "two_ranks_with_loss.py"
+    script.write_text(TWO_RANKS_WITH_LOSS)
+    run_two_ranks(str(script), tmp_path / "two", port=port, args=(loss,))
+    a, b = (torch.load(tmp_path / "two" / f"params_{r}.pt") for r in (0, 1))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    one = VCBTrainer(VCBConfig(**two.CONFIG, loss=loss), tiny.causal_lm(), tiny.tokenizer(), two.rows(),
+                     tmp_path / "one")
+    one_steps = [m for m in one.train(progress=False) if "loss" in m]
+    for r in (0, 1):
+        steps = [m for m in json.loads((tmp_path / "two" / f"history_{r}.json").read_text()) if "loss" in m]
+        assert len(steps) == len(one_steps) == 2
+        for m, ref in zip(steps, one_steps):
+            assert m["loss"] == pytest.approx(ref["loss"], rel=1e-4), (r, m["step"])
+    p1 = two.trainable(one)
+    for k in a:
+        torch.testing.assert_close(a[k], p1[k], rtol=0, atol=1e-5)

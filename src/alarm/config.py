@@ -30,16 +30,25 @@ class ModelSpec(BaseModel):
 class DataSpec(BaseModel):
     model_config = _STRICT
     # qa: QA JSONL (alarm.data.qa); qa_feedback: QA-Feedback prompt files, every passage, the paper's inputs
-    # (alarm.data.qa_feedback.paper_records); mt: parallel pairs (alarm.data.mt)
-    task: Literal["qa", "qa_feedback", "mt"] = "qa"
+    # (alarm.data.qa_feedback.paper_records); mt: parallel pairs (alarm.data.mt); hh / tldr: the VCB paper's
+    # Anthropic HH dialogues and TL;DR posts (alarm.data.hh, alarm.data.tldr)
+    task: Literal["qa", "qa_feedback", "mt", "hh", "tldr"] = "qa"
     # qa: None = the packaged quickstart set; qa_feedback: a prompt file or URL ({split} in it: one file per
-    # split); mt: a JSONL/TSV file or "europarl"
+    # split); mt: a JSONL/TSV file or "europarl"; hh / tldr: a hub id (Anthropic/hh-rlhf, trl-lib/tldr), a local
+    # JSONL ({split} in it: one file per split) or None = the packaged offline stand-in
     path: str | None = None
     train_split: str = "train"
     test_split: str = "test"
     max_train_prompts: int | None = Field(None, ge=1)
     system_prompt: str | None = None
-    max_prompt_tokens: int | None = Field(None, ge=16)  # qa_feedback: the policy input's budget (None: 1024)
+    # the policy input's budget. qa_feedback: passages cut (None: 1024); hh: earliest exchanges dropped; tldr:
+    # the post cut
+    max_prompt_tokens: int | None = Field(None, ge=16)
+    # qa_feedback with one prompt file: the seed of its 80/20 split by question. A property of the data, not of
+    # the run: the reward models' `alarm rm train` split uses 42 too, so a run with another seed still trains
+    # and evaluates on the questions the reward models saw / held out. hh / tldr: the order a hub split is read
+    # in, and the 90/10 split of a local file without 'split' fields.
+    split_seed: int = 42
 
 
 class RewardsSpec(BaseModel):
@@ -218,6 +227,7 @@ def validate_recipe(data: dict, model_cls=Recipe):
 
 
 def _reward_classes() -> dict[str, Any]:
+    from alarm.reward_models.evidence import EvidenceReward
     from alarm.reward_models.grounding_bt import GroundingBTReward
     from alarm.rewards.embedding import GroundingReward, ReferenceSimilarityReward, RelevanceReward
     from alarm.rewards.grammar import GrammarReward
@@ -236,11 +246,13 @@ def _reward_classes() -> dict[str, Any]:
         "sequence_classifier": SequenceClassifierReward.from_pretrained,
         "span_model": SpanRewardModel.from_pretrained,
         "grounding_bt": GroundingBTReward,
+        "evidence_model": EvidenceReward,  # alarm.reward_models.evidence: reads question + passages column
         "remote": RemoteReward,  # a reward model served over HTTP (vLLM, TEI, OpenRLHF, plain JSON)
     }
 
 
 _ENCODER_TYPES = {"reference_similarity", "grounding", "relevance"}
+_NAMED_BY_CONSTRUCTOR = {"sequence_classifier", "span_model", "grounding_bt", "evidence_model"}
 
 
 def _reward_specs(spec: RewardsSpec):
@@ -274,10 +286,10 @@ def build_reward(where: str, spec: dict, encoder_name: str | None, default_name:
         from alarm.rewards.embedding import load_encoder
 
         kwargs["encoder"] = load_encoder(encoder_name)
-    if kind in ("sequence_classifier", "span_model", "grounding_bt"):
+    if kind in _NAMED_BY_CONSTRUCTOR:
         kwargs.setdefault("name", default_name)
     reward = _reward_classes()[kind](**kwargs)
-    if kind not in ("sequence_classifier", "span_model", "grounding_bt") and "name" not in spec:
+    if kind not in _NAMED_BY_CONSTRUCTOR and "name" not in spec:
         reward.name = default_name
     if spec.get("prompt_with_passages"):
         # Reward models trained on QA-Feedback read "question + passages"; the trainer passes the question.

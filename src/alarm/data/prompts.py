@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from alarm.data import mt, qa_feedback
+from alarm.data import hh, mt, qa_feedback, tldr
 from alarm.data.qa import format_prompt, load_qa_jsonl, split_records
 from alarm.errors import AlarmError
 
@@ -19,14 +19,24 @@ NOT_COLUMNS = ("id", "prompt", "split", "prompt_id", "sample", "completion", "ca
                "scores", "reward")
 
 
-def prompt_records(data, tokenizer, split: str, seq2seq: bool = False, seed: int = 42) -> list[dict]:
+def prompt_records(data, tokenizer, split: str, seq2seq: bool = False) -> list[dict]:
     """The records of one split of a recipe's ``data`` section (:class:`alarm.config.DataSpec`).
 
     - ``qa``: a QA JSONL with its own train/test split (None: the packaged quickstart set);
     - ``qa_feedback``: QA-Feedback prompt files — one file per split (``{split}`` in the path) or one file
-      split by question (:func:`alarm.data.qa_feedback.split_questions` with ``seed``), the paper's inputs;
-    - ``mt``: parallel pairs (a JSONL/TSV file or Europarl), the paper's 70/30 then 90/10 split.
+      split by question (:func:`alarm.data.qa_feedback.split_questions` with ``data.split_seed``, whatever the run's seed), the paper's inputs;
+    - ``mt``: parallel pairs (a JSONL/TSV file or Europarl), the paper's 70/30 then 90/10 split;
+    - ``hh`` / ``tldr``: the VCB paper's tasks — Anthropic HH dialogues and TL;DR posts from a hub id, a local
+      JSONL or (None) the packaged offline stand-in (:mod:`alarm.data.hh`, :mod:`alarm.data.tldr`). A hub split
+      is read in an order shuffled with ``data.split_seed`` (a file without 'split' fields is split 90/10 with
+      it); the train split stops at ``data.max_train_prompts`` before
+      prompts are built (the hub sets hold 160k / 117k rows).
     """
+    if data.task in ("hh", "tldr"):
+        module = hh if data.task == "hh" else tldr
+        limit = data.max_train_prompts if split == data.train_split else None
+        items = module.load_split(data.path, split, seed=data.split_seed, limit=limit)
+        return module.prompt_records(items, tokenizer, seq2seq, data.system_prompt, data.max_prompt_tokens)
     if data.task == "mt":
 
         splits = mt.load_splits(data.path)
@@ -37,7 +47,7 @@ def prompt_records(data, tokenizer, split: str, seq2seq: bool = False, seed: int
 
         if data.path is None:
             raise AlarmError("data.task qa_feedback needs data.path: a QA-Feedback prompt file or URL")
-        records = qa_feedback.load_split(data.path, split, seed=seed)
+        records = qa_feedback.load_split(data.path, split, seed=data.split_seed)
         return qa_feedback.paper_records(records, tokenizer, seq2seq, data.max_prompt_tokens, data.system_prompt)
 
     if data.path is not None and str(data.path).endswith(".json"):

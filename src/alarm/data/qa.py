@@ -8,7 +8,7 @@ JSONL schema: one JSON object per line (blank lines are skipped, extra keys are 
      "passages": ["...", "..."],          # 2-4 non-empty strings: evidence plus distractors
      "reference": "A full sentence."}     # non-empty str, a short reference answer
 
-The packaged ``alarm/data/quickstart.jsonl`` (64 hand-written questions, 48 train / 16 test) follows it, so the
+The packaged ``alarm/data/quickstart.jsonl`` (96 hand-written questions, 48 train / 48 test) follows it, so the
 quickstart runs with no network and no downloads.
 """
 

@@ -363,10 +363,10 @@ def run(recipe: Recipe, steps: tuple[str, ...] = ("sample", "select", "train", "
     t0 = time.perf_counter()
     model, tokenizer = load_policy(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code)
     seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
-    train_records = prompt_records(recipe.data, tokenizer, recipe.data.train_split, seq2seq, recipe.seed)
+    train_records = prompt_records(recipe.data, tokenizer, recipe.data.train_split, seq2seq)
     if recipe.data.max_train_prompts:
         train_records = train_records[: recipe.data.max_train_prompts]
-    test_records = prompt_records(recipe.data, tokenizer, recipe.data.test_split, seq2seq, recipe.seed) \
+    test_records = prompt_records(recipe.data, tokenizer, recipe.data.test_split, seq2seq) \
         if "eval" in steps else []
     reward_set = build_reward_set(recipe)
     timings["load"] = time.perf_counter() - t0

@@ -75,8 +75,8 @@ def vcb_records(recipe: VCBRecipe, tokenizer, seq2seq: bool) -> list[dict]:
     """Train prompts (up to data.max_train_prompts) then held-out prompts (up to sample.eval_prompts), built by
     :func:`alarm.data.prompts.prompt_records` — the records and the split PPO uses for the same data."""
     d = recipe.data
-    train = prompt_records(d, tokenizer, d.train_split, seq2seq, recipe.seed)[: d.max_train_prompts]
-    test = prompt_records(d, tokenizer, d.test_split, seq2seq, recipe.seed)[: recipe.sample.eval_prompts]
+    train = prompt_records(d, tokenizer, d.train_split, seq2seq)[: d.max_train_prompts]
+    test = prompt_records(d, tokenizer, d.test_split, seq2seq)[: recipe.sample.eval_prompts]
     return [{"prompt_id": r["id"], "split": split, **{k: v for k, v in r.items() if k != "id"}}
             for split, rs in (("train", train), ("test", test)) for r in rs]
 

@@ -19,10 +19,11 @@ from alarm.data.qa_feedback import (
     completeness_label,
     error_labels,
     load_feedback,
-    reward_prompt,
     split_feedback,
 )
 from alarm.errors import AlarmError
+from alarm.reward_models.evidence import ARCHITECTURE as EVIDENCE
+from alarm.reward_models.evidence import EvidenceReward
 from alarm.reward_models.grounding_bt import GroundingBTReward
 from alarm.rewards.hf_models import SequenceClassifierReward, SpanRewardModel
 
@@ -77,8 +78,10 @@ def evaluate_holistic(reward, records: list[FeedbackRecord]) -> dict:
 
 
 def evaluate_span(reward, records: list[FeedbackRecord], types, level: str) -> dict:
+    """Error-class P/R/F1 of a reward that reads the question plus a ``passages`` column (``load_reward``)."""
     records = [r for r in records if r.predictions[0].strip()]
-    dense = reward([reward_prompt(r.question, r.passages) for r in records], [r.predictions[0] for r in records])
+    dense = reward([r.question for r in records], [r.predictions[0] for r in records],
+                   passages=[r.passages for r in records])
     pred, gold = [], []
     for r, d in zip(records, dense):
         labels = error_labels(r.predictions[0], r.errors, types, level)
@@ -96,7 +99,8 @@ def evaluate_span(reward, records: list[FeedbackRecord], types, level: str) -> d
 
 def evaluate_completeness(reward, records: list[FeedbackRecord]) -> dict:
     records = [r for r in records if r.predictions[0].strip()]
-    scores = reward([reward_prompt(r.question, r.passages) for r in records], [r.predictions[0] for r in records])
+    scores = reward([r.question for r in records], [r.predictions[0] for r in records],
+                    passages=[r.passages for r in records])
     labels = [completeness_label(r) for r in records]
     majority = int(sum(labels) * 2 >= len(labels))
     acc = sum(int(s > 0) == y for s, y in zip(scores, labels)) / len(labels)
@@ -104,22 +108,55 @@ def evaluate_completeness(reward, records: list[FeedbackRecord]) -> dict:
             "auc": auc(scores, labels), "baseline_majority_accuracy": sum(y == majority for y in labels) / len(labels)}
 
 
-def load_reward(model_dir: str | Path, info: dict):
-    """The saved model as a reward. Holistic models read the question as the prompt and a ``passages`` column
-    (either architecture); the others read ``reward_prompt(question, passages)`` as the prompt."""
+def load_reward(model_dir: str | Path, info: dict, featurizer=None):
+    """The saved model as a reward that reads the question as the prompt and a ``passages`` column, whatever
+    its architecture (the cross-encoders get ``reward_prompt(question, passages)`` through PassagePrompt)."""
 
     if info.get("architecture") == "grounding_features":
-
         return GroundingBTReward(str(model_dir), name=info["kind"])
+    if info.get("architecture") == EVIDENCE:
+        return EvidenceReward(str(model_dir), name=info["kind"], featurizer=featurizer)
     if info["kind"] in ("factuality", "relevance"):
-        return SpanRewardModel.from_pretrained(str(model_dir), level=info["level"], value=info["value"],
-                                               batch_size=16, name=info["kind"])
-    reward = SequenceClassifierReward.from_pretrained(str(model_dir), batch_size=16, name=info["kind"])
-    return PassagePrompt(reward) if info["kind"] == "holistic" else reward
+        return PassagePrompt(SpanRewardModel.from_pretrained(str(model_dir), level=info["level"], value=info["value"],
+                                                             batch_size=16, name=info["kind"]))
+    return PassagePrompt(SequenceClassifierReward.from_pretrained(str(model_dir), batch_size=16, name=info["kind"]))
+
+
+# (metric, baseline) pairs reported per kind: the model's number beside the trivial one it must beat
+CV_METRICS = {
+    "holistic": {"pairwise_accuracy": ("pairwise_accuracy",), "longer_is_better": ("baseline_longer_is_better",)},
+    "factuality": {"error_f1": ("model", "f1"), "always_error_f1": ("baseline_always_error", "f1"),
+                   "always_clean_f1": ("baseline_always_clean", "f1"), "error_precision": ("model", "precision"),
+                   "error_recall": ("model", "recall")},
+    "completeness": {"accuracy": ("accuracy",), "auc": ("auc",), "majority_accuracy": ("baseline_majority_accuracy",)},
+}
+CV_METRICS["relevance"] = CV_METRICS["factuality"]
+
+
+def summarize_folds(kind: str, results: list[dict]) -> dict:
+    """mean and std (population, over folds) of each of the kind's metrics: {"metrics": {name: {mean, std, folds}}}."""
+    import statistics
+
+    out = {}
+    for name, keys in CV_METRICS[kind].items():
+        values = []
+        for r in results:
+            v = r
+            for k in keys:
+                v = v[k]
+            values.append(float(v))
+        out[name] = {"mean": statistics.fmean(values), "std": statistics.pstdev(values), "folds": values}
+    return {"metrics": out}
+
+
+def format_cv(summary: dict) -> str:
+    m = summary["metrics"]
+    cell = "  ".join(f"{k} {v['mean']:.3f} ± {v['std']:.3f}" for k, v in m.items())
+    return f"{summary['kind']} ({summary['architecture']}, {summary['folds']}-fold CV by question over {summary['questions']} questions): {cell}"
 
 
 def evaluate_reward_model(model_dir: str | Path, records: list[FeedbackRecord] | None = None,
-                          data: str | None = None) -> dict:
+                          data: str | None = None, featurizer=None) -> dict:
     """Score the validation questions (the training split's complement), print and save ``eval.json``."""
     model_dir = Path(model_dir)
     info_path = model_dir / "rm_config.json"
@@ -130,7 +167,7 @@ def evaluate_reward_model(model_dir: str | Path, records: list[FeedbackRecord] |
     if records is None:
         _, records = split_feedback(load_feedback(data or config["data"]), config.get("validation_fraction", 0.2),
                                     config.get("seed", 42))
-    reward = load_reward(model_dir, info)
+    reward = load_reward(model_dir, info, featurizer)
     kind = info["kind"]
     if kind == "holistic":
         result = evaluate_holistic(reward, records)

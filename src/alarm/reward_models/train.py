@@ -47,7 +47,8 @@ from alarm.data.qa_feedback import (
 )
 from alarm.errors import AlarmError
 from alarm.models import minilm_path
-from alarm.reward_models.evaluate import evaluate_reward_model
+from alarm.reward_models.evaluate import evaluate_reward_model, summarize_folds
+from alarm.reward_models.evidence import EvidenceFeaturizer, train_evidence_model
 from alarm.reward_models.grounding_bt import train_grounding_bt
 from alarm.rewards.hf_models import build_span_inputs
 
@@ -61,8 +62,10 @@ class RMTrainConfig(BaseModel):
     kind: Literal["holistic", "factuality", "relevance", "completeness"]
     # holistic only: "cross_encoder" fine-tunes the backbone as a sequence classifier; "grounding_features" fits
     # Bradley–Terry on grounding features of the frozen backbone (alarm.reward_models.grounding_bt)
-    architecture: Literal["cross_encoder", "grounding_features"] = "cross_encoder"
-    max_evidence: int = Field(80, ge=1)  # grounding_features: passage sentences read per question
+    # "evidence_features" (holistic, factuality, relevance): linear models on what the frozen backbone sees in
+    # every passage sentence (alarm.reward_models.evidence)
+    architecture: Literal["cross_encoder", "grounding_features", "evidence_features"] = "cross_encoder"
+    max_evidence: int = Field(80, ge=1)  # grounding / evidence features: passage sentences read per question
     grounded_at: float = Field(0.8, ge=-1, le=1)  # grounding_features: cosine at which a sentence counts as grounded
     data: str = f"{DEFAULT_DIR}/feedback.json"  # feedback file: path or http(s) URL
     backbone: str | None = None  # None = the packaged all-MiniLM-L6-v2; else an HF encoder name or directory
@@ -85,8 +88,10 @@ class RMTrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.architecture != "cross_encoder" and self.kind != "holistic":
-            raise ValueError(f"architecture {self.architecture!r} is for kind holistic only")
+        if self.architecture == "grounding_features" and self.kind != "holistic":
+            raise ValueError("architecture 'grounding_features' is for kind holistic only")
+        if self.architecture == "evidence_features" and self.kind == "completeness":
+            raise ValueError("architecture 'evidence_features' is for kinds holistic, factuality and relevance")
         return self
 
 
@@ -321,17 +326,26 @@ def check_validation_fits(config: RMTrainConfig, val: list[FeedbackRecord], toke
 
 
 def train_reward_model(config: RMTrainConfig, records: list[FeedbackRecord] | None = None, model=None,
-                       tokenizer=None, evaluate: bool = True) -> dict:
-    """Train, save and (by default) evaluate one reward model. ``model``/``tokenizer`` override the backbone."""
+                       tokenizer=None, evaluate: bool = True,
+                       split: tuple[list[FeedbackRecord], list[FeedbackRecord]] | None = None,
+                       featurizer: EvidenceFeaturizer | None = None) -> dict:
+    """Train, save and (by default) evaluate one reward model. ``model``/``tokenizer`` override the backbone;
+    ``split`` = (train, validation) records instead of the config's split; ``featurizer`` shares the evidence
+    models' embedding cache between runs (cross-validation)."""
     from transformers import TrainingArguments, set_seed
 
     if config.threads:
         torch.set_num_threads(config.threads)
     set_seed(config.seed)
-    records = load_feedback(config.data) if records is None else records
-    train, val = split_feedback(records, config.validation_fraction, config.seed)
+    if split is None:
+        records = load_feedback(config.data) if records is None else records
+        train, val = split_feedback(records, config.validation_fraction, config.seed)
+    else:
+        train, val = split
     if config.architecture == "grounding_features":
         return _train_grounding_bt(config, train, val, evaluate)
+    if config.architecture == "evidence_features":
+        return _train_evidence(config, train, val, evaluate, featurizer)
     backbone = config.backbone or minilm_path()
     if model is None:
         model, tokenizer = build_model(config.kind, backbone)
@@ -384,6 +398,48 @@ def _train_grounding_bt(config: RMTrainConfig, train, val, evaluate: bool) -> di
         stats["eval"] = evaluate_reward_model(config.out_dir(), val)
     (config.out_dir() / "train_stats.json").write_text(json.dumps(stats, indent=2))
     return stats
+
+
+def _train_evidence(config: RMTrainConfig, train, val, evaluate: bool, featurizer) -> dict:
+    featurizer = featurizer or EvidenceFeaturizer(config.backbone, config.max_evidence)
+    stats = {"kind": config.kind, "architecture": config.architecture, "validation_questions": len(val),
+             **train_evidence_model(config, train, featurizer)}
+    if evaluate and val:
+        stats["eval"] = evaluate_reward_model(config.out_dir(), val, featurizer=featurizer)
+    (config.out_dir() / "train_stats.json").write_text(json.dumps(stats, indent=2))
+    return stats
+
+
+def cross_validate(config: RMTrainConfig, folds: int = 5, records: list[FeedbackRecord] | None = None) -> dict:
+    """k-fold cross-validation by question over every record: the number ``alarm rm evaluate --config`` reports.
+
+    Each fold trains a fresh model on the other folds' questions (saved under ``<out>/fold-<k>``) and evaluates
+    it, and the trivial baselines, on its own; returns per-fold results and mean ± std of each metric.
+    """
+    import random
+
+    records = load_feedback(config.data) if records is None else list(records)
+    if folds < 2 or folds > len(records):
+        raise AlarmError(f"folds must be between 2 and the number of questions ({len(records)}), got {folds}")
+    order = list(range(len(records)))
+    random.Random(config.seed).shuffle(order)
+    fold_of = {i: k % folds for k, i in enumerate(order)}
+    featurizer = (EvidenceFeaturizer(config.backbone, config.max_evidence)
+                  if config.architecture == "evidence_features" else None)
+    out = config.out_dir()
+    results = []
+    for k in range(folds):
+        train = [r for i, r in enumerate(records) if fold_of[i] != k]
+        val = [r for i, r in enumerate(records) if fold_of[i] == k]
+        fold_config = config.model_copy(update={"output_dir": str(out / f"fold-{k}")})
+        stats = train_reward_model(fold_config, split=(train, val), featurizer=featurizer)
+        results.append(stats["eval"])
+    summary = {"kind": config.kind, "architecture": config.architecture, "folds": folds,
+               "questions": len(records), "seed": config.seed, **summarize_folds(config.kind, results),
+               "per_fold": results}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cv.json").write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def save_reward_model(model, tokenizer, config: RMTrainConfig, out: Path, stats: dict) -> None:

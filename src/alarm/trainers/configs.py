@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 
 class LoRASettings(BaseModel):
@@ -75,19 +84,30 @@ class PPOConfig(LoRASettings):
         return self
 
 
-LossName = Literal["vcb", "vcb_hinge", "dpo", "ipo"]
+LossName = Literal["vcb", "vcb_hinge", "dpo", "ipo", "slic", "rrhf"]
+# The losses' own settings: which losses read each one, and its default for each (docs/method.md §2.5).
+# SLiC-HF (Zhao et al. 2023, eq. 1): margin δ 1, regularisation weight λ 0.5 — the values as we recall them from
+# the paper's TL;DR runs, not re-checked against its text here. RRHF (Yuan et al. 2023): L = L_rank + L_ft, weight 1.
+SLIC_MARGIN = 1.0
+SFT_WEIGHT = {"slic": 0.5, "rrhf": 1.0}
+LOSS_SETTINGS = {"slic_margin": ("slic",), "sft_weight": tuple(SFT_WEIGHT)}
 
 
 class VCBConfig(LoRASettings):
-    """Offline pair training. ``loss`` picks VCB (squared, default), its hinge variant, DPO or IPO."""
+    """Offline pair training. ``loss`` picks VCB (squared, default), its hinge variant, DPO, IPO, or the two
+    order-based baselines of the VCB paper that need no reference model: SLiC-HF and RRHF."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     loss: LossName = "vcb"
-    beta: float = Field(0.1, gt=0)
+    beta: float = Field(0.1, gt=0)  # vcb/vcb_hinge/dpo/ipo; for slic/rrhf it only scales the logged β·Δρ
     sigma: Literal["global", "prompt"] = "global"  # reward std used to normalise the value gaps
     pairs: Literal["all", "best_vs_rest"] = "all"
     tie_tolerance: float = Field(1e-6, ge=0)  # pairs with |r_i − r_j| ≤ this are dropped
+    # slic only: the margin δ on log π(y⁺) − log π(y⁻) (None: 1.0)
+    slic_margin: float | None = Field(None, gt=0)
+    # slic and rrhf: weight of −log π(best candidate of the prompt) (None: slic 0.5, rrhf 1.0)
+    sft_weight: float | None = Field(None, ge=0)
     # optimisation
     learning_rate: float = Field(5e-5, gt=0)
     batch_size: int = Field(8, ge=1)  # pairs per optimizer step (all processes together)
@@ -107,3 +127,21 @@ class VCBConfig(LoRASettings):
     seed: int = 42
     save_every: int = Field(0, ge=0)  # 0: only at the end
     report_to: Literal["none", "tensorboard", "wandb", "trackio"] = "none"
+
+    @field_validator("slic_margin", "sft_weight")
+    @classmethod
+    def _only_for_its_losses(cls, v, info: ValidationInfo):
+        loss, readers = info.data.get("loss"), LOSS_SETTINGS[info.field_name]
+        if v is not None and loss is not None and loss not in readers:
+            which = f"loss{'es' if len(readers) > 1 else ''} {' and '.join(readers)}"
+            raise PydanticCustomError("loss_setting", f"read only by {which}, not by loss {loss}")
+        return v
+
+    @property
+    def resolved_slic_margin(self) -> float:
+        return SLIC_MARGIN if self.slic_margin is None else self.slic_margin
+
+    @property
+    def resolved_sft_weight(self) -> float:
+        """The SFT weight the chosen loss uses (0 for the losses without an SFT term)."""
+        return SFT_WEIGHT.get(self.loss, 0.0) if self.sft_weight is None else self.sft_weight

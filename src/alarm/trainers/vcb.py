@@ -1,4 +1,4 @@
-"""VCB — offline value-based calibration — with DPO and IPO beside it, readable top to bottom.
+"""VCB — offline value-based calibration — with DPO, IPO, SLiC-HF and RRHF beside it, readable top to bottom.
 
 docs/method.md §2.5. Candidates sampled offline from the initial policy carry reward values (any ALaRM combination,
 the hierarchical one included). The KL-regularised optimum satisfies
@@ -13,6 +13,11 @@ implement the description: L = mean over pairs of (β·Δρ_θ(i, j) − (r_i �
 two responses' summed log π_θ/π_ref, σ the reward standard deviation (global, or per prompt). A hinge variant
 max(0, (r_i − r_j)/σ − β·Δρ_θ) for r_i > r_j only pushes pairs that are not yet separated by their value gap.
 On a candidate set the squared loss is minimised exactly by π ∝ π_ref·exp(r/(βσ)) (tests/test_vcb.py).
+
+**SLiC-HF and RRHF**, the order-based baselines of the VCB paper, are beside them (``slic_loss``, ``rrhf_loss``:
+each cites its paper's formula and says where this offline version differs). They read only the policy's own
+log-likelihoods — no reference model; π_ref is still computed, once, for the logged Δρ diagnostics — and add an
+SFT term on the best-rewarded candidate of the prompt.
 
 Pairs are always oriented winner first (r_i > r_j); ties (|r_i − r_j| ≤ ``tie_tolerance``) are dropped.
 Sequence log-probs are sums over the response tokens only (prompt and padding masked). The reference is the
@@ -95,7 +100,41 @@ def ipo_loss(delta_rho: torch.Tensor, gap: torch.Tensor, beta: float) -> torch.T
     return ((delta_rho - 1.0 / (2.0 * beta)) ** 2).mean()
 
 
+def slic_loss(logp_w: torch.Tensor, logp_l: torch.Tensor, logp_best: torch.Tensor, margin: float,
+              sft_weight: float) -> torch.Tensor:
+    """SLiC-HF: mean over pairs of max(0, δ − log π_θ(y⁺|x) + log π_θ(y⁻|x)) − λ·log π_θ(y_best|x).
+
+    Zhao et al. 2023, "SLiC-HF: Sequence Likelihood Calibration with Human Feedback" (arXiv 2305.10425), §2,
+    eq. 1: L(θ) = max(0, δ − log P_θ(y⁺|x) + log P_θ(y⁻|x)) − λ·log P_θ(y_ref|x), a rank-calibration hinge on
+    summed sequence log-likelihoods plus cross-entropy on y_ref. No reference model: the inputs are the policy's
+    summed response log-probs of the winner, the loser and the target. Offline difference: the paper's y_ref is
+    the SFT target (a human-written response); our samples have only the policy's candidates, so y_best is the
+    best-rewarded candidate of the pair's prompt (the same target for every pair of that prompt).
+    """
+    return (F.relu(margin - (logp_w - logp_l)) - sft_weight * logp_best).mean()
+
+
+def rrhf_loss(logp_w: torch.Tensor, logp_l: torch.Tensor, tokens_w: torch.Tensor, tokens_l: torch.Tensor,
+              logp_best: torch.Tensor, ft_share: torch.Tensor, ft_weight: float = 1.0) -> torch.Tensor:
+    """RRHF: mean over pairs of max(0, p_l − p_w) + ft_weight·ft_share·(−log π_θ(y_best|x)).
+
+    Yuan et al. 2023, "RRHF: Rank Responses to Align Language Models with Human Feedback" (NeurIPS 2023,
+    arXiv 2304.05302), §3: p_i = Σ_t log P_π(y_i,t | x, y_i,<t) / |y_i| (eq. 1, length-normalised),
+    L_rank = Σ_{r_i < r_j} max(0, p_i − p_j) (eq. 2), L_ft = −Σ_t log P_π(y_i′,t | x, y_i′,<t) with
+    i′ = argmax_i r_i (eq. 3), L = L_rank + L_ft (eq. 4). No reference model. ``tokens_*`` are the response
+    lengths |y|; L_ft is summed over tokens, as in eq. 3. Offline difference: the paper's unit is one prompt
+    with all its candidates; ours is a stream of pairs, so each pair carries ``ft_share`` = 1/(training pairs
+    of its prompt) of that prompt's L_ft — over an epoch the pair losses then sum to Σ over prompts of the
+    paper's L (a prompt whose candidates all tie has no pair and no L_ft here).
+    """
+    rank = F.relu(logp_l / tokens_l - logp_w / tokens_w)
+    return (rank - ft_weight * ft_share * logp_best).mean()
+
+
+# The losses of Δρ (they need the reference). slic and rrhf read the policy's own log-likelihoods and the
+# prompt's best candidate instead (VCBTrainer.pair_loss feeds them).
 LOSSES = {"vcb": vcb_loss, "vcb_hinge": vcb_hinge_loss, "dpo": dpo_loss, "ipo": ipo_loss}
+SFT_LOSSES = ("slic", "rrhf")
 
 
 def make_pairs(groups: list[list[int]], rewards, mode: str = "all", tie_tolerance: float = 1e-6):
@@ -188,7 +227,7 @@ class Policy(torch.nn.Module):
 
 
 class VCBTrainer:
-    """Offline training on scored candidates with the VCB, VCB-hinge, DPO or IPO loss.
+    """Offline training on scored candidates with the VCB, VCB-hinge, DPO, IPO, SLiC-HF or RRHF loss.
 
     ``samples``: a ``datasets.Dataset`` or list of rows with ``prompt_id``, ``prompt`` (formatted for the
     policy), ``candidate``, ``reward`` and optionally ``split`` ("train" rows are trained on, "test" rows give
@@ -227,6 +266,13 @@ class VCBTrainer:
             raise AlarmError("no training pairs: every prompt's candidates tie; sample more candidates (sample.n) "
                              "or use a reward that separates them")
         self.eval_prompts = [rows[g[0]] for g in test_groups]
+        # SLiC's and RRHF's SFT target: the best-rewarded candidate of each training prompt (first of a tie), and
+        # RRHF's share of it per pair (1 / the prompt's training pairs).
+        self.best = {k: max(g, key=lambda i: self.rewards[i]) for g in train_groups for k in g}
+        pairs_of = defaultdict(int)
+        for i, _ in self.pairs:
+            pairs_of[self.best[i]] += 1
+        self.ft_share = np.array([1.0 / pairs_of[self.best[i]] for i, _ in self.pairs])
 
         torch.manual_seed(config.seed)
         policy = Policy(model, config)
@@ -235,6 +281,7 @@ class VCBTrainer:
         self.max_new_tokens = max_new_tokens
         self.reference_cache = Path(reference_cache) if reference_cache else None
         self.encoded = [self._encode(r) for r in rows]
+        self.n_tokens = torch.tensor([len(r) for _, r in self.encoded], dtype=torch.float64)  # response lengths
         self.optimizer = make_optimizer(policy, config.learning_rate, config.weight_decay)
         self.policy, self.optimizer = self.accelerator.prepare(policy, self.optimizer)
         self.steps_per_epoch = math.ceil(len(self.pairs) / config.batch_size)
@@ -336,7 +383,6 @@ class VCBTrainer:
         mine = chosen[acc.process_index :: acc.num_processes]
         n_micro = math.ceil(math.ceil(len(chosen) / acc.num_processes) / c.micro_batch_size)
         scale = acc.num_processes / len(chosen)  # DDP averages over processes: this makes it a sum / len(chosen)
-        loss_fn = LOSSES[c.loss]
         self.policy.train()
         sums = torch.zeros(5, dtype=torch.float64)  # over this process's pairs: loss, β·Δρ, gap, (β·Δρ − gap)², hits
         for s in range(n_micro):
@@ -345,13 +391,16 @@ class VCBTrainer:
             idx = idx or chosen[:1]  # no pairs left here: a pass with weight 0 keeps the collectives in step
             i_idx = [self.pairs[k][0] for k in idx]
             j_idx = [self.pairs[k][1] for k in idx]
+            rows = i_idx + j_idx  # winners and losers in one forward pass
+            if c.loss in SFT_LOSSES:  # with the prompts' best candidates (SFT targets) not already in it
+                rows += [b for b in dict.fromkeys(self.best[i] for i in i_idx) if b not in rows]
             with acc.no_sync(self.policy) if s < n_micro - 1 else nullcontext():  # all-reduce on the last one
-                logps = self.policy(self.collate(i_idx + j_idx))  # winners and losers in one forward pass
+                logps = self.policy(self.collate(rows))
                 dev = logps.device
-                drho = log_ratio_gap(logps[: len(idx)], ref[i_idx].to(dev), logps[len(idx) :],
+                drho = log_ratio_gap(logps[: len(idx)], ref[i_idx].to(dev), logps[len(idx) : 2 * len(idx)],
                                      ref[j_idx].to(dev))
                 gap = torch.tensor(self.gaps[idx], dtype=drho.dtype, device=dev)
-                loss = loss_fn(drho, gap, c.beta)
+                loss = self.pair_loss(idx, rows, logps, drho, gap)
                 acc.backward(loss * (n * scale))
             if n:  # statistics of the real pairs only
                 bd, g = c.beta * drho.detach().double().cpu(), gap.double().cpu()
@@ -368,6 +417,23 @@ class VCBTrainer:
         names = ("loss", "beta_delta_rho/mean", "gap/mean", "calibration/mse", "train/ranking_accuracy")
         return {"step": self.step_idx, "epoch": epoch, **dict(zip(names, means)),
                 "grad_norm": grad_norm, "time/step": time.perf_counter() - t0}
+
+    def pair_loss(self, idx: list[int], rows: list[int], logps: torch.Tensor, drho: torch.Tensor,
+                  gap: torch.Tensor) -> torch.Tensor:
+        """The configured loss of pairs ``idx``. ``logps``: the policy's summed log-probs of candidates ``rows``
+        (the pairs' winners, their losers, then any best candidates not among them); ``drho``, ``gap``: the
+        pairs' log-ratio and normalised value gaps (what the reference-based losses read)."""
+        c, n = self.config, len(idx)
+        if c.loss in LOSSES:
+            return LOSSES[c.loss](drho, gap, c.beta)
+        logp_w, logp_l = logps[:n], logps[n : 2 * n]
+        logp_best = logps[[rows.index(self.best[self.pairs[k][0]]) for k in idx]]
+        if c.loss == "slic":
+            return slic_loss(logp_w, logp_l, logp_best, c.resolved_slic_margin, c.resolved_sft_weight)
+        tokens = self.n_tokens.to(device=logps.device, dtype=logps.dtype)
+        share = torch.tensor(self.ft_share[idx], dtype=logps.dtype, device=logps.device)
+        return rrhf_loss(logp_w, logp_l, tokens[rows[:n]], tokens[rows[n : 2 * n]], logp_best, share,
+                         c.resolved_sft_weight)
 
     def _sum_over_processes(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` summed over all processes (one collective, the same on every rank)."""
@@ -478,7 +544,7 @@ class VCBTrainer:
 
 
 __all__ = [
-    "LOSSES", "Policy", "VCBConfig", "VCBTrainer", "dpo_loss", "ipo_loss", "log_ratio_gap", "make_pairs",
-    "normalised_gaps", "pearson", "ranking_accuracy", "reward_scale", "sequence_logprobs", "vcb_hinge_loss",
-    "vcb_loss",
+    "LOSSES", "SFT_LOSSES", "Policy", "VCBConfig", "VCBTrainer", "dpo_loss", "ipo_loss", "log_ratio_gap",
+    "make_pairs", "normalised_gaps", "pearson", "ranking_accuracy", "reward_scale", "rrhf_loss",
+    "sequence_logprobs", "slic_loss", "vcb_hinge_loss", "vcb_loss",
 ]

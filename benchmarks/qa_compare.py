@@ -1,0 +1,301 @@
+"""The paper's QA comparison at CPU scale (issue 16): selection, then five systems × seeds, then evaluation.
+
+    nice -n 10 .venv/bin/python benchmarks/qa_compare.py            # resumable: rerun to continue
+    nice -n 10 .venv/bin/python benchmarks/qa_compare.py --stage selection
+
+One background job, every stage resumable (each start continues where the last stopped):
+
+1. **selection** — `alarm run`'s sample + select steps on ``--selection-prompts`` training questions: the
+   initial policy's greedy answer vs a pure sample (T 1, top-p 1, top-k 0) per question, every aspect's
+   inconsistency with the holistic reward and its greedy-vs-sample win rate (the paper's Figure 3). The
+   normalisers (μ, σ of the holistic reward) and ε fitted here are shared by every run below.
+2. **train** — for each seed and each of holistic_only, aspect_only (the selected aspect), weighted_sum and
+   hierarchical: PPO from the same initial policy (`alarm run`'s train step, checkpoints every
+   ``--save-every`` steps, so a killed run resumes from its last checkpoint).
+3. **eval** — greedy answers of the initial policy and of every trained run to the ``--eval-questions``
+   validation questions (never used to train the reward models: the 80/20 split by question, seed 42, that
+   `alarm rm train` uses), scored with the same rewards and normalisers; the paper's Table 1/2 layout (mean
+   holistic reward, factuality rate, length; win-rate matrices with Avg. by the holistic model and by the
+   factuality rate), each with a bootstrap interval over (question, seed) units. Optionally (``--judge URL``)
+   the llama.cpp-served judge in both orders.
+
+Reward models: ``alarm rm train`` with recipes/rm_{holistic,factuality,relevance}_evidence.yaml (→ runs/rm/*).
+Writes benchmarks/results/qa_compare.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import yaml
+
+from alarm.config import build_reward_set, read_settings, validate_recipe
+from alarm.data.prompts import prompt_records
+from alarm.evaluation.compare import compare_scored
+from alarm.evaluation.scoring import generation_rows, normalize_scores, score_records
+from alarm.generation import generate_texts
+from alarm.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from alarm.models import load_policy
+from alarm.recipes.ppo import run
+
+HERE = Path(__file__).resolve().parent
+RECIPE = HERE.parent / "src" / "alarm" / "recipes" / "qa_feedback.yaml"
+MODES = ("holistic_only", "aspect_only", "weighted_sum", "hierarchical")
+SYSTEMS = ("initial", *MODES)
+PAPER = {  # DESIGN.md §7, QA: holistic reward (z) / factuality rate / length in tokens; avg win rates
+    "holistic_only": {"holistic": 0.608, "factuality_rate": 0.736, "length": 87.8, "avg_holistic": 51.76,
+                      "avg_factuality": 47.87, "avg_judge": 43.07},
+    "aspect_only": {"holistic": 0.538, "factuality_rate": 0.752, "length": 116.8, "avg_holistic": 43.97,
+                    "avg_factuality": 51.05, "avg_judge": 53.40},
+    "weighted_sum": {"holistic": 0.598, "factuality_rate": 0.738, "length": 98.5, "avg_holistic": 51.05,
+                     "avg_factuality": 47.00, "avg_judge": 49.44},
+    "hierarchical": {"holistic": 0.617, "factuality_rate": 0.752, "length": 97.6, "avg_holistic": 53.22,
+                     "avg_factuality": 54.08, "avg_judge": 54.08},
+}
+PAPER_SELECTION = {"factuality": 21.4, "relevance": 40.1, "completeness": 45.1, "length": 54.0, "holistic_win": 73.7}
+
+
+def base_settings(args) -> dict:
+    """qa_feedback.yaml with the evidence reward models, the length aspect, and this benchmark's budget."""
+    s = read_settings(RECIPE)
+    rm = Path(args.rm_dir)
+    s["data"].update(path=args.prompts, max_prompt_tokens=args.max_prompt_tokens, max_train_prompts=None)
+    s["rewards"] = {
+        "holistic": {"type": "evidence_model", "path": str(rm / "holistic_evidence")},
+        "aspects": {
+            "factuality": {"type": "evidence_model", "path": str(rm / "factuality_evidence")},
+            "relevance": {"type": "evidence_model", "path": str(rm / "relevance_evidence")},
+            "length": {"type": "length", "unit": "words"},
+        },
+        "normalize": ["holistic", "length"],
+    }
+    s["sample"].update(prompts=args.selection_prompts, samples_per_prompt=1, max_new_tokens=args.max_new_tokens,
+                       batch_size=8)
+    s["selection"].update(enabled=True, pairs="greedy_vs_sample", apply=False, max_conflict=None, top_k=1)
+    s["ppo"].update(steps=args.steps, rollout_batch_size=args.rollout_batch, mini_batch_size=args.rollout_batch // 2,
+                    grad_accum_steps=1, ppo_epochs=args.ppo_epochs, max_new_tokens=args.max_new_tokens,
+                    save_every=args.save_every, temperature=1.0, top_p=1.0, top_k=0)
+    s["eval"].update(max_new_tokens=args.max_new_tokens, max_prompts=args.eval_questions)
+    return s
+
+
+def stage_selection(args, root: Path) -> dict:
+    out = root / "selection"
+    if not (out / "selection.json").exists():
+        s = base_settings(args)
+        s.update(output_dir=str(out), seed=args.selection_seed)
+        run(validate_recipe(s), steps=("sample", "select"), overwrite=True)
+    return json.loads((out / "selection.json").read_text())
+
+
+def selected_aspect(selection: dict) -> str:
+    return selection["kept"][0]
+
+
+def run_settings(args, mode: str, seed: int, aspect: str, out: Path) -> dict:
+    s = base_settings(args)
+    keep = [] if mode == "holistic_only" else [aspect]
+    s["rewards"]["aspects"] = {k: v for k, v in s["rewards"]["aspects"].items() if k in keep}
+    s["rewards"]["normalize"] = [k for k in s["rewards"]["normalize"] if k == "holistic" or k in keep]
+    s["combine"]["mode"] = "hierarchical" if mode == "holistic_only" else mode
+    s["selection"]["enabled"] = False
+    s.update(output_dir=str(out), seed=seed)
+    return s
+
+
+def stage_train(args, root: Path, aspect: str) -> list[dict]:
+    state = json.loads((root / "selection" / "reward_state.json").read_text())
+    done = []
+    for seed in args.seeds:
+        for mode in MODES:
+            out = root / f"{mode}-s{seed}"
+            final = out / "checkpoints" / f"step-{args.steps:06d}"
+            if not final.exists():
+                s = run_settings(args, mode, seed, aspect, out)
+                keep = set(s["rewards"]["aspects"]) | {"holistic"}
+                out.mkdir(parents=True, exist_ok=True)
+                if not (out / "reward_state.json").exists():  # the selection run's normalisers and ε, shared
+                    write_json_atomic(out / "reward_state.json",
+                                      {**state, "normalizers": {k: v for k, v in state["normalizers"].items() if k in keep}})
+                    shutil.copy(root / "selection" / "initial_samples.jsonl", out / "initial_samples.jsonl")
+                t0 = time.perf_counter()
+                run(validate_recipe(s), steps=("train",), resume=True)
+                (out / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+            done.append({"mode": mode, "seed": seed, "dir": str(out)})
+    return done
+
+
+def _checkpoints(out: Path) -> Path:
+    return sorted((out / "checkpoints").glob("step-*"))[-1]
+
+
+def eval_scored(args, root: Path, aspect: str, name: str, policy: str | None, seed: int | None) -> list[dict]:
+    """Greedy answers of one system to the validation questions, scored (cached as a scored JSONL)."""
+    path = root / "eval" / f"{name}.scored.jsonl"
+    if path.exists():
+        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    s = base_settings(args)
+    s["rewards"]["aspects"] = {k: v for k, v in s["rewards"]["aspects"].items() if k in ("factuality", "relevance", "length")}
+    recipe = validate_recipe(s)
+    model, tokenizer = load_policy(policy)
+    records = prompt_records(recipe.data, tokenizer, recipe.data.test_split, False)[: args.eval_questions]
+    texts = generate_texts(model, tokenizer, [r["prompt"] for r in records], max_new_tokens=args.max_new_tokens,
+                           batch_size=8, progress=f"evaluating {name}")
+    reward_set = build_reward_set(recipe)
+    reward_set.load_state(json.loads((root / "selection" / "reward_state.json").read_text()))
+    rows = generation_rows(records, texts)
+    scores, described = score_records(reward_set, rows, batch_size=16)
+    normalize_scores(scores, described, reward_set.normalizers)
+    for row, sc in zip(rows, scores):
+        sc["length_tokens"] = float(len(tokenizer(row["completion"], add_special_tokens=False)["input_ids"]))
+    scored = [{**row, "system": name, "seed": seed, "scores": sc} for row, sc in zip(rows, scores)]
+    write_jsonl_atomic(path, scored)
+    return scored
+
+
+METRICS = {"holistic.z": "holistic (z)", "factuality.share_positive": "factuality rate",
+           "relevance.share_positive": "relevance rate", "length_tokens": "length (tokens)"}
+WIN_METRICS = ("holistic.z", "factuality.share_positive")
+
+
+def stage_eval(args, root: Path, aspect: str, judge_url: str | None) -> dict:
+    """Every system's scored answers, paired by (question, seed): initial is the same greedy policy per seed."""
+    per_system: dict[str, list[dict]] = {name: [] for name in SYSTEMS}
+    initial = eval_scored(args, root, aspect, "initial", None, None)
+    steps = {}
+    for seed in args.seeds:
+        per_system["initial"] += [{**r, "prompt_id": f"{r['prompt_id']}#s{seed}"} for r in initial]
+        for mode in MODES:
+            out = root / f"{mode}-s{seed}"
+            ckpt = _checkpoints(out)
+            steps[f"{mode}-s{seed}"] = int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
+            rows = eval_scored(args, root, aspect, f"{mode}-s{seed}", str(ckpt), seed)
+            per_system[mode] += [{**r, "prompt_id": f"{r['prompt_id']}#s{seed}"} for r in rows]
+    directions = {"holistic.z": True, "factuality.share_positive": True, "relevance.share_positive": True,
+                  "length_tokens": True}
+    judge = None
+    if judge_url:
+        from alarm.evaluation.judge import Judge, JudgeConfig
+
+        judge = Judge(JudgeConfig(base_url=judge_url, model="local", max_tokens=args.judge_max_tokens,
+                                  concurrency=1, cache_path=str(root / "eval" / "judge_cache.jsonl"),
+                                  failures_path=str(root / "eval" / "judge_unparsed.jsonl")))
+    # all five: means with intervals, and every system against the initial policy
+    result, _, _ = compare_scored(per_system, directions, root / "eval" / "compare", metrics=list(METRICS), seed=0)
+    # the paper's Table 2: the four trained systems against each other (its Avg. leaves the initial policy out)
+    trained = {k: v for k, v in per_system.items() if k != "initial"}
+    paper_layout, judge_result, _ = compare_scored(trained, directions, root / "eval" / "compare_trained",
+                                                   metrics=list(WIN_METRICS), seed=0, judge=judge,
+                                                   judge_max_prompts=args.judge_prompts, progress=True)
+    return {"result": result, "trained": paper_layout, "judge": judge_result, "steps": steps}
+
+
+def _cell(mean: dict) -> str:
+    return f"{mean['mean']:.3f} [{mean['low']:.3f}, {mean['high']:.3f}]"
+
+
+def _win(c: dict | None) -> str:
+    if not c or c.get("pct_low") is None:
+        return "—"
+    return f"{c['win_rate_pct']:.1f} [{c['pct_low']:.1f}, {c['pct_high']:.1f}]"
+
+
+def write_results(args, root: Path, selection: dict, aspect: str, evaluated: dict, seconds: float) -> None:
+    result, trained, judge = evaluated["result"], evaluated["trained"], evaluated["judge"]
+    walls = {p.parent.name: float(p.read_text()) for p in root.glob("*-s*/wall_seconds.txt")}
+    matrices = {"holistic": trained["matrices"]["holistic.z"], "factuality": trained["matrices"]["factuality.share_positive"]}
+    if judge:
+        matrices["judge"] = judge["matrix"]
+    vs_initial = {m: {name: result["matrices"][m]["cells"][name].get("initial") for name in MODES} for m in WIN_METRICS}
+    table = {name: {"means": {m: result["means"][name][m] for m in METRICS},
+                    "avg_win_rate": {k: mat["avg"].get(name) for k, mat in matrices.items()},
+                    "win_rate_vs_initial": {m: vs_initial[m].get(name) for m in WIN_METRICS}} for name in SYSTEMS}
+    data = {"seeds": args.seeds, "steps": evaluated["steps"], "eval_questions": args.eval_questions,
+            "eval_units": len(result.get("prompt_ids", [])) or args.eval_questions * len(args.seeds),
+            "systems": list(SYSTEMS), "selected_aspect": aspect, "selection": selection,
+            "paper_selection_inconsistency_pct": PAPER_SELECTION, "table": table,
+            "win_rate_matrices": matrices, "win_rate_vs_initial": vs_initial, "paper": PAPER, "settings": vars(args),
+            "train_wall_seconds": walls, "total_train_seconds": round(sum(walls.values()), 1),
+            "interval": "95% bootstrap over (question, seed) units"}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "qa_compare.json", json.loads(json.dumps(data, default=str)))
+    lines = ["# QA-Feedback: the paper's comparison at CPU scale", "",
+             f"SmolLM2-135M-Instruct + LoRA PPO, {args.steps} steps × {args.rollout_batch} prompts, seeds "
+             f"{args.seeds}; greedy answers to {args.eval_questions} validation questions (never seen by the reward "
+             f"models), paired by (question, seed). Selected aspect: **{aspect}**. Intervals: 95% bootstrap over "
+             "(question, seed) units.", "",
+             "| system | holistic (z) | factuality rate | length (tokens) | avg win, holistic | avg win, factuality |"
+             + (" avg win, judge |" if judge else "") + " paper: holistic / fact. rate / length | paper avg win (hol. / fact.) |",
+             "|---|---|---|---|---|---|" + ("---|" if judge else "") + "---|---|"]
+    for name in SYSTEMS:
+        row = table[name]
+        paper = PAPER.get(name)
+        lines.append(f"| {name} | {_cell(row['means']['holistic.z'])} | {_cell(row['means']['factuality.share_positive'])} | "
+                     f"{_cell(row['means']['length_tokens'])} | {_win(row['avg_win_rate']['holistic'])} | "
+                     f"{_win(row['avg_win_rate']['factuality'])} |"
+                     + (f" {_win(row['avg_win_rate'].get('judge'))} |" if judge else "")
+                     + (f" {paper['holistic']} / {paper['factuality_rate']} / {paper['length']} | "
+                        f"{paper['avg_holistic']} / {paper['avg_factuality']} |" if paper else " — | — |"))
+    lines += ["", "Avg. win rate (the paper's Table 2 \"Avg.\"): mean of the row system's win rates (ties excluded) "
+              "against the other three trained systems; full matrices and each system's win rate against the initial "
+              "policy are in the JSON.", "",
+              "| system | win rate vs initial, holistic | win rate vs initial, factuality rate |", "|---|---|---|"]
+    lines += [f"| {name} | {_win(vs_initial['holistic.z'][name])} | {_win(vs_initial['factuality.share_positive'][name])} |"
+              for name in MODES]
+    sel = selection
+    lines += ["", f"## Reward selection ({sel.get('n_pairs')} greedy-vs-sample pairs of the initial policy)", "",
+              "| aspect | inconsistency with holistic (%) | paper (%) | greedy-vs-sample win rate (%) |", "|---|---|---|---|"]
+    for k, st in sel["aspects"].items():
+        conflict = "—" if st["conflict"] is None else f"{100 * st['conflict']:.1f}"
+        lines.append(f"| {k} | {conflict} ({st['n_conflicts']} of {st['n_holistic_decisive']}) | "
+                     f"{PAPER_SELECTION.get(k, '—')} | {_win(st['win_rate'])} |")
+    lines.append(f"| holistic (reference) | — | — | {_win(sel['holistic_win_rate'])} (paper {PAPER_SELECTION['holistic_win']}) |")
+    lines.append("")
+    lines.append(f"Training time: {sum(walls.values()) / 60:.0f} min for {len(walls)} runs on 2 CPU cores.")
+    write_text_atomic(out / "qa_compare.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stage", choices=("selection", "train", "eval", "all"), default="all")
+    ap.add_argument("--rm-dir", default="runs/rm")
+    ap.add_argument("--prompts", default="../shared/data/qa_feedback/prompts.json")
+    ap.add_argument("--run-dir", default="runs/qa_compare")
+    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--rollout-batch", type=int, default=8)
+    ap.add_argument("--ppo-epochs", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--max-prompt-tokens", type=int, default=384)
+    ap.add_argument("--save-every", type=int, default=5)
+    ap.add_argument("--selection-prompts", type=int, default=120)
+    ap.add_argument("--selection-seed", type=int, default=42)
+    ap.add_argument("--eval-questions", type=int, default=80)
+    ap.add_argument("--judge-url", default=None, help="OpenAI-compatible server of the judge (llama.cpp), optional")
+    ap.add_argument("--judge-prompts", type=int, default=None, help="(question, seed) units the judge reads")
+    ap.add_argument("--judge-max-tokens", type=int, default=64)
+    args = ap.parse_args()
+    root = Path(args.run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(root / "benchmark_args.yaml", yaml.safe_dump(vars(args)))
+    t0 = time.perf_counter()
+    selection = stage_selection(args, root)
+    aspect = selected_aspect(selection)
+    print(f"selected aspect: {aspect}")
+    if args.stage in ("train", "all"):
+        stage_train(args, root, aspect)
+    if args.stage in ("eval", "all"):
+        evaluated = stage_eval(args, root, aspect, args.judge_url)
+        write_results(args, root, selection, aspect, evaluated, time.perf_counter() - t0)
+    print(f"stage(s) done in {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
