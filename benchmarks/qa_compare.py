@@ -63,7 +63,7 @@ def base_settings(args) -> dict:
     """qa_feedback.yaml with the evidence reward models, the length aspect, and this benchmark's budget."""
     s = read_settings(RECIPE)
     rm = Path(args.rm_dir)
-    s["data"].update(path=args.prompts, max_prompt_tokens=args.max_prompt_tokens, max_train_prompts=None)
+    s["data"].update(task="qa_feedback", path=args.prompts, max_prompt_tokens=args.max_prompt_tokens, max_train_prompts=None)
     s["rewards"] = {
         "holistic": {"type": "evidence_model", "path": str(rm / "holistic_evidence")},
         "aspects": {
@@ -73,7 +73,7 @@ def base_settings(args) -> dict:
         },
         "normalize": ["holistic", "length"],
     }
-    s["sample"].update(prompts=args.selection_prompts, samples_per_prompt=1, max_new_tokens=args.max_new_tokens,
+    s["sample"].update(prompts=args.selection_prompts, samples_per_prompt=2, max_new_tokens=args.max_new_tokens,
                        batch_size=8)
     s["selection"].update(enabled=True, pairs="greedy_vs_sample", apply=False, max_conflict=None, top_k=1)
     s["ppo"].update(steps=args.steps, rollout_batch_size=args.rollout_batch, mini_batch_size=args.rollout_batch // 2,
