@@ -117,6 +117,8 @@ def run_sample(recipe: VCBRecipe, model=None, tokenizer=None, reward_set=None, p
     if model is None or tokenizer is None:
         model, tokenizer = load_policy(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code)
     records = vcb_records(recipe, tokenizer, is_encoder_decoder(model))
+    rs = reward_set if reward_set is not None else build_reward_set(recipe)  # before sampling: a reward that
+    # cannot load (a hub model without a network) fails now, not after every candidate was generated
 
     k_per = s.prompts_per_shard
     for k in range(0, len(records), k_per):
@@ -134,7 +136,6 @@ def run_sample(recipe: VCBRecipe, model=None, tokenizer=None, reward_set=None, p
         write_text_atomic(path, "\n".join(lines) + "\n")
 
     rows = [json.loads(line) for p in sorted(shards.glob("shard-*.jsonl")) for line in p.read_text().splitlines()]
-    rs = reward_set if reward_set is not None else build_reward_set(recipe)
 
     train_rows = [r for r in rows if r["split"] == "train"]
     prompts, columns = reward_inputs(train_rows)

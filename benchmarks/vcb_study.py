@@ -1,0 +1,241 @@
+"""VCB as the paper evaluated it (issue 19): a knob study of our reconstruction, then VCB against SFT, DPO,
+IPO, SLiC-HF, RRHF and our PPO on the same candidates, over seeds, with Win / Tie / Lose tables.
+
+    nice -n 10 .venv/bin/python benchmarks/vcb_study.py                  # every stage; rerun to continue
+    nice -n 10 .venv/bin/python benchmarks/vcb_study.py --stage knobs
+    nice -n 10 .venv/bin/python benchmarks/vcb_study.py --judge-url http://127.0.0.1:8080/v1
+
+Task: the offline stand-in of Anthropic HH (recipes/vcb_hh_offline.yaml; ``--recipe`` for another, e.g. the
+TL;DR stand-in). Every stage is resumable: samples are stored in shards, each training run is skipped once its
+``summary.json`` exists, PPO runs resume from their checkpoints.
+
+1. **sample** — ``sample.n`` candidates per training prompt and per held-out prompt from the initial policy,
+   scored with the recipe's reward (`alarm vcb sample`).
+2. **knobs** — VCB with one setting changed at a time from the recipe (β, σ per prompt, best-vs-rest pairs,
+   learning rate, the hinge variant), seed ``--knob-seed``; held-out greedy reward, ranking accuracy and
+   corr(β·Δρ, gap) per variant (`alarm vcb train`).
+3. **compare** — each loss (vcb with ``--vcb-overrides``, dpo, ipo, slic, rrhf) for each seed, the same
+   candidates, pairs, steps and learning rate; PPO (the online reference, ``--ppo-steps``) per seed.
+4. **report** — greedy answers of every policy to the held-out prompts, scored with the same reward and
+   normalisers; mean reward with a bootstrap interval over (prompt, seed); VCB's Win / Tie / Lose against each
+   baseline by the held-out reward and (``--judge-url``) by the llama.cpp-served judge in both orders, pooled
+   over seeds, with the win rate's bootstrap interval; calibration (ranking accuracy, corr) per loss.
+
+Writes benchmarks/results/vcb_study.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from alarm.config import build_reward_set, read_settings, validate_recipe
+from alarm.evaluation.compare import compare_scored
+from alarm.generation import generate_texts
+from alarm.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from alarm.models import load_policy
+from alarm.recipes.ppo import run as run_ppo
+from alarm.recipes.vcb import load_samples, load_vcb_recipe, run_sample, run_train
+
+HERE = Path(__file__).resolve().parent
+RECIPES = HERE.parent / "src" / "alarm" / "recipes"
+BASELINES = ("sft", "dpo", "ipo", "slic", "rrhf", "ppo")
+KNOBS = {  # one change at a time from the recipe's VCB settings
+    "recipe": [],
+    "beta=0.03": ["vcb.beta=0.03"],
+    "beta=0.3": ["vcb.beta=0.3"],
+    "beta=1.0": ["vcb.beta=1.0"],
+    "sigma=prompt": ["vcb.sigma=prompt"],
+    "pairs=best_vs_rest": ["vcb.pairs=best_vs_rest"],
+    "lr=3e-4": ["vcb.learning_rate=3e-4"],
+    "lr=1e-3": ["vcb.learning_rate=1e-3"],
+    "loss=vcb_hinge": ["vcb.loss=vcb_hinge"],
+}
+
+
+def overrides(args) -> list[str]:
+    return [f"output_dir={args.run_dir}", f"data.max_train_prompts={args.train_prompts}",
+            f"sample.eval_prompts={args.eval_prompts}", f"vcb.epochs={args.epochs}", "vcb.eval_every=0",
+            "vcb.eval_at_start=false",
+            *args.set]
+
+
+def train(args, name: str, extra: list[str], seed: int) -> dict:
+    recipe = load_vcb_recipe(args.recipe, overrides(args) + extra + [f"vcb.seed={seed}",
+                                                                     f"train_dir={Path(args.run_dir) / name}"])
+    out = recipe.training_dir()
+    if not (out / "summary.json").exists():
+        t0 = time.perf_counter()
+        run_train(recipe, resume=True)  # a fresh start when it has no checkpoint yet
+        (out / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+    summary = json.loads((out / "summary.json").read_text())
+    greedy = sorted(out.glob("greedy-step-*.jsonl"))[-1]
+    return {"summary": summary, "greedy": [json.loads(x) for x in greedy.read_text().splitlines() if x.strip()],
+            "wall_seconds": float((out / "wall_seconds.txt").read_text()) if (out / "wall_seconds.txt").exists() else None}
+
+
+def ppo_greedy(args, seed: int, recipe, test_rows: list[dict], reward_set) -> list[dict]:
+    """PPO (the online reference) on the recipe's data and reward, then its greedy answers, scored."""
+    out = Path(args.run_dir) / f"ppo-s{seed}"
+    path = out / "greedy.jsonl"
+    if path.exists():
+        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    s = read_settings(args.recipe, [f"data.max_train_prompts={args.train_prompts}", *args.set])
+    s = {k: s[k] for k in ("model", "data", "rewards", "combine") if k in s}
+    s.update(name="vcb-study-ppo", seed=seed, output_dir=str(out),
+             sample={"prompts": 16, "samples_per_prompt": 2, "max_new_tokens": recipe.sample.max_new_tokens},
+             selection={"enabled": False},
+             ppo={"steps": args.ppo_steps, "rollout_batch_size": 8, "mini_batch_size": 4, "grad_accum_steps": 1,
+                  "ppo_epochs": 2, "max_new_tokens": recipe.sample.max_new_tokens, "learning_rate": 5e-4,
+                  "save_every": 5, "seed": seed, "lora_layers": recipe.vcb.lora_layers})
+    resume = (out / "checkpoints").exists()
+    run_ppo(validate_recipe(s), steps=("sample", "train"), resume=resume, overwrite=not resume)
+    model, tokenizer = load_policy(str(out))
+    return write_scored(path, model, tokenizer, recipe, test_rows, reward_set)
+
+
+def write_scored(path: Path, model, tokenizer, recipe, rows: list[dict], reward_set) -> list[dict]:
+    from alarm.data.prompts import reward_inputs
+
+    texts = [t[0] for t in generate_texts(model, tokenizer, [r["prompt"] for r in rows],
+                                          max_new_tokens=recipe.vcb.eval_max_new_tokens, batch_size=16)]
+    prompts, columns = reward_inputs(rows)
+    returns, _ = reward_set.sequence_rewards(prompts, texts, **columns)
+    out = [{"prompt_id": r["prompt_id"], "completion": t, "reward": float(v)} for r, t, v in zip(rows, texts, returns)]
+    write_jsonl_atomic(path, out)
+    return out
+
+
+def as_records(greedy: list[dict], seed: int, questions: dict[str, dict]) -> list[dict]:
+    return [{"prompt_id": f"{g['prompt_id']}#s{seed}", "completion": g["completion"], "scores": {"reward": g["reward"]},
+             **{k: questions[g["prompt_id"]][k] for k in ("question", "prompt") if k in questions[g["prompt_id"]]}}
+            for g in greedy]
+
+
+def _wtl(cell: dict) -> str:
+    if cell is None:
+        return "—"
+    rate = "—" if cell.get("pct_low") is None else f"{cell['win_rate_pct']:.1f} [{cell['pct_low']:.1f}, {cell['pct_high']:.1f}]"
+    return f"{cell['wins']} / {cell['ties']} / {cell['losses']} | {rate}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stage", choices=("sample", "knobs", "compare", "all"), default="all")
+    ap.add_argument("--recipe", default=str(RECIPES / "vcb_hh_offline.yaml"))
+    ap.add_argument("--run-dir", default="runs/vcb_study")
+    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--label", default="vcb_study")
+    ap.add_argument("--train-prompts", type=int, default=96)
+    ap.add_argument("--eval-prompts", type=int, default=100)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--knob-seed", type=int, default=1)
+    ap.add_argument("--knobs", default=",".join(KNOBS))
+    ap.add_argument("--vcb-overrides", nargs="*", default=[], help="the VCB settings chosen from the knob study")
+    ap.add_argument("--ppo-steps", type=int, default=20)
+    ap.add_argument("--no-ppo", action="store_true")
+    ap.add_argument("--judge-url", default=None)
+    ap.add_argument("--judge-prompts", type=int, default=None, help="(prompt, seed) units the judge reads")
+    ap.add_argument("--set", nargs="*", default=[], help="further recipe overrides (key=value)")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    base = load_vcb_recipe(args.recipe, overrides(args))
+    model, tokenizer = load_policy(base.model.name)
+    run_sample(base, model=model, tokenizer=tokenizer)
+    if args.stage == "sample":
+        return
+    samples = load_samples(base)
+    rows = {}
+    for r in samples:
+        rows.setdefault(r["prompt_id"], r)
+    test_rows = [r for r in rows.values() if r["split"] == "test"]
+    reward_set = build_reward_set(base)
+    reward_set.load_state(json.loads((base.samples_dir() / "reward_state.json").read_text()))
+    result: dict = {"recipe": args.recipe, "overrides": overrides(args), "seeds": args.seeds,
+                    "eval_prompts": len(test_rows), "train_prompts": args.train_prompts, "knobs": {}}
+
+    for name in args.knobs.split(","):
+        if name:
+            r = train(args, f"knob-{name}", KNOBS[name], args.knob_seed)
+            s = r["summary"]
+            result["knobs"][name] = {"overrides": KNOBS[name], "greedy_reward": s.get("eval/greedy_reward_mean"),
+                                     "ranking_accuracy": s.get("eval/ranking_accuracy"), "corr": s.get("eval/corr"),
+                                     "steps": s.get("steps"), "wall_seconds": r["wall_seconds"]}
+    write_report(args, result, None)
+    if args.stage == "knobs":
+        return
+
+    systems: dict[str, list[dict]] = {"vcb": []} | {b: [] for b in BASELINES if not (b == "ppo" and args.no_ppo)}
+    calibration: dict[str, list[dict]] = {}
+    sft_path = Path(args.run_dir) / "sft-greedy.jsonl"
+    sft = ([json.loads(x) for x in sft_path.read_text().splitlines() if x.strip()] if sft_path.exists()
+           else write_scored(sft_path, model, tokenizer, base, test_rows, reward_set))
+    for seed in args.seeds:
+        systems["sft"] += as_records(sft, seed, rows)
+        for loss in ("vcb", "dpo", "ipo", "slic", "rrhf"):
+            extra = [f"vcb.loss={loss}"] + (args.vcb_overrides if loss == "vcb" else [])
+            r = train(args, f"{loss}-s{seed}", extra, seed)
+            systems[loss] += as_records(r["greedy"], seed, rows)
+            calibration.setdefault(loss, []).append({k: r["summary"].get(f"eval/{k}") for k in ("ranking_accuracy", "corr")})
+        if not args.no_ppo:
+            systems["ppo"] += as_records(ppo_greedy(args, seed, base, test_rows, reward_set), seed, rows)
+    judge = None
+    if args.judge_url:
+        from alarm.evaluation.judge import Judge, JudgeConfig
+
+        judge = Judge(JudgeConfig(base_url=args.judge_url, model="local", max_tokens=64, concurrency=1,
+                                  cache_path=str(Path(args.run_dir) / "judge_cache.jsonl")))
+    compared, judged, _ = compare_scored(systems, {"reward": True}, Path(args.run_dir) / "compare", metrics=["reward"],
+                                         seed=0, judge=judge, judge_max_prompts=args.judge_prompts, progress=True)
+    result["systems"] = list(systems)
+    result["means"] = {s: compared["means"][s]["reward"] for s in systems}
+    result["vcb_vs"] = {b: compared["matrices"]["reward"]["cells"]["vcb"].get(b) for b in systems if b != "vcb"}
+    if judged:
+        result["judge_vcb_vs"] = {b: judged["matrix"]["cells"]["vcb"].get(b) for b in systems if b != "vcb"}
+    result["calibration"] = {loss: {k: asdict_mean([c[k] for c in cs]) for k in ("ranking_accuracy", "corr")}
+                             for loss, cs in calibration.items()}
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    write_report(args, result, judged)
+
+
+def asdict_mean(values) -> dict:
+    v = [x for x in values if x is not None]
+    return {"mean": float(np.mean(v)) if v else None, "std": float(np.std(v)) if v else None, "values": values}
+
+
+def write_report(args, result: dict, judged) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / f"{args.label}.json", json.loads(json.dumps(result, default=str)))
+    lines = [f"# VCB study ({Path(args.recipe).name}, SmolLM2-135M-Instruct, CPU)", "",
+             f"{args.train_prompts} train prompts × n candidates; held-out: {result['eval_prompts']} prompts (greedy "
+             "answers, and the untied pairs of their candidates for ranking accuracy / corr). VCB is our "
+             "reconstruction of the paper's loss.", "", "## Knobs (one change at a time, seed "
+             f"{args.knob_seed})", "", "| variant | held-out greedy reward | ranking acc. | corr(β·Δρ, gap) | steps | time (s) |",
+             "|---|---|---|---|---|---|"]
+    f = lambda v: "—" if v is None else f"{v:+.3f}"  # noqa: E731
+    for name, k in result["knobs"].items():
+        lines.append(f"| {name} | {f(k['greedy_reward'])} | {f(k['ranking_accuracy'])} | {f(k['corr'])} | {k['steps']} | "
+                     f"{k['wall_seconds'] or '—'} |")
+    if "means" in result:
+        lines += ["", f"## Comparison (seeds {result['seeds']}; intervals: 95% bootstrap over (prompt, seed))", "",
+                  "| system | held-out reward | VCB W / T / L vs it, reward | VCB win rate % |" +
+                  (" VCB W / T / L vs it, judge | judge win rate % |" if judged else "") +
+                  " ranking acc. | corr |", "|---|---|---|---|" + ("---|---|" if judged else "") + "---|---|"]
+        for s, m in result["means"].items():
+            cal = result["calibration"].get(s, {})
+            ra, co = (cal.get("ranking_accuracy") or {}).get("mean"), (cal.get("corr") or {}).get("mean")
+            vs = "— | —" if s == "vcb" else _wtl(result["vcb_vs"].get(s))
+            jv = "" if not judged else (" — | — |" if s == "vcb" else f" {_wtl(result['judge_vcb_vs'].get(s))} |")
+            lines.append(f"| {s} | {m['mean']:+.3f} [{m['low']:+.3f}, {m['high']:+.3f}] | {vs} |{jv} {f(ra)} | {f(co)} |")
+    write_text_atomic(out / f"{args.label}.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
