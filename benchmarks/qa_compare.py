@@ -60,7 +60,11 @@ PAPER_SELECTION = {"factuality": 21.4, "relevance": 40.1, "completeness": 45.1, 
 
 
 def base_settings(args) -> dict:
-    """qa_feedback.yaml with the evidence reward models, the length aspect, and this benchmark's budget."""
+    """qa_feedback.yaml with the evidence reward models, the length aspect, and this benchmark's budget; frozen
+    in the run directory at the first start, so a resumed job trains what it started with."""
+    frozen = Path(args.run_dir) / "base_settings.json"
+    if frozen.exists():
+        return json.loads(frozen.read_text())
     s = read_settings(RECIPE)
     rm = Path(args.rm_dir)
     s["data"].update(task="qa_feedback", path=args.prompts, max_prompt_tokens=args.max_prompt_tokens, max_train_prompts=None)
@@ -80,7 +84,8 @@ def base_settings(args) -> dict:
                     grad_accum_steps=1, ppo_epochs=args.ppo_epochs, max_new_tokens=args.max_new_tokens,
                     save_every=args.save_every, temperature=1.0, top_p=1.0, top_k=0)
     s["eval"].update(max_new_tokens=args.max_new_tokens, max_prompts=args.eval_questions)
-    return s
+    write_json_atomic(frozen, s)
+    return json.loads(frozen.read_text())
 
 
 def stage_selection(args, root: Path) -> dict:
@@ -270,10 +275,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--rollout-batch", type=int, default=8)
+    ap.add_argument("--rollout-batch", type=int, default=4)
     ap.add_argument("--ppo-epochs", type=int, default=2)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--max-prompt-tokens", type=int, default=384)
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--max-prompt-tokens", type=int, default=256)
     ap.add_argument("--save-every", type=int, default=5)
     ap.add_argument("--selection-prompts", type=int, default=120)
     ap.add_argument("--selection-seed", type=int, default=42)
@@ -284,7 +289,13 @@ def main() -> None:
     args = ap.parse_args()
     root = Path(args.run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(root / "benchmark_args.yaml", yaml.safe_dump(vars(args)))
+    budget = {k: v for k, v in vars(args).items() if k not in ("stage", "judge_url", "judge_prompts", "out")}
+    saved = root / "benchmark_args.yaml"
+    if saved.exists() and yaml.safe_load(saved.read_text()) != budget:
+        old = yaml.safe_load(saved.read_text())
+        changed = sorted(k for k in set(old) | set(budget) if old.get(k) != budget.get(k))
+        raise SystemExit(f"{root} was started with other settings ({', '.join(changed)}); use those or another --run-dir")
+    write_text_atomic(saved, yaml.safe_dump(budget))
     t0 = time.perf_counter()
     selection = stage_selection(args, root)
     aspect = selected_aspect(selection)
