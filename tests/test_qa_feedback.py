@@ -278,7 +278,9 @@ def test_recipes_validate():
     from alarm.config import load_recipe
 
     r = load_recipe(RECIPES / "qa_feedback.yaml")
-    assert r.rewards.holistic["type"] == "grounding_bt"
+    assert r.rewards.holistic["type"] == "evidence_model"
+    assert {v["type"] for k, v in r.rewards.aspects.items() if k != "completeness"} == {"evidence_model"}
+    assert (r.data.task, r.data.split_seed) == ("qa_feedback", 42)  # the split the reward models were trained on
     paper = load_recipe(RECIPES / "qa_feedback_paper.yaml")
     assert paper.model.name == "t5-large" and paper.rewards.holistic["path"] == "openbmb/UltraRM-13b"
     assert (paper.combine["holistic_weight"], paper.combine["epsilon"]) == (5.0, 0.6)
