@@ -239,11 +239,19 @@ class EvidenceFeaturizer:
     def __init__(self, encoder=None, max_evidence: int = 200):
         self.embed = EmbeddingCache(_resolve_encoder(encoder))
         self.max_evidence = max_evidence
+        self._evidence: OrderedDict[tuple[str, ...], list[str]] = OrderedDict()  # sentence splitting is slow
+
+    def evidence(self, passages) -> list[str]:
+        key = tuple(_texts("evidence", "passages", passages, 0))
+        if key not in self._evidence:
+            self._evidence[key] = evidence_sentences(list(key), self.max_evidence)
+            if len(self._evidence) > 4096:
+                self._evidence.popitem(last=False)
+        return self._evidence[key]
 
     def pieces(self, question: str, passages, answer: str, level: str) -> tuple[list[tuple[int, int]], np.ndarray]:
         spans = piece_spans(answer, level)
-        ev = evidence_sentences(passages, self.max_evidence)
-        return spans, piece_features(self.embed, question, ev, [answer[s:e] for s, e in spans])
+        return spans, piece_features(self.embed, question, self.evidence(passages), [answer[s:e] for s, e in spans])
 
     def answer(self, question: str, passages, answer: str, factuality: LinearModel) -> np.ndarray:
         _, x = self.pieces(question, passages, answer, "sentence")
