@@ -106,7 +106,7 @@ def run_settings(args, mode: str, seed: int, aspect: str, out: Path) -> dict:
     keep = [] if mode == "holistic_only" else [aspect]
     s["rewards"]["aspects"] = {k: v for k, v in s["rewards"]["aspects"].items() if k in keep}
     s["rewards"]["normalize"] = [k for k in s["rewards"]["normalize"] if k == "holistic" or k in keep]
-    s["combine"]["mode"] = "hierarchical" if mode == "holistic_only" else mode
+    s["combine"]["mode"] = mode  # holistic_only: no aspects at all (the same return as hierarchical without them)
     s["selection"]["enabled"] = False
     s.update(output_dir=str(out), seed=seed)
     return s
