@@ -108,6 +108,7 @@ def run_settings(args, mode: str, seed: int, aspect: str, out: Path) -> dict:
     s["rewards"]["normalize"] = [k for k in s["rewards"]["normalize"] if k == "holistic" or k in keep]
     s["combine"]["mode"] = mode  # holistic_only: no aspects at all (the same return as hierarchical without them)
     s["selection"]["enabled"] = False
+    s["ppo"]["seed"] = 41 + seed  # PPOTrainer seeds from ppo.seed (init, prompt order, sampling): seed 1 = 42
     s.update(output_dir=str(out), seed=seed)
     return s
 
@@ -178,6 +179,8 @@ def stage_eval(args, root: Path, aspect: str, judge_url: str | None) -> dict:
             out = root / f"{mode}-s{seed}"
             ckpt = _checkpoints(out)
             steps[f"{mode}-s{seed}"] = int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
+            if steps[f"{mode}-s{seed}"] != args.steps:  # never evaluate (and cache) a half-trained policy
+                raise SystemExit(f"{out} stopped at step {steps[f'{mode}-s{seed}']} of {args.steps}; run --stage train first")
             rows = eval_scored(args, root, aspect, f"{mode}-s{seed}", str(ckpt), seed)
             per_system[mode] += [{**r, "prompt_id": f"{r['prompt_id']}#s{seed}"} for r in rows]
     directions = {"holistic.z": True, "factuality.share_positive": True, "relevance.share_positive": True,
@@ -220,7 +223,7 @@ def write_results(args, root: Path, selection: dict, aspect: str, evaluated: dic
                     "avg_win_rate": {k: mat["avg"].get(name) for k, mat in matrices.items()},
                     "win_rate_vs_initial": {m: vs_initial[m].get(name) for m in WIN_METRICS}} for name in SYSTEMS}
     data = {"seeds": args.seeds, "steps": evaluated["steps"], "eval_questions": args.eval_questions,
-            "eval_units": len(result.get("prompt_ids", [])) or args.eval_questions * len(args.seeds),
+            "eval_units": result["n_prompts"],
             "systems": list(SYSTEMS), "selected_aspect": aspect, "selection": selection,
             "paper_selection_inconsistency_pct": PAPER_SELECTION, "table": table,
             "win_rate_matrices": matrices, "win_rate_vs_initial": vs_initial, "paper": PAPER, "settings": vars(args),

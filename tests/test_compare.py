@@ -273,3 +273,12 @@ def test_the_other_side_of_a_win_count_is_its_reverse_comparison(pairs):
         (want["wins"], want["losses"], want["ties"], want["decisive"])
     for k in ("win_rate", "win_rate_pct", "pct_low", "pct_high"):
         assert (got[k] is None) == (want[k] is None) and (got[k] is None or abs(got[k] - want[k]) < 1e-9), k
+
+
+def test_the_judge_reads_passage_text_not_the_records_dicts():
+    """QA-Feedback policy records carry passages as {wikipage, content}; the judge was shown their repr."""
+    from alarm.evaluation.compare import judge_question
+
+    shown = judge_question({"question": "Where is Basel?", "passages": [{"wikipage": "Basel", "content": "Basel is in Switzerland."},
+                                                                        "A plain passage."]})
+    assert shown == "Passages:\n[1] Basel is in Switzerland.\n[2] A plain passage.\n\nQuestion: Where is Basel?"

@@ -86,13 +86,13 @@ def test_factuality_model_finds_unsupported_sentences_and_is_a_dense_reward(tmp_
                           None, "factuality")
     assert isinstance(reward, EvidenceReward) and reward.dense and reward.name == "factuality"
     answer = "Berlin is the capital of Germany. The violin ate seven purple clouds."
-    (d,) = reward(["What is Germany's capital?"], [answer], passages=[[{"title": "B", "text": "Berlin is the capital of Germany."}]])
+    (d,) = reward(["What is Germany's capital?"], [answer], evidence=[[{"title": "B", "text": "Berlin is the capital of Germany."}]])
     assert [v for _, v in d.points] == [0.5, -0.5]
     assert [end for end, _ in d.points] == [answer.index(" The"), len(answer)]
-    (empty,) = reward(["q"], [""], passages=[["Some passage."]])
+    (empty,) = reward(["q"], [""], evidence=[["Some passage."]])
     assert empty.points == ()
-    with pytest.raises(AlarmError, match="passages"):
-        reward(["q"], ["an answer"])
+    with pytest.raises(AlarmError, match="evidence"):
+        reward(["q"], ["an answer"], passages=[["Only what fit the prompt."]])
     again = evaluate_reward_model(tmp_path / "f", records=val)
     assert again["model"] == stats["eval"]["model"]  # the saved reward gives the numbers training reported
 
@@ -110,7 +110,7 @@ def test_holistic_model_ranks_grounded_answers_over_longer_ones(tmp_path):
     good, bad = reward(["What is Germany's capital?"] * 2,
                        ["Berlin is the capital of Germany.",
                         "Berlin is the capital of Germany. Spoons vote in the winter elections."],
-                       passages=[["Berlin is the capital of Germany."]] * 2)
+                       evidence=[["Berlin is the capital of Germany."]] * 2)
     assert not reward.dense and good > bad
     assert evaluate_reward_model(tmp_path / "h", records=records[9:])["pairwise_accuracy"] == 1.0
 
@@ -160,3 +160,29 @@ def test_rm_evaluate_takes_a_config_or_a_model(tmp_path, capsys):
     assert "give --config rm.yaml" in capsys.readouterr().err
     assert main(["rm", "evaluate", "--model", str(tmp_path), "--folds", "3"]) == 2
     assert "--folds and key=value overrides go with --config" in capsys.readouterr().err
+
+
+def test_a_policy_record_gives_the_reward_every_passage_not_only_what_fit_the_prompt(tmp_path):
+    """The models are trained on whole passages; a sentence supported only past the prompt's cut must still
+    count as grounded (before: the reward read the cut `passages` column and judged it unsupported)."""
+    import tiny
+
+    from alarm.data.prompts import reward_inputs
+    from alarm.data.qa_feedback import Passage, PromptRecord, paper_records
+    from alarm.reward_models.evidence import EvidenceReward
+    from alarm.reward_models.train import RMTrainConfig, train_reward_model
+
+    records = ungrounded_answers()
+    cfg = RMTrainConfig(kind="factuality", architecture="evidence_features", output_dir=str(tmp_path / "f"))
+    train_reward_model(cfg, split=(records, []), evaluate=False)
+    filler = " ".join(f"Filler sentence number {i} says nothing." for i in range(40))
+    fact = "The Rhine flows through Basel."
+    rec = PromptRecord("Where does the Rhine flow?", (Passage("Rhine", f"{filler} {fact}"),), ("Basel.",))
+    (row,) = paper_records([rec], tiny.tokenizer(), seq2seq=False, max_prompt_tokens=160)
+    assert fact not in row["passages"][0]["content"] and fact in row["evidence"][0]["content"]
+    prompts, columns = reward_inputs([row])
+    answer = f"{fact} {INVENTED[0]}"  # shaped like the training answers: a fact, then an invented sentence
+    (d,) = EvidenceReward(str(tmp_path / "f"))(prompts, [answer], **columns)
+    assert [v for _, v in d.points] == [0.5, -0.5]
+    (cut,) = EvidenceReward(str(tmp_path / "f"), column="passages")(prompts, [answer], **columns)
+    assert [v for _, v in cut.points] == [-0.5, -0.5]  # what the reward saw before: the fact had been cut away

@@ -351,7 +351,10 @@ def paper_records(records: Sequence[PromptRecord | FeedbackRecord], tokenizer, s
     wikipage: …", no chat template, no instruction — cut at ``max_prompt_tokens`` (None: FineGrainedRLHF's 1024).
     Causal: the chat prompt of :func:`policy_records`, with all the passages fitted to the budget. ``passages``
     holds what the policy read, as ``{wikipage, content}``, so a reward with ``prompt_with_passages`` (the
-    holistic one: UltraRM's instruction was the whole policy input) rebuilds exactly that input.
+    holistic one: UltraRM's instruction was the whole policy input) rebuilds exactly that input. ``evidence``
+    holds every passage uncut: what the QA-Feedback annotators saw and what our reward models are trained and
+    cross-validated on (``evidence_model`` rewards read this column by default), so the reward the policy gets
+    is the one whose quality was measured.
     """
 
     budget = PAPER_MAX_INPUT_TOKENS if max_prompt_tokens is None else max_prompt_tokens
@@ -367,7 +370,8 @@ def paper_records(records: Sequence[PromptRecord | FeedbackRecord], tokenizer, s
             prompt = format_prompt(tokenizer, r.question, texts, system)
         reference = r.answers[0] if isinstance(r, PromptRecord) else r.gold
         out.append({"id": record_id(r.question), "prompt": prompt, "question": r.question,
-                    "passages": [{"wikipage": p.title, "content": p.text} for p in kept], "reference": reference})
+                    "passages": [{"wikipage": p.title, "content": p.text} for p in kept],
+                    "evidence": [{"wikipage": p.title, "content": p.text} for p in passages], "reference": reference})
     return out
 
 

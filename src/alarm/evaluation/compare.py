@@ -316,7 +316,8 @@ def judge_question(record: Mapping[str, Any]) -> str:
     if isinstance(question, str) and question.strip():
         passages = record.get("passages")
         if isinstance(passages, list) and passages:
-            numbered = "\n".join(f"[{i}] {p}" for i, p in enumerate(passages, start=1))
+            texts = [p.get("content", p.get("text", "")) if isinstance(p, dict) else str(p) for p in passages]
+            numbered = "\n".join(f"[{i}] {t}" for i, t in enumerate(texts, start=1))
             return f"Passages:\n{numbered}\n\nQuestion: {question}"
         return question
     return str(record.get("prompt", ""))

@@ -61,6 +61,12 @@ def _fits(reward, text: str) -> bool:
     return len(tok(text, add_special_tokens=False)["input_ids"]) + tok.num_special_tokens_to_add(pair=True) < reward.max_length
 
 
+def _passage_columns(passages: list) -> dict:
+    """The columns a policy record carries (alarm.data.qa_feedback.paper_records), here with every passage in
+    both: ``passages`` (what fit the policy prompt) and ``evidence`` (every passage, what evidence models read)."""
+    return {"passages": passages, "evidence": passages}
+
+
 def evaluate_holistic(reward, records: list[FeedbackRecord]) -> dict:
     """Pairwise accuracy of a reward that reads the question plus a ``passages`` column (``load_reward``);
     with a cross-encoder, questions with a response longer than it reads are skipped (and counted)."""
@@ -69,7 +75,7 @@ def evaluate_holistic(reward, records: list[FeedbackRecord]) -> dict:
     if hasattr(model, "tokenizer"):
         records = [r for r in records if all(_fits(model, p) for p in r.predictions)]
     flat = reward([r.question for r in records for _ in range(4)], [p for r in records for p in r.predictions],
-                  passages=[r.passages for r in records for _ in range(4)])
+                  **_passage_columns([r.passages for r in records for _ in range(4)]))
     scores = [flat[4 * i : 4 * i + 4] for i in range(len(records))]
     acc, n = pairwise_accuracy(scores, records)
     base, _ = pairwise_accuracy([[float(len(p)) for p in r.predictions] for r in records], records)
@@ -81,7 +87,7 @@ def evaluate_span(reward, records: list[FeedbackRecord], types, level: str) -> d
     """Error-class P/R/F1 of a reward that reads the question plus a ``passages`` column (``load_reward``)."""
     records = [r for r in records if r.predictions[0].strip()]
     dense = reward([r.question for r in records], [r.predictions[0] for r in records],
-                   passages=[r.passages for r in records])
+                   **_passage_columns([r.passages for r in records]))
     pred, gold = [], []
     for r, d in zip(records, dense):
         labels = error_labels(r.predictions[0], r.errors, types, level)
@@ -100,7 +106,7 @@ def evaluate_span(reward, records: list[FeedbackRecord], types, level: str) -> d
 def evaluate_completeness(reward, records: list[FeedbackRecord]) -> dict:
     records = [r for r in records if r.predictions[0].strip()]
     scores = reward([r.question for r in records], [r.predictions[0] for r in records],
-                    passages=[r.passages for r in records])
+                    **_passage_columns([r.passages for r in records]))
     labels = [completeness_label(r) for r in records]
     majority = int(sum(labels) * 2 >= len(labels))
     acc = sum(int(s > 0) == y for s, y in zip(scores, labels)) / len(labels)

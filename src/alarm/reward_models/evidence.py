@@ -176,7 +176,8 @@ def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def fit_piece_classifier(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int = 0,
                          inner_folds: int = 4) -> LinearModel:
-    """Class-balanced logistic regression; threshold = best F1 on inner out-of-fold predictions (by question)."""
+    """Class-balanced logistic regression; threshold = best F1 on inner out-of-fold predictions (by question),
+    the middle of the best thresholds when several tie (separable data would otherwise get the grid's edge)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
     from sklearn.model_selection import GroupKFold
@@ -194,8 +195,9 @@ def fit_piece_classifier(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed:
     for tr, te in GroupKFold(folds).split(x, y, groups):
         out_of_fold[te] = fit(x[tr], y[tr]).probability(x[te])
     grid = np.linspace(0.05, 0.95, 91)
+    f1 = np.array([f1_score(y, out_of_fold >= t) for t in grid])
     model = fit(x, y)
-    model.threshold = float(max(grid, key=lambda t: f1_score(y, out_of_fold >= t)))
+    model.threshold = float(np.median(grid[f1 >= f1.max() - 1e-12]))  # the middle of the best plateau
     return model
 
 
@@ -339,12 +341,14 @@ def train_evidence_model(config, records, featurizer: EvidenceFeaturizer | None 
 class EvidenceReward:
     """A saved evidence model as a reward: dense ±value per piece (span kinds) or a holistic score per answer.
 
-    Receives the question as the prompt and the passages in ``column`` (default ``passages``).
+    Receives the question as the prompt and the passages in ``column``: by default ``evidence``, every passage
+    uncut, as QA-Feedback policy records carry it (``alarm.data.qa_feedback.paper_records``) — the models were
+    trained and cross-validated on whole passages; the ``passages`` column holds only what fit the policy's prompt.
     """
 
     higher_is_better = True
 
-    def __init__(self, path: str, column: str = "passages", name: str | None = None, encoder=None,
+    def __init__(self, path: str, column: str = "evidence", name: str | None = None, encoder=None,
                  featurizer: EvidenceFeaturizer | None = None):
         from safetensors.torch import load_file
 
