@@ -192,13 +192,18 @@ def stage_eval(args, root: Path, aspect: str, judge_url: str | None) -> dict:
         judge = Judge(JudgeConfig(base_url=judge_url, model="local", max_tokens=args.judge_max_tokens,
                                   concurrency=1, cache_path=str(root / "eval" / "judge_cache.jsonl"),
                                   failures_path=str(root / "eval" / "judge_unparsed.jsonl")))
+    # every (question, seed) unit of one question is drawn together: its seeds are correlated, and "initial"
+    # gives the same answer in each
+    clusters = {r["prompt_id"]: r["prompt_id"].rsplit("#s", 1)[0] for r in per_system["initial"]}
     # all five: means with intervals, and every system against the initial policy
-    result, _, _ = compare_scored(per_system, directions, root / "eval" / "compare", metrics=list(METRICS), seed=0)
+    result, _, _ = compare_scored(per_system, directions, root / "eval" / "compare", metrics=list(METRICS), seed=0,
+                                  clusters=clusters)
     # the paper's Table 2: the four trained systems against each other (its Avg. leaves the initial policy out)
     trained = {k: v for k, v in per_system.items() if k != "initial"}
     paper_layout, judge_result, _ = compare_scored(trained, directions, root / "eval" / "compare_trained",
                                                    metrics=list(WIN_METRICS), seed=0, judge=judge,
-                                                   judge_max_prompts=args.judge_prompts, progress=True)
+                                                   judge_max_prompts=args.judge_prompts, progress=True,
+                                                   clusters=clusters)
     return {"result": result, "trained": paper_layout, "judge": judge_result, "steps": steps}
 
 
@@ -228,7 +233,7 @@ def write_results(args, root: Path, selection: dict, aspect: str, evaluated: dic
             "paper_selection_inconsistency_pct": PAPER_SELECTION, "table": table,
             "win_rate_matrices": matrices, "win_rate_vs_initial": vs_initial, "paper": PAPER, "settings": vars(args),
             "train_wall_seconds": walls, "total_train_seconds": round(sum(walls.values()), 1),
-            "interval": "95% bootstrap over (question, seed) units"}
+            "interval": "95% bootstrap over questions (each drawn with all its seeds)"}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "qa_compare.json", json.loads(json.dumps(data, default=str)))
@@ -236,7 +241,7 @@ def write_results(args, root: Path, selection: dict, aspect: str, evaluated: dic
              f"SmolLM2-135M-Instruct + LoRA PPO, {args.steps} steps × {args.rollout_batch} prompts, seeds "
              f"{args.seeds}; greedy answers to {args.eval_questions} validation questions (never seen by the reward "
              f"models), paired by (question, seed). Selected aspect: **{aspect}**. Intervals: 95% bootstrap over "
-             "(question, seed) units.", "",
+             "questions, each drawn with all its seeds.", "",
              "| system | holistic (z) | factuality rate | length (tokens) | avg win, holistic | avg win, factuality |"
              + (" avg win, judge |" if judge else "") + " paper: holistic / fact. rate / length | paper avg win (hol. / fact.) |",
              "|---|---|---|---|---|---|" + ("---|" if judge else "") + "---|---|"]

@@ -190,8 +190,10 @@ def main() -> None:
 
         judge = Judge(JudgeConfig(base_url=args.judge_url, model="local", max_tokens=64, concurrency=1,
                                   cache_path=str(Path(args.run_dir) / "judge_cache.jsonl")))
+    clusters = {r["prompt_id"]: r["prompt_id"].rsplit("#s", 1)[0] for r in systems["sft"]}  # a prompt with its seeds
     compared, judged, _ = compare_scored(systems, {"reward": True}, Path(args.run_dir) / "compare", metrics=["reward"],
-                                         seed=0, judge=judge, judge_max_prompts=args.judge_prompts, progress=True)
+                                         seed=0, judge=judge, judge_max_prompts=args.judge_prompts, progress=True,
+                                         clusters=clusters)
     result["systems"] = list(systems)
     result["means"] = {s: compared["means"][s]["reward"] for s in systems}
     result["vcb_vs"] = {b: compared["matrices"]["reward"]["cells"]["vcb"].get(b) for b in systems if b != "vcb"}
@@ -223,7 +225,7 @@ def write_report(args, result: dict, judged) -> None:
         lines.append(f"| {name} | {f(k['greedy_reward'])} | {f(k['ranking_accuracy'])} | {f(k['corr'])} | {k['steps']} | "
                      f"{k['wall_seconds'] or '—'} |")
     if "means" in result:
-        lines += ["", f"## Comparison (seeds {result['seeds']}; intervals: 95% bootstrap over (prompt, seed))", "",
+        lines += ["", f"## Comparison (seeds {result['seeds']}; intervals: 95% bootstrap over prompts, each with all its seeds)", "",
                   "| system | held-out reward | VCB W / T / L vs it, reward | VCB win rate % |" +
                   (" VCB W / T / L vs it, judge | judge win rate % |" if judged else "") +
                   " ranking acc. | corr |", "|---|---|---|---|" + ("---|---|" if judged else "") + "---|---|"]

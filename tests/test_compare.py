@@ -282,3 +282,41 @@ def test_the_judge_reads_passage_text_not_the_records_dicts():
     shown = judge_question({"question": "Where is Basel?", "passages": [{"wikipage": "Basel", "content": "Basel is in Switzerland."},
                                                                         "A plain passage."]})
     assert shown == "Passages:\n[1] Basel is in Switzerland.\n[2] A plain passage.\n\nQuestion: Where is Basel?"
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.floats(-5, 5, allow_nan=False), min_size=3, max_size=20), st.integers(2, 4),
+       st.integers(0, 1000))
+def test_cluster_bootstrap_of_copies_equals_the_bootstrap_of_the_originals(values, copies, seed):
+    """A question answered identically under several seeds is one observation, not several: drawing whole
+    clusters of the copies gives the originals' intervals draw for draw; drawing the copies as units is narrower."""
+    from alarm.evaluation.compare import mean_ci, win_rate_interval
+
+    copied = [v for v in values for _ in range(copies)]
+    labels = [i for i in range(len(values)) for _ in range(copies)]
+    alone = mean_ci(values, "bootstrap", n_boot=400, seed=seed)
+    clustered = mean_ci(copied, "bootstrap", n_boot=400, seed=seed, clusters=labels)
+    assert (clustered.low, clustered.high) == pytest.approx((alone.low, alone.high))
+    signs = [1 if v > 0 else -1 if v < 0 else 0 for v in values]
+    if any(signs):
+        assert win_rate_interval([s for s in signs for _ in range(copies)], 400, seed, clusters=labels) == \
+            pytest.approx(win_rate_interval(signs, 400, seed))
+
+
+def test_compare_scored_resamples_whole_questions_when_given_clusters(tmp_path):
+    from alarm.errors import AlarmError
+    from alarm.evaluation.compare import compare_scored
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=30)
+    systems = {name: [{"prompt_id": f"q{i}#s{s}", "completion": "x", "scores": {"r": float(base[i] + shift)}}
+                      for s in range(3) for i in range(30)] for name, shift in (("a", 0.0), ("b", 0.3))}
+    clusters = {f"q{i}#s{s}": f"q{i}" for s in range(3) for i in range(30)}
+    plain, _, _ = compare_scored(systems, {"r": True}, tmp_path / "plain", metrics=["r"])
+    grouped, _, _ = compare_scored(systems, {"r": True}, tmp_path / "grouped", metrics=["r"], clusters=clusters)
+    width = lambda m: m["high"] - m["low"]  # noqa: E731
+    assert width(grouped["means"]["a"]["r"]) > 1.4 * width(plain["means"]["a"]["r"])  # ≈ √3 wider
+    assert grouped["ci"]["clusters"] == 30 and plain["ci"]["clusters"] is None
+    uneven = dict(clusters, **{"q0#s0": "lonely"})
+    with pytest.raises(AlarmError, match="same number of prompts"):
+        compare_scored(systems, {"r": True}, tmp_path / "bad", metrics=["r"], clusters=uneven)

@@ -189,7 +189,7 @@ def test_compare_command_writes_the_papers_matrices_for_rewards_and_judge(server
     assert run(["compare", *map(str, files), "--out-dir", str(out), "--n-boot", "300", "--judge-url", srv.url,
                 "--judge-model", "fake", "--judge-api-key-env", "NO_SUCH_VAR_XYZ"]) == 0
     res = json.loads((out / "compare.json").read_text())
-    assert res["ci"] == {"method": "bootstrap", "confidence": 0.95, "n_boot": 300, "seed": 0}
+    assert res["ci"] == {"method": "bootstrap", "confidence": 0.95, "n_boot": 300, "seed": 0, "clusters": None}
     # identical texts (prompt 2 everywhere, b vs c on prompt 0) are never sent; a vs b and a vs c share one
     # pair on prompt 0 (GOOD 1 vs bad), read from the cache: 5 pairs asked, 4 distinct, 8 requests
     assert res["judge"]["requests"] == 8

@@ -75,8 +75,9 @@ def _values(values: Sequence[float | None]) -> tuple[np.ndarray, int]:
 
 
 def mean_ci(values: Sequence[float | None], method: str = "t", confidence: float = 0.95, n_boot: int = 2000,
-            seed: int = 0) -> MeanCI:
-    """Mean with a t-based or percentile-bootstrap confidence interval (None values left out and counted)."""
+            seed: int = 0, clusters: Sequence | None = None) -> MeanCI:
+    """Mean with a t-based or percentile-bootstrap confidence interval (None values left out and counted);
+    ``clusters``: the bootstrap draws whole clusters (see :func:`_resample`; missing values count as absent)."""
     if method not in ("t", "bootstrap"):
         raise AlarmError(f"confidence interval method {method!r} is unknown; use 't' or 'bootstrap'")
     if not 0 < confidence < 1:
@@ -91,8 +92,12 @@ def mean_ci(values: Sequence[float | None], method: str = "t", confidence: float
     if method == "t":
         half = float(sps.t.ppf((1 + confidence) / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
         return MeanCI(mean, mean - half, mean + half, n, missing, method, confidence)
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
+    if clusters is None:
+        means = x[_resample(n, n_boot, seed)].mean(axis=1)
+    else:  # resample over every unit, a missing value weighing nothing
+        full = np.array([np.nan if v is None else float(v) for v in values], dtype=float)
+        idx = _resample(len(full), n_boot, seed, clusters)
+        means = np.nanmean(full[idx], axis=1)
     alpha = (1 - confidence) / 2
     low, high = np.quantile(means, [alpha, 1 - alpha])
     return MeanCI(mean, float(low), float(high), n, missing, method, confidence)
@@ -124,9 +129,26 @@ def _check_boot(n_boot: int, confidence: float) -> None:
         raise AlarmError(f"confidence must be in (0, 1), got {confidence}")
 
 
-def _resample(n: int, n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot, n) prompt indices; the same seed and n give the same draws, so every pair shares them."""
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+def _resample(n: int, n_boot: int, seed: int, clusters: Sequence | None = None) -> np.ndarray:
+    """(n_boot, n) prompt indices; the same seed and n give the same draws, so every pair shares them.
+
+    ``clusters`` (one label per prompt, every label on the same number of prompts — e.g. a question answered
+    under several seeds): whole clusters are drawn, so correlated units are never treated as independent. With
+    one prompt per cluster it is the plain bootstrap, draw for draw."""
+    rng = np.random.default_rng(seed)
+    if clusters is None:
+        return rng.integers(0, n, size=(n_boot, n))
+    if len(clusters) != n:
+        raise AlarmError(f"the bootstrap got {len(clusters)} cluster labels for {n} prompts")
+    by_label: dict[str, list[int]] = {}  # in order of first appearance
+    for i, c in enumerate(clusters):
+        by_label.setdefault(str(c), []).append(i)
+    labels, members = list(by_label), [np.asarray(m) for m in by_label.values()]
+    if len({len(m) for m in members}) != 1:
+        raise AlarmError("the cluster bootstrap needs every cluster to hold the same number of prompts (e.g. every "
+                         "question under every seed)")
+    draw = rng.integers(0, len(labels), size=(n_boot, len(labels)))
+    return np.stack(members)[draw].reshape(n_boot, n)
 
 
 def _percentile(samples: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -141,7 +163,7 @@ def _boot_counts(signs: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def win_rate_interval(signs: Sequence[int], n_boot: int = 2000, seed: int = 0,
-                      confidence: float = 0.95) -> tuple[float, float | None, float | None]:
+                      confidence: float = 0.95, clusters: Sequence | None = None) -> tuple[float, float | None, float | None]:
     """(paper win rate, low, high) from one outcome per prompt (+1 win, −1 loss, 0 tie or missing); the interval
     is the percentile bootstrap over prompts, None when no pair is decisive."""
     _check_boot(n_boot, confidence)
@@ -150,7 +172,7 @@ def win_rate_interval(signs: Sequence[int], n_boot: int = 2000, seed: int = 0,
     pct = float(paper_win_rate(wins, losses))
     if wins + losses == 0:
         return pct, None, None
-    low, high = _percentile(paper_win_rate(*_boot_counts(s, _resample(len(s), n_boot, seed))), confidence)
+    low, high = _percentile(paper_win_rate(*_boot_counts(s, _resample(len(s), n_boot, seed, clusters))), confidence)
     return pct, low, high
 
 
@@ -170,18 +192,19 @@ def _signs(x: Sequence[float | None], y: Sequence[float | None], higher_is_bette
 
 
 def win_counts(x: Sequence[float | None], y: Sequence[float | None], higher_is_better: bool = True,
-               tie_tol: float = 0.0, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0) -> WinCounts:
+               tie_tol: float = 0.0, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0,
+               clusters: Sequence | None = None) -> WinCounts:
     """X against Y prompt by prompt; ties excluded from the win rate; lower-is-better metrics flipped."""
     signs, missing = _signs(x, y, higher_is_better, tie_tol)
     wins, losses = int((signs > 0).sum()), int((signs < 0).sum())
-    pct, low, high = win_rate_interval(signs, n_boot, seed, confidence)
+    pct, low, high = win_rate_interval(signs, n_boot, seed, confidence, clusters)
     decided = wins + losses
     return WinCounts(wins, losses, len(signs) - decided - missing, missing, wins / decided if decided else None,
                      decided, pct, low, high)
 
 
 def win_rate_matrix(systems: Sequence[str], signs: Mapping[tuple[str, str], Sequence[int]], n_boot: int = 2000,
-                    seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
+                    seed: int = 0, confidence: float = 0.95, clusters: Sequence | None = None) -> dict[str, Any]:
     """The paper's layout: ``cells[x][y]`` is x's win rate over y; ``avg[x]`` ("Avg.") the mean of x's win rates
     against the other systems. ``signs`` holds one outcome per prompt (for the first system) for each pair once.
 
@@ -189,7 +212,7 @@ def win_rate_matrix(systems: Sequence[str], signs: Mapping[tuple[str, str], Sequ
     """
     _check_boot(n_boot, confidence)
     n = len(next(iter(signs.values()))) if signs else 0
-    idx = _resample(n, n_boot, seed) if n else None
+    idx = _resample(n, n_boot, seed, clusters) if n else None
     cells: dict[str, dict[str, dict]] = {x: {} for x in systems}
     boot: dict[tuple[str, str], np.ndarray] = {}
     for (x, y), sg in signs.items():
@@ -274,26 +297,37 @@ def _metric_values(al: Alignment, system: str, metric: str) -> list[float | None
     return [(al.records[system][p].get("scores") or {}).get(metric) for p in al.prompt_ids]
 
 
+def _cluster_labels(al: Alignment, clusters: Mapping[str, str] | None) -> list[str] | None:
+    if clusters is None:
+        return None
+    missing = [p for p in al.prompt_ids if p not in clusters]
+    if missing:
+        raise AlarmError(f"no cluster label for prompt {missing[0]!r} ({len(missing)} in all)")
+    return [str(clusters[p]) for p in al.prompt_ids]
+
+
 def compare_systems(al: Alignment, metrics: Sequence[str], higher_is_better: Mapping[str, bool] | None = None,
                     method: str = "bootstrap", confidence: float = 0.95, tie_tol: float = 0.0, n_boot: int = 2000,
-                    seed: int = 0) -> dict[str, Any]:
+                    seed: int = 0, clusters: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Means + CIs per system and metric, win counts for every pair of systems (once) and metric, and per metric
-    the paper's win-rate matrix with its "Avg." column."""
+    the paper's win-rate matrix with its "Avg." column. ``clusters`` (prompt id → label, e.g. a question asked
+    under several seeds): every bootstrap draws whole clusters."""
     _check_boot(n_boot, confidence)
+    cl = _cluster_labels(al, clusters)
     directions = {m: True for m in metrics} | dict(higher_is_better or {})
     systems = list(al.records)
-    means = {s: {m: asdict(mean_ci(_metric_values(al, s, m), method, confidence, n_boot, seed)) for m in metrics}
+    means = {s: {m: asdict(mean_ci(_metric_values(al, s, m), method, confidence, n_boot, seed, cl)) for m in metrics}
              for s in systems}
     pairs = {}
     for x, y in combinations(systems, 2):
         pairs[f"{x} vs {y}"] = {
             "x": x, "y": y,
             "metrics": {m: asdict(win_counts(_metric_values(al, x, m), _metric_values(al, y, m),
-                                             directions[m], tie_tol, confidence, n_boot, seed)) for m in metrics},
+                                             directions[m], tie_tol, confidence, n_boot, seed, cl)) for m in metrics},
         }
     matrices = {m: win_rate_matrix(systems, {(x, y): _signs(_metric_values(al, x, m), _metric_values(al, y, m),
                                                             directions[m], tie_tol)[0]
-                                             for x, y in combinations(systems, 2)}, n_boot, seed, confidence)
+                                             for x, y in combinations(systems, 2)}, n_boot, seed, confidence, cl)
                 for m in metrics}
     return {
         "systems": systems,
@@ -302,7 +336,8 @@ def compare_systems(al: Alignment, metrics: Sequence[str], higher_is_better: Map
         "n_prompts": len(al.prompt_ids),
         "excluded_prompts": {s: len(v) for s, v in al.excluded.items()},
         "missing_prompts": {s: len(v) for s, v in al.missing.items()},
-        "ci": {"method": method, "confidence": confidence, "n_boot": n_boot, "seed": seed},
+        "ci": {"method": method, "confidence": confidence, "n_boot": n_boot, "seed": seed,
+               "clusters": None if cl is None else len(set(cl))},
         "tie_tol": tie_tol,
         "means": means,
         "pairs": pairs,
@@ -324,7 +359,7 @@ def judge_question(record: Mapping[str, Any]) -> str:
 
 
 def judge_systems(judge, al: Alignment, max_prompts: int | None = None, progress: bool = True, n_boot: int = 2000,
-                  seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
+                  seed: int = 0, confidence: float = 0.95, clusters: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The judge on every pair of systems (both orders each); outcomes are for the first system of a pair; and the
     judge's win-rate matrix."""
 
@@ -338,7 +373,9 @@ def judge_systems(judge, al: Alignment, max_prompts: int | None = None, progress
         out[f"{x} vs {y}"] = {"x": x, "y": y, **summarize_outcomes(outcomes, n_boot, seed, confidence),
                               "outcomes": {p: o.outcome for p, o in zip(prompts, outcomes)}}
         signs[x, y] = [OUTCOME_SIGN[o.outcome] for o in outcomes]
-    return {"n_prompts": len(prompts), "pairs": out, "matrix": win_rate_matrix(systems, signs, n_boot, seed, confidence)}
+    cl = None if clusters is None else [str(clusters[p]) for p in prompts]
+    return {"n_prompts": len(prompts), "pairs": out,
+            "matrix": win_rate_matrix(systems, signs, n_boot, seed, confidence, cl)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -417,8 +454,9 @@ def report_markdown(result: Mapping[str, Any], judge: Mapping[str, Any] | None =
                     plots: Sequence[str] = ()) -> str:
     ci = result["ci"]
     n_boot = ci.get("n_boot", 2000)
+    over = "prompts" if not ci.get("clusters") else f"{ci['clusters']} clusters of prompts (whole clusters drawn)"
     how = ("Student-t interval (mean ± t·s/√n)" if ci["method"] == "t"
-           else f"percentile bootstrap over prompts ({n_boot} resamples, seed {ci.get('seed', 0)})")
+           else f"percentile bootstrap over {over} ({n_boot} resamples, seed {ci.get('seed', 0)})")
     lines = [f"# Comparison of {', '.join(result['systems'])}", "",
              f"{result['n_prompts']} prompts answered by every system. Means with {ci['confidence']:.0%} "
              f"confidence intervals: {how}.", ""]
@@ -443,7 +481,7 @@ def report_markdown(result: Mapping[str, Any], judge: Mapping[str, Any] | None =
         lines += ["", "## Win rates by reward, pair by pair", "",
                   "Win rate of the first system = 100·wins / (wins + losses); ties excluded (50 when none is "
                   f"decisive); lower-is-better metrics flipped; ties within {result['tie_tol']:g}. Interval: "
-                  f"{ci['confidence']:.0%} percentile bootstrap over prompts.", ""]
+                  f"{ci['confidence']:.0%} percentile bootstrap over {over}.", ""]
         for label, pair in result["pairs"].items():
             lines += [f"### {label}", "", "| metric | win rate | interval | decisive | wins | losses | ties | n/a |",
                       "|---|---|---|---|---|---|---|---|"]
@@ -550,7 +588,8 @@ def compare_scored(systems: Mapping[str, Sequence[Mapping[str, Any]]], direction
                    out: str | Path, metrics: Sequence[str] | None = None, method: str = "bootstrap",
                    confidence: float = 0.95, tie_tol: float = 0.0, n_boot: int = 2000, seed: int = 0,
                    sample: int = 0, allow_missing: bool = False, judge=None, judge_max_prompts: int | None = None,
-                   files: Mapping[str, str] | None = None, progress: bool = False, info=None):
+                   files: Mapping[str, str] | None = None, progress: bool = False, info=None,
+                   clusters: Mapping[str, str] | None = None):
     """`alarm compare` as a function: scored records per system → ``compare.json``, ``report.md`` and plots in
     ``out`` (a run's own evaluation calls it too). Returns ``(result, judge_result, plots)``."""
     import json
@@ -568,13 +607,13 @@ def compare_scored(systems: Mapping[str, Sequence[Mapping[str, Any]]], direction
         raise AlarmError(f"metric {unknown[0]!r} is not scored for every system (common: {', '.join(sorted(common)) or 'none'})")
     if not metrics and judge is None:
         raise AlarmError("nothing to compare: the files have no common scores (run alarm score) and no --judge-url")
-    result = compare_systems(al, metrics, directions, method, confidence, tie_tol, n_boot, seed)
+    result = compare_systems(al, metrics, directions, method, confidence, tie_tol, n_boot, seed, clusters)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     judge_result = None
     if judge is not None:
         judge_result = judge_systems(judge, al, judge_max_prompts, progress=progress, n_boot=n_boot, seed=seed,
-                                     confidence=confidence)
+                                     confidence=confidence, clusters=clusters)
         judge_result["model"] = judge.config.model
         judge_result["requests"] = judge.requests_made
         judge_result["unparsed_replies"] = judge.unparsed
