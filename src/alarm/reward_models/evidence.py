@@ -29,12 +29,12 @@ import math
 import re
 import time
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from alarm.errors import AlarmError
+from alarm.reward_models.grounding_bt import read_linear_model
 from alarm.rewards.base import Dense, check_batch, require_column
 from alarm.rewards.embedding import _resolve_encoder, _texts, load_encoder
 from alarm.text import sentence_spans, subsentence_spans
@@ -350,20 +350,10 @@ class EvidenceReward:
 
     def __init__(self, path: str, column: str = "evidence", name: str | None = None, encoder=None,
                  featurizer: EvidenceFeaturizer | None = None):
-        from safetensors.torch import load_file
-
-        root = Path(path)
-        info_path = root / "rm_config.json"
-        if not info_path.exists():
-            raise AlarmError(f"{root} has no rm_config.json; train one with `alarm rm train --config "
-                             "recipes/rm_<kind>.yaml` (architecture: evidence_features)")
-        info = json.loads(info_path.read_text())
-        if info.get("architecture") != ARCHITECTURE:
-            raise AlarmError(f"{root} is not an evidence-features model (architecture "
-                             f"{info.get('architecture', 'cross_encoder')!r}); use its own reward type")
+        info, tensors = read_linear_model(path, ARCHITECTURE, "an evidence-features model",
+                                          "recipes/rm_<kind>_evidence.yaml", "use its own reward type")
         if info.get("piece_features") != list(PIECE_FEATURES):
-            raise AlarmError(f"{root} was trained on other features than this version computes; retrain it")
-        tensors = load_file(str(root / "model.safetensors"))
+            raise AlarmError(f"{path} was trained on other features than this version computes; retrain it")
         self.kind = info["kind"]
         self.name = name or self.kind
         self.column = column

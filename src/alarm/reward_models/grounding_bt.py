@@ -113,6 +113,22 @@ def train_grounding_bt(config, train_records) -> dict:
             "train_seconds": round(time.perf_counter() - t0, 1)}
 
 
+def read_linear_model(path: str, architecture: str, what: str, recipe: str, otherwise: str) -> tuple[dict, dict]:
+    """(rm_config.json, safetensors tensors) of a saved feature-based model, with one-line errors naming the fix."""
+    from safetensors.torch import load_file
+
+    root = Path(path)
+    info_path = root / "rm_config.json"
+    if not info_path.exists():
+        raise AlarmError(f"{root} has no rm_config.json; train one with `alarm rm train --config {recipe}`")
+    info = json.loads(info_path.read_text())
+    if info.get("architecture") != architecture:
+        raise AlarmError(f"{root} is not {what} (architecture {info.get('architecture', 'cross_encoder')!r}); {otherwise}")
+    if not (root / "model.safetensors").exists():
+        raise AlarmError(f"{root} has no model.safetensors; retrain it with `alarm rm train --config {recipe}`")
+    return info, load_file(str(root / "model.safetensors"))
+
+
 class GroundingBTReward:
     """The trained grounding-features model as a sequence-level reward: prompts are the questions."""
 
@@ -120,18 +136,8 @@ class GroundingBTReward:
     dense = False
 
     def __init__(self, path: str, column: str = "passages", name: str = "holistic", encoder=None):
-        from safetensors.torch import load_file
-
-        root = Path(path)
-        info_path = root / "rm_config.json"
-        if not info_path.exists():
-            raise AlarmError(f"{root} has no rm_config.json; train one with `alarm rm train --config "
-                             "recipes/rm_holistic.yaml`")
-        info = json.loads(info_path.read_text())
-        if info.get("architecture") != ARCHITECTURE:
-            raise AlarmError(f"{root} is not a grounding-features model (architecture "
-                             f"{info.get('architecture', 'cross_encoder')!r}); use type sequence_classifier for it")
-        tensors = load_file(str(root / "model.safetensors"))
+        info, tensors = read_linear_model(path, ARCHITECTURE, "a grounding-features model", "recipes/rm_holistic.yaml",
+                                          "use type sequence_classifier for it")
         self.weight, self.mean, self.std = tensors["weight"], tensors["mean"], tensors["std"]
         self.encoder = _resolve_encoder(encoder if encoder is not None else info.get("encoder"))
         self.max_evidence, self.grounded_at = int(info["max_evidence"]), float(info["grounded_at"])
