@@ -34,10 +34,11 @@ def ungrounded_answers(n=12):
 
 class CountingEncoder:
     def __init__(self, encoder):
-        self.encoder, self.texts = encoder, 0
+        self.encoder, self.texts, self.calls = encoder, 0, 0
 
     def encode(self, texts, **kw):
         self.texts += len(texts)
+        self.calls += 1
         return self.encoder.encode(texts, **kw)
 
     def get_embedding_dimension(self):
@@ -186,3 +187,17 @@ def test_a_policy_record_gives_the_reward_every_passage_not_only_what_fit_the_pr
     assert [v for _, v in d.points] == [0.5, -0.5]
     (cut,) = EvidenceReward(str(tmp_path / "f"), column="passages")(prompts, [answer], **columns)
     assert [v for _, v in cut.points] == [-0.5, -0.5]  # what the reward saw before: the fact had been cut away
+
+
+def test_a_batch_is_embedded_in_one_encoder_call(tmp_path, minilm):
+    """PPO scores a whole rollout at once: one encode call for all its texts, not one per completion."""
+    from alarm.reward_models.evidence import EvidenceReward
+    from alarm.reward_models.train import RMTrainConfig, train_reward_model
+
+    cfg = RMTrainConfig(kind="factuality", architecture="evidence_features", output_dir=str(tmp_path / "f"))
+    train_reward_model(cfg, split=(ungrounded_answers(), []), evaluate=False)
+    enc = CountingEncoder(minilm)
+    reward = EvidenceReward(str(tmp_path / "f"), encoder=enc)
+    answers = [f"{f} {INVENTED[i % 4]}" for i, f in enumerate(FACTS[:6])]
+    reward([f"Q{i}?" for i in range(6)], answers, evidence=[[f] for f in FACTS[:6]])
+    assert enc.calls == 1

@@ -251,6 +251,12 @@ class EvidenceFeaturizer:
                 self._evidence.popitem(last=False)
         return self._evidence[key]
 
+    def embed_batch(self, questions, passages, answers, level: str) -> None:
+        """Encode every text a batch needs in one encoder call (then each item reads the cache)."""
+        texts = [t for q, ps, a in zip(questions, passages, answers)
+                 for t in (*self.evidence(ps), *(a[s:e] for s, e in piece_spans(a, level)), q)]
+        self.embed(texts)
+
     def pieces(self, question: str, passages, answer: str, level: str) -> tuple[list[tuple[int, int]], np.ndarray]:
         spans = piece_spans(answer, level)
         return spans, piece_features(self.embed, question, self.evidence(passages), [answer[s:e] for s, e in spans])
@@ -371,6 +377,7 @@ class EvidenceReward:
     def __call__(self, prompts, completions, **columns) -> list:
         check_batch(self.name, prompts, completions)
         passages = require_column(self.name, self.column, columns, len(completions))
+        self.featurizer.embed_batch(prompts, passages, completions, "sentence" if self.kind == "holistic" else self.level)
         out = []
         for q, ps, c in zip(prompts, passages, completions):
             if self.kind == "holistic":
