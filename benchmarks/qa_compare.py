@@ -174,7 +174,6 @@ def eval_scored(args, root: Path, aspect: str, name: str, policy: str | None, se
     if path.exists():
         return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     s = base_settings(args)
-    s["rewards"]["aspects"] = {k: v for k, v in s["rewards"]["aspects"].items() if k in ("factuality", "relevance", "length")}
     recipe = validate_recipe(s)
     model, tokenizer = load_policy(policy)
     records = prompt_records(recipe.data, tokenizer, recipe.data.test_split, False)[: args.eval_questions]
