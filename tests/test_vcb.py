@@ -418,6 +418,26 @@ def test_seq2seq_policy_logprobs_and_gradients(tmp_path):
     assert any(p.grad is not None for n, p in t.unwrapped.model.named_parameters() if "lora_B" in n)
 
 
+@pytest.mark.parametrize("loss", ["vcb", "rrhf"])
+def test_a_step_forwards_each_candidate_once_and_an_epoch_keeps_a_prompts_pairs_together(tmp_path, loss):
+    """All pairs of 4 candidates are 6 pairs over 4 sequences: a step on one prompt's 6 pairs forwards 4 rows
+    (it forwarded 12), and gives the loss of those 6 pairs computed pair by pair."""
+    t = _trainer(tmp_path, loss=loss, batch_size=6, micro_batch_size=6)
+    order = t.pair_order(0)
+    assert sorted(order) == list(range(len(t.pairs)))  # every pair once per epoch
+    prompts = [t.rows[t.pairs[k][0]]["prompt_id"] for k in order]
+    assert prompts[:6] == [prompts[0]] * 6 and prompts[6:] == [prompts[6]] * 6 and prompts[0] != prompts[6]
+    assert t.pair_order(1) != order  # a fresh order each epoch
+    expected = _trainer(tmp_path / "b", loss=loss, batch_size=6, micro_batch_size=1)  # one pair per pass
+    t.reference_logprobs()  # computed once before training (not a step's forward)
+    forwarded = []
+    collate = t.collate
+    t.collate = lambda rows: forwarded.append(list(rows)) or collate(rows)
+    m = t.step()
+    assert forwarded == [sorted(set(forwarded[0]), key=forwarded[0].index)] and len(forwarded[0]) == 4
+    assert m["loss"] == pytest.approx(expected.step()["loss"], rel=1e-5)
+
+
 def test_checkpoint_resume_continues_the_pair_order(tmp_path):
     t = _trainer(tmp_path, max_steps=2, save_every=1)
     t.train(progress=False)

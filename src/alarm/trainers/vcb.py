@@ -260,6 +260,10 @@ class VCBTrainer:
         self.sigma = sigma
         self.pairs = make_pairs(train_groups, self.rewards, config.pairs, config.tie_tolerance)
         self.gaps = normalised_gaps(self.pairs, self.rewards, sigma)
+        by_prompt: dict[str, list[int]] = defaultdict(list)
+        for k, (i, _) in enumerate(self.pairs):
+            by_prompt[str(rows[i]["prompt_id"])].append(k)
+        self.pairs_by_prompt = list(by_prompt.values())
         self.eval_pairs = make_pairs(test_groups, self.rewards, "all", config.tie_tolerance)
         self.eval_gaps = normalised_gaps(self.eval_pairs, self.rewards, sigma)
         if not self.pairs:
@@ -365,8 +369,17 @@ class VCBTrainer:
     # -- one optimizer step -------------------------------------------------------------------------------
 
     def pair_order(self, epoch: int) -> list[int]:
+        """This epoch's pairs: prompts in a seeded random order, each prompt's pairs together (in random order).
+
+        A step's pairs then share candidates, and each candidate is forwarded once per micro-batch: n candidates
+        give n(n−1)/2 pairs over n sequences (all pairs of n = 4: 4 forwards instead of 12).
+        """
         g = torch.Generator().manual_seed(self.config.seed + epoch)
-        return torch.randperm(len(self.pairs), generator=g).tolist()
+        order = []
+        for p in torch.randperm(len(self.pairs_by_prompt), generator=g).tolist():
+            ks = self.pairs_by_prompt[p]
+            order += [ks[k] for k in torch.randperm(len(ks), generator=g).tolist()]
+        return order
 
     def step(self) -> dict[str, float]:
         """One optimizer step on ``batch_size`` pairs, shared out over the processes in micro-batches.
@@ -380,8 +393,9 @@ class VCBTrainer:
         ref = self.reference_logprobs()
         epoch, pos = divmod(self.step_idx, self.steps_per_epoch)
         chosen = self.pair_order(epoch)[pos * c.batch_size : (pos + 1) * c.batch_size]
-        mine = chosen[acc.process_index :: acc.num_processes]
-        n_micro = math.ceil(math.ceil(len(chosen) / acc.num_processes) / c.micro_batch_size)
+        share = math.ceil(len(chosen) / acc.num_processes)  # contiguous shares keep a prompt's pairs together
+        mine = chosen[acc.process_index * share : (acc.process_index + 1) * share]
+        n_micro = math.ceil(share / c.micro_batch_size)
         scale = acc.num_processes / len(chosen)  # DDP averages over processes: this makes it a sum / len(chosen)
         self.policy.train()
         sums = torch.zeros(5, dtype=torch.float64)  # over this process's pairs: loss, β·Δρ, gap, (β·Δρ − gap)², hits
@@ -391,16 +405,17 @@ class VCBTrainer:
             idx = idx or chosen[:1]  # no pairs left here: a pass with weight 0 keeps the collectives in step
             i_idx = [self.pairs[k][0] for k in idx]
             j_idx = [self.pairs[k][1] for k in idx]
-            rows = i_idx + j_idx  # winners and losers in one forward pass
-            if c.loss in SFT_LOSSES:  # with the prompts' best candidates (SFT targets) not already in it
-                rows += [b for b in dict.fromkeys(self.best[i] for i in i_idx) if b not in rows]
+            best = [self.best[i] for i in i_idx] if c.loss in SFT_LOSSES else []  # SLiC's / RRHF's SFT targets
+            rows = list(dict.fromkeys(i_idx + j_idx + best))  # each candidate once, in one forward pass
+            at = {r: k for k, r in enumerate(rows)}
             with acc.no_sync(self.policy) if s < n_micro - 1 else nullcontext():  # all-reduce on the last one
                 logps = self.policy(self.collate(rows))
                 dev = logps.device
-                drho = log_ratio_gap(logps[: len(idx)], ref[i_idx].to(dev), logps[len(idx) : 2 * len(idx)],
-                                     ref[j_idx].to(dev))
+                logp_w, logp_l = logps[[at[i] for i in i_idx]], logps[[at[j] for j in j_idx]]
+                drho = log_ratio_gap(logp_w, ref[i_idx].to(dev), logp_l, ref[j_idx].to(dev))
                 gap = torch.tensor(self.gaps[idx], dtype=drho.dtype, device=dev)
-                loss = self.pair_loss(idx, rows, logps, drho, gap)
+                logp_best = logps[[at[b] for b in best]] if best else None
+                loss = self.pair_loss(idx, logp_w, logp_l, logp_best, drho, gap)
                 acc.backward(loss * (n * scale))
             if n:  # statistics of the real pairs only
                 bd, g = c.beta * drho.detach().double().cpu(), gap.double().cpu()
@@ -418,22 +433,20 @@ class VCBTrainer:
         return {"step": self.step_idx, "epoch": epoch, **dict(zip(names, means)),
                 "grad_norm": grad_norm, "time/step": time.perf_counter() - t0}
 
-    def pair_loss(self, idx: list[int], rows: list[int], logps: torch.Tensor, drho: torch.Tensor,
-                  gap: torch.Tensor) -> torch.Tensor:
-        """The configured loss of pairs ``idx``. ``logps``: the policy's summed log-probs of candidates ``rows``
-        (the pairs' winners, their losers, then any best candidates not among them); ``drho``, ``gap``: the
-        pairs' log-ratio and normalised value gaps (what the reference-based losses read)."""
-        c, n = self.config, len(idx)
+    def pair_loss(self, idx: list[int], logp_w: torch.Tensor, logp_l: torch.Tensor, logp_best: torch.Tensor | None,
+                  drho: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
+        """The configured loss of pairs ``idx``: ``logp_w``, ``logp_l``, ``logp_best`` are the policy's summed
+        log-probs of each pair's winner, loser and its prompt's best candidate (SLiC and RRHF read them);
+        ``drho``, ``gap``: the pairs' log-ratio and normalised value gaps (what the reference-based losses read)."""
+        c = self.config
         if c.loss in LOSSES:
             return LOSSES[c.loss](drho, gap, c.beta)
-        logp_w, logp_l = logps[:n], logps[n : 2 * n]
-        logp_best = logps[[rows.index(self.best[self.pairs[k][0]]) for k in idx]]
         if c.loss == "slic":
             return slic_loss(logp_w, logp_l, logp_best, c.resolved_slic_margin, c.resolved_sft_weight)
-        tokens = self.n_tokens.to(device=logps.device, dtype=logps.dtype)
-        share = torch.tensor(self.ft_share[idx], dtype=logps.dtype, device=logps.device)
-        return rrhf_loss(logp_w, logp_l, tokens[rows[:n]], tokens[rows[n : 2 * n]], logp_best, share,
-                         c.resolved_sft_weight)
+        tokens = self.n_tokens.to(device=logp_w.device, dtype=logp_w.dtype)
+        share = torch.tensor(self.ft_share[idx], dtype=logp_w.dtype, device=logp_w.device)
+        wins, loses = [self.pairs[k][0] for k in idx], [self.pairs[k][1] for k in idx]
+        return rrhf_loss(logp_w, logp_l, tokens[wins], tokens[loses], logp_best, share, c.resolved_sft_weight)
 
     def _sum_over_processes(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` summed over all processes (one collective, the same on every rank)."""
