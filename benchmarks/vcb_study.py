@@ -139,6 +139,9 @@ def main() -> None:
     ap.add_argument("--vcb-overrides", nargs="*", default=[], help="the VCB settings chosen from the knob study")
     ap.add_argument("--ppo-steps", type=int, default=20)
     ap.add_argument("--no-ppo", action="store_true")
+    ap.add_argument("--losses", default="vcb,dpo,ipo,slic,rrhf",
+                    help="train only these (and ppo, if named; a second process can train the baselines meanwhile); the report "
+                         "is written once every loss has been trained")
     ap.add_argument("--judge-url", default=None)
     ap.add_argument("--judge-prompts", type=int, default=None, help="(prompt, seed) units the judge reads")
     ap.add_argument("--set", nargs="*", default=[], help="further recipe overrides (key=value)")
@@ -166,10 +169,22 @@ def main() -> None:
             result["knobs"][name] = {"overrides": KNOBS[name], "greedy_reward": s.get("eval/greedy_reward_mean"),
                                      "ranking_accuracy": s.get("eval/ranking_accuracy"), "corr": s.get("eval/corr"),
                                      "steps": s.get("steps"), "wall_seconds": r["wall_seconds"]}
-    write_report(args, result, None)
+    if result["knobs"]:
+        write_report(args, result, None)
     if args.stage == "knobs":
         return
 
+    losses = args.losses.split(",")
+    if set(losses) != {"vcb", "dpo", "ipo", "slic", "rrhf"}:
+        for seed in args.seeds:
+            for loss in losses:
+                if loss == "ppo":
+                    ppo_greedy(args, seed, base, test_rows, reward_set)
+                else:
+                    train(args, f"{loss}-s{seed}", [f"vcb.loss={loss}"] + (args.vcb_overrides if loss == "vcb" else []),
+                          seed)
+        print(f"trained {losses} for seeds {args.seeds}; run without --losses for the report")
+        return
     systems: dict[str, list[dict]] = {"vcb": []} | {b: [] for b in BASELINES if not (b == "ppo" and args.no_ppo)}
     calibration: dict[str, list[dict]] = {}
     sft_path = Path(args.run_dir) / "sft-greedy.jsonl"
@@ -177,7 +192,7 @@ def main() -> None:
            else write_scored(sft_path, model, tokenizer, base, test_rows, reward_set))
     for seed in args.seeds:
         systems["sft"] += as_records(sft, seed, rows)
-        for loss in ("vcb", "dpo", "ipo", "slic", "rrhf"):
+        for loss in losses:
             extra = [f"vcb.loss={loss}"] + (args.vcb_overrides if loss == "vcb" else [])
             r = train(args, f"{loss}-s{seed}", extra, seed)
             systems[loss] += as_records(r["greedy"], seed, rows)

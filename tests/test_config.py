@@ -86,3 +86,17 @@ def test_numbers_in_exponent_form_work_in_overrides_and_recipes(tmp_path):
 def test_the_renamed_kl_settings_still_read_their_old_names():
     r = load_recipe(None, ["ppo.target_kl=0.3", "ppo.kl_target=2"])  # recipes written before the rename
     assert (r.ppo.early_stop_kl, r.ppo.adaptive_kl_target) == (0.3, 2.0)
+
+
+def test_the_run_seed_seeds_the_trainer_unless_its_section_sets_one(tmp_path):
+    """`seed: 7` in a recipe used to leave ppo.seed / vcb.seed at 42: three "seeds" of a comparison trained with
+    one PPO seed (initialisation, prompt order, sampling) and were copies of each other."""
+    from alarm.recipes.vcb import load_vcb_recipe
+
+    assert load_recipe(None, ["seed=7"]).ppo.seed == 7
+    assert load_vcb_recipe(None, ["seed=7"]).vcb.seed == 7
+    assert load_recipe(None, ["seed=7", "ppo.seed=3"]).ppo.seed == 3  # an explicit trainer seed is kept
+    assert load_vcb_recipe(None, ["seed=7", "vcb.seed=3"]).vcb.seed == 3
+    path = tmp_path / "r.yaml"
+    path.write_text("seed: 5\nppo:\n  steps: 2\n")
+    assert load_recipe(str(path)).ppo.seed == 5

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from alarm.combine import CombineConfig, RewardSet
 from alarm.errors import AlarmError
@@ -101,6 +101,15 @@ class RunSpec(BaseModel):
     data: DataSpec = Field(default_factory=DataSpec)
     rewards: RewardsSpec = Field(default_factory=RewardsSpec)
     combine: dict[str, Any] = Field(default_factory=dict)  # CombineConfig settings
+
+    @model_validator(mode="after")
+    def _the_run_seed_seeds_the_trainer(self):
+        """``seed`` is the run's seed: the trainer's section (ppo / vcb) takes it unless it sets its own seed."""
+        for section in ("ppo", "vcb"):
+            trainer = getattr(self, section, None)
+            if trainer is not None and "seed" not in trainer.model_fields_set:
+                trainer.seed = self.seed
+        return self
 
     def combine_config(self) -> CombineConfig:
         return build_dataclass(CombineConfig, self.combine, "combine")
