@@ -45,7 +45,7 @@ from pathlib import Path
 from jinja2 import TemplateError
 
 from alarm.errors import AlarmError
-from alarm.io import jsonl_lines
+from alarm.io import jsonl_lines, write_jsonl_atomic
 
 HUB_ID = "Anthropic/hh-rlhf"
 OFFLINE_FILE = "hh_offline.jsonl"
@@ -526,9 +526,7 @@ def generate_offline(seed: int = 0, n_train: int = 200, n_test: int = 120) -> li
 
 def write_offline(path: str | Path | None = None) -> Path:
     """Write :func:`generate_offline` to ``path`` (default: the packaged file in this source tree)."""
-    path = Path(path) if path else Path(__file__).with_name(OFFLINE_FILE)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in generate_offline()), encoding="utf-8")
-    return path
+    return write_jsonl_atomic(Path(path) if path else Path(__file__).with_name(OFFLINE_FILE), generate_offline())
 
 
 if __name__ == "__main__":  # python -m alarm.data.hh  → regenerate the packaged stand-in

@@ -26,7 +26,6 @@ the human summary (``reference``). With ``data.max_prompt_tokens`` the post is c
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from jinja2 import TemplateError
 
 from alarm.data.hh import SourceRow, source_rows
 from alarm.errors import AlarmError
+from alarm.io import write_jsonl_atomic
 
 HUB_ID = "trl-lib/tldr"
 OFFLINE_FILE = "tldr_offline.jsonl"
@@ -324,9 +324,7 @@ def generate_offline(seed: int = 0, n_train: int = 200, n_test: int = 120) -> li
 
 def write_offline(path: str | Path | None = None) -> Path:
     """Write :func:`generate_offline` to ``path`` (default: the packaged file in this source tree)."""
-    path = Path(path) if path else Path(__file__).with_name(OFFLINE_FILE)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in generate_offline()), encoding="utf-8")
-    return path
+    return write_jsonl_atomic(Path(path) if path else Path(__file__).with_name(OFFLINE_FILE), generate_offline())
 
 
 if __name__ == "__main__":  # python -m alarm.data.tldr  → regenerate the packaged stand-in
