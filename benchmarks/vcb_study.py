@@ -168,7 +168,23 @@ def main() -> None:
             s = r["summary"]
             result["knobs"][name] = {"overrides": KNOBS[name], "greedy_reward": s.get("eval/greedy_reward_mean"),
                                      "ranking_accuracy": s.get("eval/ranking_accuracy"), "corr": s.get("eval/corr"),
+                                     "beta_delta_rho_mean": s.get("eval/beta_delta_rho_mean"),
+                                     "calibration_mse": s.get("eval/calibration_mse"),
                                      "steps": s.get("steps"), "wall_seconds": r["wall_seconds"]}
+    # beside the knobs, for scale: the initial policy (SFT) and DPO with the same seed, once they have run
+    sft_path = Path(args.run_dir) / "sft-greedy.jsonl"
+    if result["knobs"]:
+        if not sft_path.exists():
+            write_scored(sft_path, model, tokenizer, base, test_rows, reward_set)
+        sft_rewards = [json.loads(x)["reward"] for x in sft_path.read_text().splitlines() if x.strip()]
+        result["knob_references"] = {"sft": {"greedy_reward": float(np.mean(sft_rewards))}}
+        dpo = Path(args.run_dir) / f"dpo-s{args.knob_seed}" / "summary.json"
+        if dpo.exists():
+            s = json.loads(dpo.read_text())
+            result["knob_references"]["dpo"] = {"greedy_reward": s.get("eval/greedy_reward_mean"),
+                                                "ranking_accuracy": s.get("eval/ranking_accuracy"),
+                                                "corr": s.get("eval/corr"),
+                                                "beta_delta_rho_mean": s.get("eval/beta_delta_rho_mean")}
     if result["knobs"]:
         write_report(args, result, None)
     if args.stage == "knobs":
@@ -187,7 +203,6 @@ def main() -> None:
         return
     systems: dict[str, list[dict]] = {"vcb": []} | {b: [] for b in BASELINES if not (b == "ppo" and args.no_ppo)}
     calibration: dict[str, list[dict]] = {}
-    sft_path = Path(args.run_dir) / "sft-greedy.jsonl"
     sft = ([json.loads(x) for x in sft_path.read_text().splitlines() if x.strip()] if sft_path.exists()
            else write_scored(sft_path, model, tokenizer, base, test_rows, reward_set))
     for seed in args.seeds:
@@ -233,12 +248,16 @@ def write_report(args, result: dict, judged) -> None:
              f"{args.train_prompts} train prompts × n candidates; held-out: {result['eval_prompts']} prompts (greedy "
              "answers, and the untied pairs of their candidates for ranking accuracy / corr). VCB is our "
              "reconstruction of the paper's loss.", "", "## Knobs (one change at a time, seed "
-             f"{args.knob_seed})", "", "| variant | held-out greedy reward | ranking acc. | corr(β·Δρ, gap) | steps | time (s) |",
-             "|---|---|---|---|---|---|"]
+             f"{args.knob_seed})", "", "| variant | held-out greedy reward | ranking acc. | corr(β·Δρ, gap) | mean β·Δρ | calibration MSE | steps | "
+             "time (s) |", "|---|---|---|---|---|---|---|---|"]
     f = lambda v: "—" if v is None else f"{v:+.3f}"  # noqa: E731
     for name, k in result["knobs"].items():
-        lines.append(f"| {name} | {f(k['greedy_reward'])} | {f(k['ranking_accuracy'])} | {f(k['corr'])} | {k['steps']} | "
+        lines.append(f"| {name} | {f(k['greedy_reward'])} | {f(k['ranking_accuracy'])} | {f(k['corr'])} | "
+                     f"{f(k.get('beta_delta_rho_mean'))} | {f(k.get('calibration_mse'))} | {k['steps']} | "
                      f"{k['wall_seconds'] or '—'} |")
+    for name, k in result.get("knob_references", {}).items():
+        lines.append(f"| *{name} (reference)* | {f(k.get('greedy_reward'))} | {f(k.get('ranking_accuracy'))} | "
+                     f"{f(k.get('corr'))} | {f(k.get('beta_delta_rho_mean'))} | — | — | — |")
     if "means" in result:
         lines += ["", f"## Comparison (seeds {result['seeds']}; intervals: 95% bootstrap over prompts, each with all its seeds)", "",
                   "| system | held-out reward | VCB W / T / L vs it, reward | VCB win rate % |" +
