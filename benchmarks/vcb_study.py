@@ -54,6 +54,8 @@ KNOBS = {  # one change at a time from the recipe's VCB settings
     "lr=3e-4": ["vcb.learning_rate=3e-4"],
     "lr=1e-3": ["vcb.learning_rate=1e-3"],
     "loss=vcb_hinge": ["vcb.loss=vcb_hinge"],
+    # DPO beside them, at the learning rates VCB gets: does VCB under-move where DPO moves?
+    "dpo@lr=1e-3": ["vcb.loss=dpo", "vcb.learning_rate=1e-3"],
 }
 
 
@@ -76,6 +78,14 @@ def train(args, name: str, extra: list[str], seed: int) -> dict:
     greedy = sorted(out.glob("greedy-step-*.jsonl"))[-1]
     return {"summary": summary, "greedy": [json.loads(x) for x in greedy.read_text().splitlines() if x.strip()],
             "wall_seconds": float((out / "wall_seconds.txt").read_text()) if (out / "wall_seconds.txt").exists() else None}
+
+
+def compare_run(args, loss: str, seed: int) -> tuple[str, list[str]]:
+    """A comparison run's directory name and overrides; the name carries any non-default setting, so runs with
+    other settings are never mistaken for these."""
+    extra = [*args.compare_set, *(args.vcb_overrides if loss == "vcb" else [])]
+    tag = "".join(f",{x.removeprefix('vcb.')}" for x in extra)
+    return f"{loss}{tag}-s{seed}", [f"vcb.loss={loss}", *extra]
 
 
 def ppo_greedy(args, seed: int, recipe, test_rows: list[dict], reward_set) -> list[dict]:
@@ -137,6 +147,8 @@ def main() -> None:
     ap.add_argument("--knob-seed", type=int, default=1)
     ap.add_argument("--knobs", default=",".join(KNOBS))
     ap.add_argument("--vcb-overrides", nargs="*", default=[], help="the VCB settings chosen from the knob study")
+    ap.add_argument("--compare-set", nargs="*", default=[],
+                    help="settings of every loss in the comparison (e.g. the learning rate the knobs chose)")
     ap.add_argument("--ppo-steps", type=int, default=20)
     ap.add_argument("--no-ppo", action="store_true")
     ap.add_argument("--losses", default="vcb,dpo,ipo,slic,rrhf",
@@ -159,7 +171,8 @@ def main() -> None:
     test_rows = [r for r in rows.values() if r["split"] == "test"]
     reward_set = build_reward_set(base)
     reward_set.load_state(json.loads((base.samples_dir() / "reward_state.json").read_text()))
-    result: dict = {"recipe": args.recipe, "overrides": overrides(args), "seeds": args.seeds,
+    result: dict = {"recipe": args.recipe, "overrides": overrides(args), "compare_set": args.compare_set,
+                    "vcb_overrides": args.vcb_overrides, "seeds": args.seeds,
                     "eval_prompts": len(test_rows), "train_prompts": args.train_prompts, "knobs": {}}
 
     for name in args.knobs.split(","):
@@ -197,8 +210,7 @@ def main() -> None:
                 if loss == "ppo":
                     ppo_greedy(args, seed, base, test_rows, reward_set)
                 else:
-                    train(args, f"{loss}-s{seed}", [f"vcb.loss={loss}"] + (args.vcb_overrides if loss == "vcb" else []),
-                          seed)
+                    train(args, *compare_run(args, loss, seed), seed)
         print(f"trained {losses} for seeds {args.seeds}; run without --losses for the report")
         return
     systems: dict[str, list[dict]] = {"vcb": []} | {b: [] for b in BASELINES if not (b == "ppo" and args.no_ppo)}
@@ -208,8 +220,7 @@ def main() -> None:
     for seed in args.seeds:
         systems["sft"] += as_records(sft, seed, rows)
         for loss in losses:
-            extra = [f"vcb.loss={loss}"] + (args.vcb_overrides if loss == "vcb" else [])
-            r = train(args, f"{loss}-s{seed}", extra, seed)
+            r = train(args, *compare_run(args, loss, seed), seed)
             systems[loss] += as_records(r["greedy"], seed, rows)
             calibration.setdefault(loss, []).append({k: r["summary"].get(f"eval/{k}") for k in ("ranking_accuracy", "corr")})
         if not args.no_ppo:
