@@ -57,6 +57,10 @@ KNOBS = {  # one change at a time from the recipe's VCB settings
     # DPO beside them, at the learning rates VCB gets: does VCB under-move where DPO moves?
     "dpo@lr=1e-3": ["vcb.loss=dpo", "vcb.learning_rate=1e-3"],
 }
+# At the recipe's lr 1e-4 neither VCB nor DPO moves in 72 steps (mean β·Δρ 0.01-0.02): the other knobs again, one
+# change at a time from lr 1e-3
+KNOBS |= {f"lr=1e-3+{k}": ["vcb.learning_rate=1e-3", *v] for k, v in list(KNOBS.items())
+          if k.split("=")[0] in ("beta", "sigma", "pairs", "loss")}
 
 
 def overrides(args) -> list[str]:
