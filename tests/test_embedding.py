@@ -7,6 +7,7 @@ import pytest
 from alarm.errors import AlarmError
 from alarm.rewards.base import Dense
 from alarm.rewards.embedding import GroundingReward, ReferenceSimilarityReward, RelevanceReward, load_encoder
+from alarm.text import subsentence_spans
 
 PASSAGE = "The Eiffel Tower is a wrought-iron tower. It is located in Paris, France. It was completed in 1889."
 
@@ -96,6 +97,22 @@ def test_relevance_subsentences(minilm):
     assert enc.calls == 1
     assert d == Dense(points=((completion.index(",") + 1, 0.3), (len(completion), -0.3)), level="subsentence")
     assert empty.points == ()
+
+
+def test_relevance_counts_a_repeated_question_or_clause_as_irrelevant(minilm):
+    """A PPO run on the quickstart learned to answer "In which year did the Berlin Wall fall?" with that question
+    four times: each copy scored +0.3 (very close to the question). Repeats now score −0.3, the first new
+    clause keeps its +0.3, and ``repeat_threshold: null`` restores the old points."""
+    q = "In which year did the Berlin Wall fall?"
+    echo = f"{q} {q} {q}"
+    answer = "The Berlin Wall fell in 1989. The Berlin Wall fell in 1989."
+    d_echo, d_answer = RelevanceReward(minilm)([q, q], [echo, answer])
+    assert [v for _, v in d_echo.points] == [-0.3, -0.3, -0.3]
+    assert d_answer.points == tuple(zip([e for _, e in subsentence_spans(answer)], (0.3, -0.3)))
+    old_echo, old_answer = RelevanceReward(minilm, repeat_threshold=None)([q, q], [echo, answer])
+    assert [v for _, v in old_echo.points] == [0.3, 0.3, 0.3] and [v for _, v in old_answer.points] == [0.3, 0.3]
+    with pytest.raises(AlarmError, match="repeat_threshold"):
+        RelevanceReward(minilm, repeat_threshold=2)
 
 
 def test_relevance_question_column(minilm):

@@ -188,19 +188,26 @@ class GroundingReward(_SimilarityPoints):
 
 
 class RelevanceReward(_SimilarityPoints):
-    """Sub-sentence-level relevance proxy: is each clause close to the question?
+    """Sub-sentence-level relevance proxy: is each clause close to the question, and new?
 
     Each sub-sentence gets ``+value`` at its last character when its cosine similarity to the question reaches
     ``threshold``, else ``-value`` (the paper's relevance reward is ±0.3 per sub-sentence). The question is
     the prompt, or the ``column`` entry when given (use that when prompts carry passages or chat markup).
+    A clause that repeats the question or an earlier clause (cosine ≥ ``repeat_threshold``) gets ``-value``:
+    the paper's relevance errors (Fine-Grained RLHF's C1) are irrelevant *or repetitive* content, and without
+    this a policy learns to echo the question clause after clause for +value each. ``None`` turns it off.
     """
 
     higher_is_better = True
     dense = True
 
     def __init__(self, encoder=None, column: str | None = None, threshold: float = 0.3, value: float = 0.3,
-                 name: str = "relevance"):
+                 name: str = "relevance", repeat_threshold: float | None = 0.9):
         _SimilarityPoints.__init__(self, encoder, column, threshold, value, name)
+        if repeat_threshold is not None and not -1.0 <= float(repeat_threshold) <= 1.0:
+            raise AlarmError(f"reward {name!r}: repeat_threshold must be a cosine in [-1, 1] or null "
+                             f"(got {repeat_threshold!r})")
+        self.repeat_threshold = None if repeat_threshold is None else float(repeat_threshold)
 
     def __call__(self, prompts, completions, **columns) -> list[Dense | None]:
         check_batch(self.name, prompts, completions)
@@ -220,6 +227,11 @@ class RelevanceReward(_SimilarityPoints):
             if not ts:
                 out.append(Dense(level="subsentence"))
                 continue
-            sims = emb[[rows[t] for t in ts]] @ emb[rows[q]]
+            e = emb[[rows[t] for t in ts]]
+            sims = e @ emb[rows[q]]
+            if self.repeat_threshold is not None:  # a repeat of the question or of an earlier clause is not relevant
+                earlier = (e @ e.T).tril(-1).max(dim=1).values  # best match among the earlier clauses (0: none)
+                repeats = (sims >= self.repeat_threshold) | (earlier >= self.repeat_threshold)
+                sims = sims.masked_fill(repeats, -1.0)
             out.append(Dense(points=_signed_points(sims, sp, self.threshold, self.value), level="subsentence"))
         return out
