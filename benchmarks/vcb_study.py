@@ -187,7 +187,15 @@ def main() -> None:
                                      "ranking_accuracy": s.get("eval/ranking_accuracy"), "corr": s.get("eval/corr"),
                                      "beta_delta_rho_mean": s.get("eval/beta_delta_rho_mean"),
                                      "calibration_mse": s.get("eval/calibration_mse"),
-                                     "steps": s.get("steps"), "wall_seconds": r["wall_seconds"]}
+                                     "steps": s.get("steps"), "wall_seconds": r["wall_seconds"],
+                                     "greedy": {g["prompt_id"]: g["reward"] for g in r["greedy"]}}
+    # one seed: each knob's held-out reward against DPO at lr 1e-3, paired by prompt, with the paired standard error
+    greedy = {name: k.pop("greedy") for name, k in result["knobs"].items()}
+    ref = greedy.get("dpo@lr=1e-3")
+    for name, k in result["knobs"].items():
+        if ref is not None and name != "dpo@lr=1e-3":
+            d = np.array([greedy[name][p] - ref[p] for p in sorted(ref)])
+            k["vs_dpo_lr1e-3"] = {"mean": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d)))}
     # beside the knobs, for scale: the initial policy (SFT) and DPO with the same seed, once they have run
     sft_path = Path(args.run_dir) / "sft-greedy.jsonl"
     if result["knobs"]:
@@ -198,7 +206,7 @@ def main() -> None:
         dpo = Path(args.run_dir) / f"dpo-s{args.knob_seed}" / "summary.json"
         if dpo.exists():
             s = json.loads(dpo.read_text())
-            result["knob_references"]["dpo"] = {"greedy_reward": s.get("eval/greedy_reward_mean"),
+            result["knob_references"]["dpo, lr 1e-4"] = {"greedy_reward": s.get("eval/greedy_reward_mean"),
                                                 "ranking_accuracy": s.get("eval/ranking_accuracy"),
                                                 "corr": s.get("eval/corr"),
                                                 "beta_delta_rho_mean": s.get("eval/beta_delta_rho_mean")}
@@ -263,15 +271,17 @@ def write_report(args, result: dict, judged) -> None:
              f"{args.train_prompts} train prompts × n candidates; held-out: {result['eval_prompts']} prompts (greedy "
              "answers, and the untied pairs of their candidates for ranking accuracy / corr). VCB is our "
              "reconstruction of the paper's loss.", "", "## Knobs (one change at a time, seed "
-             f"{args.knob_seed})", "", "| variant | held-out greedy reward | ranking acc. | corr(β·Δρ, gap) | mean β·Δρ | calibration MSE | steps | "
-             "time (s) |", "|---|---|---|---|---|---|---|---|"]
+             f"{args.knob_seed})", "", "| variant | held-out greedy reward | − DPO@lr 1e-3 (± paired SE) | ranking acc. | corr(β·Δρ, gap) | mean β·Δρ | "
+             "calibration MSE | steps | time (s) |", "|---|---|---|---|---|---|---|---|---|"]
     f = lambda v: "—" if v is None else f"{v:+.3f}"  # noqa: E731
     for name, k in result["knobs"].items():
-        lines.append(f"| {name} | {f(k['greedy_reward'])} | {f(k['ranking_accuracy'])} | {f(k['corr'])} | "
+        vs = k.get("vs_dpo_lr1e-3")
+        vs = "—" if vs is None else f"{vs['mean']:+.3f} ± {vs['se']:.3f}"
+        lines.append(f"| {name} | {f(k['greedy_reward'])} | {vs} | {f(k['ranking_accuracy'])} | {f(k['corr'])} | "
                      f"{f(k.get('beta_delta_rho_mean'))} | {f(k.get('calibration_mse'))} | {k['steps']} | "
                      f"{k['wall_seconds'] or '—'} |")
     for name, k in result.get("knob_references", {}).items():
-        lines.append(f"| *{name} (reference)* | {f(k.get('greedy_reward'))} | {f(k.get('ranking_accuracy'))} | "
+        lines.append(f"| *{name} (reference)* | {f(k.get('greedy_reward'))} | — | {f(k.get('ranking_accuracy'))} | "
                      f"{f(k.get('corr'))} | {f(k.get('beta_delta_rho_mean'))} | — | — | — |")
     if "means" in result:
         lines += ["", f"## Comparison (seeds {result['seeds']}; intervals: 95% bootstrap over prompts, each with all its seeds)", "",
