@@ -320,3 +320,26 @@ def test_compare_scored_resamples_whole_questions_when_given_clusters(tmp_path):
     uneven = dict(clusters, **{"q0#s0": "lonely"})
     with pytest.raises(AlarmError, match="same number of prompts"):
         compare_scored(systems, {"r": True}, tmp_path / "bad", metrics=["r"], clusters=uneven)
+
+
+def test_the_judges_prompt_cap_keeps_whole_clusters():
+    """judge_max_prompts cut the prompt list mid-cluster (a question's seed 1 in, seeds 2-3 out), and the cluster
+    bootstrap then refused the matrix after every judge call had been paid for; the cap now keeps whole clusters."""
+    from alarm.evaluation.compare import align_systems, judge_systems
+    from alarm.evaluation.judge import Judgment, PairOutcome
+
+    class CountingJudge:
+        asked = 0
+
+        def judge_many(self, items, progress=None):
+            self.asked += len(items)
+            j = Judgment(key="k", verdict="A", replies=["A"], attempts=0)
+            return [PairOutcome("win", j, j) for _ in items]
+
+    ids = [f"q{i}#s{s}" for i in range(5) for s in range(3)]
+    systems = {n: [{"prompt_id": p, "completion": f"{n} {p}", "question": "q?"} for p in ids] for n in ("a", "b")}
+    clusters = {p: p.split("#")[0] for p in ids}
+    judge = CountingJudge()
+    result = judge_systems(judge, align_systems(systems), max_prompts=7, progress=False, clusters=clusters)
+    assert result["n_prompts"] == 6 and judge.asked == 6  # two whole questions × 3 seeds, not 7 units
+    assert result["matrix"]["cells"]["a"]["b"]["win_rate_pct"] == 100.0

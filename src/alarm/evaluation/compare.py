@@ -363,7 +363,16 @@ def judge_systems(judge, al: Alignment, max_prompts: int | None = None, progress
     """The judge on every pair of systems (both orders each); outcomes are for the first system of a pair; and the
     judge's win-rate matrix."""
 
-    prompts = al.prompt_ids[:max_prompts] if max_prompts else al.prompt_ids
+    prompts = al.prompt_ids
+    if max_prompts and clusters is not None:  # whole clusters only: a cut one would be refused by the bootstrap
+        first: dict[str, int] = {}
+        for p in prompts:
+            first[str(clusters[p])] = first.get(str(clusters[p]), 0) + 1
+        size = next(iter(first.values()), 1)
+        keep = set(list(first)[: max(1, max_prompts // size)])
+        prompts = [p for p in prompts if str(clusters[p]) in keep]
+    elif max_prompts:
+        prompts = prompts[:max_prompts]
     systems = list(al.records)
     out, signs = {}, {}
     for x, y in combinations(systems, 2):
