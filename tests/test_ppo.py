@@ -17,6 +17,7 @@ from alarm.trainers.ppo import (
     PPOConfig,
     PPOTrainer,
     gae,
+    leave_one_out_mean,
     logprobs_from_logits,
     masked_whiten,
     policy_loss,
@@ -207,6 +208,64 @@ def test_adaptive_kl_controller_follows_formula():
     fixed = KLController(0.2, False)
     fixed.update(100.0, 8)
     assert fixed.value == 0.2
+
+
+# ---------------------------------------------------------------- several samples per prompt, RLOO's baseline
+
+
+def test_each_prompt_is_sampled_k_times_in_a_row_and_a_pass_still_covers_every_prompt(tmp_path):
+    tr = trainer(tmp_path, rollout_batch_size=4, mini_batch_size=2, samples_per_prompt=2)
+    batches = [[r["prompt"] for r in tr.prompt_batch(step)] for step in range(3)]
+    for b in batches:
+        assert len(b) == 4 and b[0] == b[1] and b[2] == b[3] and b[0] != b[2]
+    assert sorted(p for b in batches for p in b[::2]) == sorted(r["prompt"] for r in PROMPTS)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 5), st.integers(1, 4), st.integers(0, 10_000))
+def test_leave_one_out_baseline_removes_each_questions_level(k, groups, seed):
+    g = torch.Generator().manual_seed(seed)
+    totals = torch.randn(groups * k, generator=g, dtype=torch.float64)
+    shift = torch.randn(groups, generator=g, dtype=torch.float64).repeat_interleave(k)
+    centred = totals - leave_one_out_mean(totals, k)
+    # a constant added to every answer of one question (its difficulty) does not change what the update sees
+    torch.testing.assert_close(centred, (totals + shift) - leave_one_out_mean(totals + shift, k))
+    # within a question the centred returns sum to zero, and entry i's baseline never reads entry i
+    torch.testing.assert_close(centred.reshape(groups, k).sum(1), torch.zeros(groups, dtype=torch.float64))
+    bumped = totals.clone()
+    bumped[0] += 3.0
+    assert float(leave_one_out_mean(bumped, k)[0]) == pytest.approx(float(leave_one_out_mean(totals, k)[0]))
+    assert leave_one_out_mean(bumped, k)[1] == pytest.approx(float(leave_one_out_mean(totals, k)[1]) + 3.0 / (k - 1))
+
+
+def test_group_baseline_subtracts_the_other_answers_mean_return_on_the_last_token(tmp_path):
+    tr = trainer(tmp_path, rs=reward_set(mode="weighted_sum"), rollout_batch_size=4, mini_batch_size=2,
+                 samples_per_prompt=2, group_baseline=True)
+    tr.kl.value = 0.3
+    records = [PROMPTS[0]] * 2 + [PROMPTS[1]] * 2
+    batch = tr.encode_prompts(records)
+    tok = tr.tokenizer
+    ids, eos, pad = tok("the answer is here")["input_ids"], tok.eos_token_id, tok.pad_token_id
+    responses = torch.tensor([ids[:3] + [eos, pad, pad], (ids * 3)[:6], ids[:1] + [eos] + [pad] * 4, (ids * 2)[:6]])
+    exp, info = tr.make_experience(records, batch, responses)
+    assigned = torch.tensor([float(r.sum()) for r in info["combined"].token_rewards])
+    assert assigned[0] != assigned[1] and assigned[2] != assigned[3]
+    kl = (exp["old_logprobs"] - exp["ref_logprobs"]) * exp["mask"]
+    reached = (exp["rewards"] + tr.kl.value * kl).sum(1)
+    other = assigned.reshape(2, 2).flip(1).reshape(-1)  # k = 2: the baseline is the other answer's return
+    torch.testing.assert_close(reached, assigned - other, atol=1e-5, rtol=0)
+    lengths = exp["mask"].sum(1).long().tolist()
+    shifted = exp["rewards"] + tr.kl.value * kl - exp["scores"]  # only the last generated token moves
+    for i, n in enumerate(lengths):
+        assert torch.all(shifted[i, : n - 1].abs() < 1e-6) and float(shifted[i, n - 1]) == pytest.approx(-float(other[i]), abs=1e-5)
+    torch.testing.assert_close(exp["scores"].sum(1), assigned, atol=1e-5, rtol=0)  # metrics keep raw scores
+
+
+def test_group_settings_are_checked():
+    with pytest.raises(ValueError, match="multiple of samples_per_prompt"):
+        PPOConfig(rollout_batch_size=6, mini_batch_size=2, samples_per_prompt=4)
+    with pytest.raises(ValueError, match="group_baseline needs samples_per_prompt"):
+        PPOConfig(group_baseline=True)
 
 
 # ---------------------------------------------------------------- learning and both architectures

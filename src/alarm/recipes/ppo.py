@@ -260,7 +260,8 @@ def write_report(recipe: Recipe, run_dir: Path, history: list[dict], result: dic
 
     lines = [f"# {recipe.name}: ALaRM run report", ""]
     lines += [f"- policy: `{recipe.model.name}`, mode `{recipe.combine_config().mode}`, "
-              f"{len(history)} PPO steps × {recipe.ppo.rollout_batch_size} prompts", ""]
+              f"{len(history)} PPO steps × {recipe.ppo.rollout_batch_size} responses "
+              f"({recipe.ppo.samples_per_prompt} per prompt)", ""]
     if kept is not None:
         lines += ["## Reward selection", "", (run_dir / "selection.md").read_text(), "",
                   "![selection](selection.png)", ""]

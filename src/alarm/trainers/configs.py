@@ -44,7 +44,13 @@ class PPOConfig(LoRASettings):
     top_k: int = Field(0, ge=0)
     # optimisation
     learning_rate: float = Field(2e-4, gt=0)
-    rollout_batch_size: int = Field(8, ge=1)  # prompts per step, per process
+    rollout_batch_size: int = Field(8, ge=1)  # responses per step, per process
+    # Responses per prompt in a step (rollout_batch_size / samples_per_prompt prompts, each sampled this often).
+    samples_per_prompt: int = Field(1, ge=1)
+    # RLOO's baseline (Ahmadian et al. 2024): a response's return is reduced by the mean score of its prompt's
+    # other responses, so the update compares answers to the same question instead of easy questions to hard
+    # ones — the noise a fresh critic cannot remove in a short run. Needs samples_per_prompt ≥ 2.
+    group_baseline: bool = False
     mini_batch_size: int = Field(4, ge=1)
     grad_accum_steps: int = Field(2, ge=1)
     ppo_epochs: int = Field(4, ge=1)
@@ -81,6 +87,11 @@ class PPOConfig(LoRASettings):
             raise ValueError(
                 f"mini_batch_size ({self.mini_batch_size}) exceeds rollout_batch_size ({self.rollout_batch_size})"
             )
+        if self.rollout_batch_size % self.samples_per_prompt:
+            raise ValueError(f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of "
+                             f"samples_per_prompt ({self.samples_per_prompt})")
+        if self.group_baseline and self.samples_per_prompt < 2:
+            raise ValueError("group_baseline needs samples_per_prompt ≥ 2 (a prompt's other responses are the baseline)")
         return self
 
 

@@ -140,6 +140,13 @@ def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             for k, v in batch.items()}
 
 
+def leave_one_out_mean(totals: torch.Tensor, k: int) -> torch.Tensor:
+    """For each entry, the mean of the other k − 1 entries of its group (consecutive groups of k): RLOO's
+    baseline, independent of the response it is subtracted from, so the policy gradient stays unbiased."""
+    groups = totals.reshape(-1, k)
+    return ((groups.sum(1, keepdim=True) - groups) / (k - 1)).reshape(-1)
+
+
 def place_scores(token_rewards: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
     """[B, T] tensor holding each response's reward vector on its own generated positions (left-aligned)."""
     scores = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
@@ -330,19 +337,22 @@ class PPOTrainer:
                 for i, k in enumerate(keys)}
 
     def prompt_batch(self, step: int) -> list[dict]:
-        """The prompts of step ``step`` on this process: a seeded shuffle per pass, sharded by rank.
+        """The prompts of step ``step`` on this process: a seeded shuffle per pass, sharded by rank, each prompt
+        repeated ``samples_per_prompt`` times in a row (a group stays on one process).
 
         A pure function of (seed, step), so a resumed run sees exactly the prompts it would have seen.
         """
-        world, rank, B = self.accelerator.num_processes, self.accelerator.process_index, self.config.rollout_batch_size
-        global_b = B * world
+        c = self.config
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        k = c.samples_per_prompt
+        P = c.rollout_batch_size // k  # distinct prompts per process
         n = len(self.prompts)
-        start = step * global_b
+        start = step * P * world
         out = []
-        for k in range(start + rank * B, start + rank * B + B):
-            epoch, i = divmod(k, n)
-            perm = np.random.default_rng(self.config.seed + epoch).permutation(n)
-            out.append(self.prompts[int(perm[i])])
+        for i in range(start + rank * P, start + rank * P + P):
+            epoch, j = divmod(i, n)
+            perm = np.random.default_rng(c.seed + epoch).permutation(n)
+            out.extend([self.prompts[int(perm[j])]] * k)
         return out
 
     # -- rollout ------------------------------------------------------------------------------------------
@@ -433,6 +443,11 @@ class PPOTrainer:
         prompts_for_rewards, columns = reward_inputs(records)
         combined, raw = self.reward_set.combine(prompts_for_rewards, texts, ends, **columns)
         scores = place_scores(combined.token_rewards, mask).to(responses.device)
+        shaped = scores
+        if c.group_baseline:  # each response's return minus the mean return of its prompt's other responses
+            baseline = leave_one_out_mean(scores.sum(1), c.samples_per_prompt)
+            shaped = scores.clone()
+            shaped[torch.arange(len(lengths)), torch.tensor(lengths) - 1] -= baseline
         t_score = time.perf_counter() - t0
 
         # Forward passes without gradient: rollout policy log-probs and values, then the reference.
@@ -453,7 +468,7 @@ class PPOTrainer:
         t_forward = time.perf_counter() - t0
 
         kl = (old_logprobs - ref_logprobs) * mask
-        rewards = scores - self.kl.value * kl
+        rewards = shaped - self.kl.value * kl
         values = values.float() * mask
         adv, returns = gae(rewards, values, mask, c.gamma, c.lam)
         if c.whiten_advantages:
