@@ -343,3 +343,28 @@ def test_the_judges_prompt_cap_keeps_whole_clusters():
     result = judge_systems(judge, align_systems(systems), max_prompts=7, progress=False, clusters=clusters)
     assert result["n_prompts"] == 6 and judge.asked == 6  # two whole questions × 3 seeds, not 7 units
     assert result["matrix"]["cells"]["a"]["b"]["win_rate_pct"] == 100.0
+
+
+def test_the_judges_pair_intervals_draw_whole_questions_like_its_matrix():
+    """The judge's pair summary bootstrapped (question, seed) units one by one while its matrix drew whole
+    questions: the same comparison got a narrower interval in one table than in the other."""
+    from alarm.evaluation.compare import align_systems, judge_systems
+    from alarm.evaluation.judge import Judgment, PairOutcome
+
+    verdicts = {f"q{i}": ("win" if i % 3 else "loss") for i in range(12)}  # a question's seeds agree
+
+    class SeededJudge:
+        def judge_many(self, items, progress=None):
+            j = Judgment(key="k", verdict="A", replies=["A"], attempts=0)
+            return [PairOutcome(verdicts[q.split(" ")[0]], j, j) for q, _, _ in items]
+
+    ids = [f"q{i}#s{s}" for i in range(12) for s in range(3)]
+    systems = {n: [{"prompt_id": p, "completion": f"{n} {p}", "question": p.split("#")[0] + " ?"} for p in ids]
+               for n in ("a", "b")}
+    clusters = {p: p.split("#")[0] for p in ids}
+    grouped = judge_systems(SeededJudge(), align_systems(systems), progress=False, clusters=clusters)
+    plain = judge_systems(SeededJudge(), align_systems(systems), progress=False)
+    pair, cell = grouped["pairs"]["a vs b"], grouped["matrix"]["cells"]["a"]["b"]
+    assert (pair["pct_low"], pair["pct_high"]) == pytest.approx((cell["pct_low"], cell["pct_high"]))
+    unclustered = plain["pairs"]["a vs b"]
+    assert pair["pct_high"] - pair["pct_low"] > 1.3 * (unclustered["pct_high"] - unclustered["pct_low"])

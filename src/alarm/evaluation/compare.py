@@ -374,15 +374,15 @@ def judge_systems(judge, al: Alignment, max_prompts: int | None = None, progress
     elif max_prompts:
         prompts = prompts[:max_prompts]
     systems = list(al.records)
+    cl = None if clusters is None else [str(clusters[p]) for p in prompts]
     out, signs = {}, {}
     for x, y in combinations(systems, 2):
         items = [(judge_question(al.records[x][p]), al.records[x][p]["completion"], al.records[y][p]["completion"])
                  for p in prompts]
         outcomes = judge.judge_many(items, progress=f"judge {x} vs {y}" if progress else None)
-        out[f"{x} vs {y}"] = {"x": x, "y": y, **summarize_outcomes(outcomes, n_boot, seed, confidence),
+        out[f"{x} vs {y}"] = {"x": x, "y": y, **summarize_outcomes(outcomes, n_boot, seed, confidence, cl),
                               "outcomes": {p: o.outcome for p, o in zip(prompts, outcomes)}}
         signs[x, y] = [OUTCOME_SIGN[o.outcome] for o in outcomes]
-    cl = None if clusters is None else [str(clusters[p]) for p in prompts]
     return {"n_prompts": len(prompts), "pairs": out,
             "matrix": win_rate_matrix(systems, signs, n_boot, seed, confidence, cl)}
 

@@ -191,9 +191,10 @@ OUTCOME_SIGN = {"win": 1, "loss": -1, "tie": 0}
 
 
 def summarize_outcomes(outcomes: Sequence[PairOutcome], n_boot: int = 2000, seed: int = 0,
-                       confidence: float = 0.95) -> dict[str, Any]:
+                       confidence: float = 0.95, clusters: Sequence | None = None) -> dict[str, Any]:
     """Counts; win rate = wins / (wins + losses) (None when every pair tied) and the paper's 100·wins/(wins+losses)
-    (50 when none is decisive) with a bootstrap interval over prompts (one outcome per prompt)."""
+    (50 when none is decisive) with a bootstrap interval over prompts (one outcome per prompt), or over whole
+    clusters when given (a question under several seeds is one draw, as in the win-rate matrix)."""
     from alarm.evaluation.compare import win_rate_interval
 
     signs = [OUTCOME_SIGN[o.outcome] for o in outcomes]
@@ -202,7 +203,7 @@ def summarize_outcomes(outcomes: Sequence[PairOutcome], n_boot: int = 2000, seed
     reasons = {r: sum(o.reason == r for o in outcomes) for r in ("disagree", "both_tie", "unparsed", "identical")}
     asked = [o for o in outcomes if not o.identical]
     replies = [j for o in asked for j in (o.first, o.second)]
-    pct, low, high = win_rate_interval(signs, n_boot, seed, confidence)
+    pct, low, high = win_rate_interval(signs, n_boot, seed, confidence, clusters)
     return {
         "pairs": len(outcomes),
         "wins": wins,
