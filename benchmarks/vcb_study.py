@@ -246,7 +246,7 @@ def main() -> None:
     clusters = {r["prompt_id"]: r["prompt_id"].rsplit("#s", 1)[0] for r in systems["sft"]}  # a prompt with its seeds
     compared, judged, _ = compare_scored(systems, {"reward": True}, Path(args.run_dir) / "compare", metrics=["reward"],
                                          seed=0, judge=judge, judge_max_prompts=args.judge_prompts, progress=True,
-                                         clusters=clusters)
+                                         clusters=clusters, judge_pairs_with="vcb" if judge else None)
     result["systems"] = list(systems)
     result["means"] = {s: compared["means"][s]["reward"] for s in systems}
     result["vcb_vs"] = {b: compared["matrices"]["reward"]["cells"]["vcb"].get(b) for b in systems if b != "vcb"}

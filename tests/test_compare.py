@@ -368,3 +368,34 @@ def test_the_judges_pair_intervals_draw_whole_questions_like_its_matrix():
     assert (pair["pct_low"], pair["pct_high"]) == pytest.approx((cell["pct_low"], cell["pct_high"]))
     unclustered = plain["pairs"]["a vs b"]
     assert pair["pct_high"] - pair["pct_low"] > 1.3 * (unclustered["pct_high"] - unclustered["pct_low"])
+
+
+def test_the_judge_can_read_only_one_systems_pairs(tmp_path):
+    """The VCB paper's table is one method against each baseline: judging every pair of 7 systems costs 21
+    pairs of calls for the 6 it reports. ``judge_pairs_with`` asks only those, and the report still renders."""
+    from alarm.errors import AlarmError
+    from alarm.evaluation.compare import compare_scored
+    from alarm.evaluation.judge import Judgment, PairOutcome
+
+    class CountingJudge:
+        asked = []
+        requests_made = unparsed = 0
+        config = type("C", (), {"model": "fake"})()
+
+        def judge_many(self, items, progress=None):
+            self.asked.append(progress)
+            j = Judgment(key="k", verdict="A", replies=["A"], attempts=0)
+            return [PairOutcome("win", j, j) for _ in items]
+
+    ids = [f"q{i}" for i in range(6)]
+    systems = {n: [{"prompt_id": p, "completion": f"{n} {p}", "question": "q?", "scores": {"r": float(k)}}
+                   for p in ids] for k, n in enumerate(("base", "vcb", "dpo", "ipo"))}
+    judge = CountingJudge()
+    _, judged, _ = compare_scored(systems, {"r": True}, tmp_path, metrics=["r"], judge=judge, progress=True,
+                                  judge_pairs_with="vcb")
+    assert sorted(judge.asked) == ["judge base vs vcb", "judge vcb vs dpo", "judge vcb vs ipo"]
+    assert set(judged["matrix"]["cells"]["vcb"]) == {"base", "dpo", "ipo"} and "ipo" not in judged["matrix"]["cells"]["dpo"]
+    assert judged["matrix"]["cells"]["vcb"]["dpo"]["win_rate_pct"] == 100.0
+    assert "| vcb | " in (tmp_path / "report.md").read_text()
+    with pytest.raises(AlarmError, match="no such system"):
+        compare_scored(systems, {"r": True}, tmp_path / "x", metrics=["r"], judge=judge, judge_pairs_with="ppo")

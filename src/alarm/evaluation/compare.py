@@ -359,9 +359,11 @@ def judge_question(record: Mapping[str, Any]) -> str:
 
 
 def judge_systems(judge, al: Alignment, max_prompts: int | None = None, progress: bool = True, n_boot: int = 2000,
-                  seed: int = 0, confidence: float = 0.95, clusters: Mapping[str, str] | None = None) -> dict[str, Any]:
+                  seed: int = 0, confidence: float = 0.95, clusters: Mapping[str, str] | None = None,
+                  pairs_with: str | None = None) -> dict[str, Any]:
     """The judge on every pair of systems (both orders each); outcomes are for the first system of a pair; and the
-    judge's win-rate matrix."""
+    judge's win-rate matrix. ``pairs_with``: only the pairs that include this system (one row of the matrix: the
+    VCB paper's table of one method against each baseline, at a fraction of the calls)."""
 
     prompts = al.prompt_ids
     if max_prompts and clusters is not None:  # whole clusters only: a cut one would be refused by the bootstrap
@@ -374,9 +376,13 @@ def judge_systems(judge, al: Alignment, max_prompts: int | None = None, progress
     elif max_prompts:
         prompts = prompts[:max_prompts]
     systems = list(al.records)
+    if pairs_with is not None and pairs_with not in systems:
+        raise AlarmError(f"judge pairs with {pairs_with!r}: no such system (have: {', '.join(systems)})")
     cl = None if clusters is None else [str(clusters[p]) for p in prompts]
     out, signs = {}, {}
     for x, y in combinations(systems, 2):
+        if pairs_with is not None and pairs_with not in (x, y):
+            continue
         items = [(judge_question(al.records[x][p]), al.records[x][p]["completion"], al.records[y][p]["completion"])
                  for p in prompts]
         outcomes = judge.judge_many(items, progress=f"judge {x} vs {y}" if progress else None)
@@ -406,7 +412,7 @@ def matrix_markdown(matrix: Mapping[str, Any], title: str) -> list[str]:
     systems = matrix["systems"]
     lines = [f"**{title}**", "", "| | " + " | ".join(systems) + " | Avg. |", "|---|" + "---|" * (len(systems) + 1)]
     for x in systems:
-        cells = ["—" if y == x else _wr(matrix["cells"][x][y]) for y in systems]
+        cells = ["—" if y == x or y not in matrix["cells"][x] else _wr(matrix["cells"][x][y]) for y in systems]
         avg = _wr(matrix["avg"][x]) if x in matrix["avg"] else "—"
         lines.append(f"| {x} | " + " | ".join(cells) + f" | {avg} |")
     return [*lines, ""]
@@ -598,7 +604,7 @@ def compare_scored(systems: Mapping[str, Sequence[Mapping[str, Any]]], direction
                    confidence: float = 0.95, tie_tol: float = 0.0, n_boot: int = 2000, seed: int = 0,
                    sample: int = 0, allow_missing: bool = False, judge=None, judge_max_prompts: int | None = None,
                    files: Mapping[str, str] | None = None, progress: bool = False, info=None,
-                   clusters: Mapping[str, str] | None = None):
+                   clusters: Mapping[str, str] | None = None, judge_pairs_with: str | None = None):
     """`alarm compare` as a function: scored records per system → ``compare.json``, ``report.md`` and plots in
     ``out`` (a run's own evaluation calls it too). Returns ``(result, judge_result, plots)``."""
     import json
@@ -622,7 +628,7 @@ def compare_scored(systems: Mapping[str, Sequence[Mapping[str, Any]]], direction
     judge_result = None
     if judge is not None:
         judge_result = judge_systems(judge, al, judge_max_prompts, progress=progress, n_boot=n_boot, seed=seed,
-                                     confidence=confidence, clusters=clusters)
+                                     confidence=confidence, clusters=clusters, pairs_with=judge_pairs_with)
         judge_result["model"] = judge.config.model
         judge_result["requests"] = judge.requests_made
         judge_result["unparsed_replies"] = judge.unparsed
