@@ -229,11 +229,14 @@ def main() -> None:
     calibration: dict[str, list[dict]] = {}
     sft = ([json.loads(x) for x in sft_path.read_text().splitlines() if x.strip()] if sft_path.exists()
            else write_scored(sft_path, model, tokenizer, base, test_rows, reward_set))
+    walls: dict[str, float | None] = {}  # training wall time per run (None: copied from the knob study)
     for seed in args.seeds:
         systems["sft"] += as_records(sft, seed, rows)
         for loss in losses:
-            r = train(args, *compare_run(args, loss, seed), seed)
+            name, run_overrides = compare_run(args, loss, seed)
+            r = train(args, name, run_overrides, seed)
             systems[loss] += as_records(r["greedy"], seed, rows)
+            walls[name] = r["wall_seconds"]
             calibration.setdefault(loss, []).append({k: r["summary"].get(f"eval/{k}") for k in ("ranking_accuracy", "corr")})
         if not args.no_ppo:
             systems["ppo"] += as_records(ppo_greedy(args, seed, base, test_rows, reward_set), seed, rows)
@@ -254,6 +257,11 @@ def main() -> None:
         result["judge_vcb_vs"] = {b: judged["matrix"]["cells"]["vcb"].get(b) for b in systems if b != "vcb"}
     result["calibration"] = {loss: {k: asdict_mean([c[k] for c in cs]) for k in ("ranking_accuracy", "corr")}
                              for loss, cs in calibration.items()}
+    ppo_metrics = {f"ppo-s{seed}": Path(args.run_dir) / f"ppo-s{seed}" / "metrics.jsonl" for seed in args.seeds}
+    walls.update({n: round(sum(json.loads(x)["time/step"] for x in p.read_text().splitlines() if x.strip()), 1)
+                  for n, p in ppo_metrics.items() if not args.no_ppo and p.exists()})  # PPO: its steps only
+    result["train_wall_seconds"] = walls
+    result["total_train_seconds"] = round(sum(v for v in walls.values() if v), 1)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     write_report(args, result, judged)
 
@@ -294,6 +302,10 @@ def write_report(args, result: dict, judged) -> None:
             vs = "— | —" if s == "vcb" else _wtl(result["vcb_vs"].get(s))
             jv = "" if not judged else (" — | — |" if s == "vcb" else f" {_wtl(result['judge_vcb_vs'].get(s))} |")
             lines.append(f"| {s} | {m['mean']:+.3f} [{m['low']:+.3f}, {m['high']:+.3f}] | {vs} |{jv} {f(ra)} | {f(co)} |")
+    if "total_train_seconds" in result:
+        lines += ["", f"Training time of the compared runs: {result['total_train_seconds'] / 3600:.1f} h in all "
+                  f"({len(result['train_wall_seconds'])} runs, each on one thread beside 1–3 other jobs on 2 cores; "
+                  "sampling, scoring and greedy evaluation not included)."]
     write_text_atomic(out / f"{args.label}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
