@@ -145,7 +145,7 @@ def run_settings(args, mode: str, seed: int, aspect: str, out: Path) -> dict:
 def stage_train(args, root: Path, aspect: str) -> list[dict]:
     state = json.loads((root / "selection" / "reward_state.json").read_text())
     done = []
-    for seed in args.seeds:
+    for seed in args.train_seeds or args.seeds:
         for mode in MODES:
             out = root / f"{mode}-s{seed}"
             final = out / "checkpoints" / f"step-{args.steps:06d}"
@@ -322,10 +322,14 @@ def main() -> None:
     ap.add_argument("--judge-url", default=None, help="OpenAI-compatible server of the judge (llama.cpp), optional")
     ap.add_argument("--judge-prompts", type=int, default=None, help="(question, seed) units the judge reads")
     ap.add_argument("--judge-max-tokens", type=int, default=64)
+    ap.add_argument("--train-seeds", type=int, nargs="+", default=None,
+                    help="train only these of --seeds (one process per core: e.g. --train-seeds 3 beside the main job)")
     args = ap.parse_args()
+    if args.train_seeds and not set(args.train_seeds) <= set(args.seeds):
+        raise SystemExit(f"--train-seeds {args.train_seeds} must be among --seeds {args.seeds}")
     root = Path(args.run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    budget = {k: v for k, v in vars(args).items() if k not in ("stage", "judge_url", "judge_prompts", "out")}
+    budget = {k: v for k, v in vars(args).items() if k not in ("stage", "judge_url", "judge_prompts", "out", "train_seeds")}
     saved = root / "benchmark_args.yaml"
     if saved.exists() and yaml.safe_load(saved.read_text()) != budget:
         old = yaml.safe_load(saved.read_text())
