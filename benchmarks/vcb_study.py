@@ -44,8 +44,8 @@ from alarm.recipes.vcb import load_samples, load_vcb_recipe, run_sample, run_tra
 HERE = Path(__file__).resolve().parent
 RECIPES = HERE.parent / "src" / "alarm" / "recipes"
 BASELINES = ("sft", "dpo", "ipo", "slic", "rrhf", "ppo")
-KNOBS = {  # one change at a time from the recipe's VCB settings
-    "recipe": [],
+KNOBS = {  # one change at a time from the recipe's VCB settings as they were at lr 1e-4 (now 1e-3, from this study)
+    "lr=1e-4": ["vcb.learning_rate=1e-4"],
     "beta=0.03": ["vcb.beta=0.03"],
     "beta=0.3": ["vcb.beta=0.3"],
     "beta=1.0": ["vcb.beta=1.0"],
@@ -57,7 +57,7 @@ KNOBS = {  # one change at a time from the recipe's VCB settings
     # DPO beside them, at the learning rates VCB gets: does VCB under-move where DPO moves?
     "dpo@lr=1e-3": ["vcb.loss=dpo", "vcb.learning_rate=1e-3"],
 }
-# At the recipe's lr 1e-4 neither VCB nor DPO moves in 72 steps (mean β·Δρ 0.01-0.02): the other knobs again, one
+# At lr 1e-4 (the recipe's, then) neither VCB nor DPO moves in 72 steps (mean β·Δρ 0.01-0.02): the other knobs again, one
 # change at a time from lr 1e-3
 KNOBS |= {f"lr=1e-3+{k}": ["vcb.learning_rate=1e-3", *v] for k, v in list(KNOBS.items())
           if k.split("=")[0] in ("beta", "sigma", "pairs", "loss")}
