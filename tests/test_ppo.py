@@ -261,6 +261,22 @@ def test_group_baseline_subtracts_the_other_answers_mean_return_on_the_last_toke
     torch.testing.assert_close(exp["scores"].sum(1), assigned, atol=1e-5, rtol=0)  # metrics keep raw scores
 
 
+def test_a_zero_critic_starts_from_advantages_that_carry_only_the_reward(tmp_path):
+    """A random value head adds δ_t = V_{t+1} − V_t noise to every token's advantage before it has learnt;
+    ``value_head_init: zeros`` starts at V = 0, so the first advantages are the λ-discounted rewards alone."""
+    tr = trainer(tmp_path, value_head_init="zeros", whiten_advantages=False, kl_coef=0.0, adaptive_kl=False)
+    records = PROMPTS[:3]
+    exp, _ = tr.make_experience(records, tr.encode_prompts(records), crafted_responses(tr.tokenizer))
+    assert torch.all(exp["old_values"] == 0)
+    expected, _ = gae(exp["rewards"], torch.zeros_like(exp["rewards"]), exp["mask"], 1.0, tr.config.lam)
+    torch.testing.assert_close(exp["advantages"], expected)
+    tr.update(exp)
+    assert tr.unwrapped.value_head.weight.abs().sum() > 0  # and the critic still learns
+    noisy = trainer(tmp_path / "n", whiten_advantages=False, kl_coef=0.0, adaptive_kl=False)
+    exp2, _ = noisy.make_experience(records, noisy.encode_prompts(records), crafted_responses(noisy.tokenizer))
+    assert exp2["old_values"].abs().sum() > 0  # the default keeps the paper trainer's random head
+
+
 def test_group_settings_are_checked():
     with pytest.raises(ValueError, match="multiple of samples_per_prompt"):
         PPOConfig(rollout_batch_size=6, mini_batch_size=2, samples_per_prompt=4)

@@ -51,6 +51,10 @@ class PPOConfig(LoRASettings):
     # other responses, so the update compares answers to the same question instead of easy questions to hard
     # ones — the noise a fresh critic cannot remove in a short run. Needs samples_per_prompt ≥ 2.
     group_baseline: bool = False
+    # The critic's first values: "normal" (std 1/√(hidden+1)) or "zeros". A random critic puts noise into every
+    # token's GAE advantage (δ_t = V_{t+1} − V_t, summed with weights λ^k: std ≈ σ_V·√(2/(1−λ²)) ≈ 4.5·σ_V at λ 0.95)
+    # until it has learnt; zeros start from advantages that carry only the reward.
+    value_head_init: Literal["normal", "zeros"] = "normal"
     mini_batch_size: int = Field(4, ge=1)
     grad_accum_steps: int = Field(2, ge=1)
     ppo_epochs: int = Field(4, ge=1)

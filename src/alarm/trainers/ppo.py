@@ -172,7 +172,10 @@ class PolicyWithValue(torch.nn.Module):
         hidden = model.config.get_text_config().hidden_size if hasattr(model.config, "get_text_config") \
             else model.config.hidden_size
         self.value_head = torch.nn.Linear(hidden, 1)
-        torch.nn.init.normal_(self.value_head.weight, std=1.0 / math.sqrt(hidden + 1))
+        if config.value_head_init == "zeros":
+            torch.nn.init.zeros_(self.value_head.weight)
+        else:
+            torch.nn.init.normal_(self.value_head.weight, std=1.0 / math.sqrt(hidden + 1))
         torch.nn.init.zeros_(self.value_head.bias)
 
     def forward(self, batch: dict[str, torch.Tensor], with_values: bool = True, reference: bool = False):
