@@ -396,6 +396,7 @@ def test_the_judge_can_read_only_one_systems_pairs(tmp_path):
     assert sorted(judge.asked) == ["judge base vs vcb", "judge vcb vs dpo", "judge vcb vs ipo"]
     assert set(judged["matrix"]["cells"]["vcb"]) == {"base", "dpo", "ipo"} and "ipo" not in judged["matrix"]["cells"]["dpo"]
     assert judged["matrix"]["cells"]["vcb"]["dpo"]["win_rate_pct"] == 100.0
+    assert set(judged["matrix"]["avg"]) == {"vcb"}  # the other rows hold one judged cell each: no "Avg."
     assert "| vcb | " in (tmp_path / "report.md").read_text()
     with pytest.raises(AlarmError, match="no such system"):
         compare_scored(systems, {"r": True}, tmp_path / "x", metrics=["r"], judge=judge, judge_pairs_with="ppo")

@@ -226,8 +226,8 @@ def win_rate_matrix(systems: Sequence[str], signs: Mapping[tuple[str, str], Sequ
                                "wins": w, "losses": ll, "ties": len(sg) - w - ll, "decisive": w + ll}
     avg = {}
     for x in systems:
-        others = [y for y in systems if y != x and y in cells[x]]
-        if not others:
+        others = [y for y in systems if y != x]
+        if not others or any(y not in cells[x] for y in others):  # "Avg." over a partial row would mislead
             continue
         decisive = sum(cells[x][y]["decisive"] for y in others)
         low, high = (_percentile(np.mean([boot[x, y] for y in others], axis=0), confidence) if decisive
