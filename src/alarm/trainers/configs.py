@@ -51,10 +51,6 @@ class PPOConfig(LoRASettings):
     # other responses, so the update compares answers to the same question instead of easy questions to hard
     # ones — the noise a fresh critic cannot remove in a short run. Needs samples_per_prompt ≥ 2.
     group_baseline: bool = False
-    # The critic's first values: "normal" (std 1/√(hidden+1)) or "zeros". A random critic puts noise into every
-    # token's GAE advantage (δ_t = V_{t+1} − V_t, summed with weights λ^k: std ≈ σ_V·√(2/(1−λ²)) ≈ 4.5·σ_V at λ 0.95)
-    # until it has learnt; zeros start from advantages that carry only the reward.
-    value_head_init: Literal["normal", "zeros"] = "normal"
     mini_batch_size: int = Field(4, ge=1)
     grad_accum_steps: int = Field(2, ge=1)
     ppo_epochs: int = Field(4, ge=1)
@@ -71,6 +67,10 @@ class PPOConfig(LoRASettings):
     cliprange: float = Field(0.2, gt=0)
     cliprange_value: float = Field(0.2, gt=0)
     vf_coef: float = Field(0.1, ge=0)
+    # The critic's first values: "normal" (std 1/√(hidden+1)) or "zeros". A random critic puts noise into every
+    # token's GAE advantage (δ_t = V_{t+1} − V_t, summed with weights λ^k: std ≈ σ_V·√(2/(1−λ²)) ≈ 4.5·σ_V at λ 0.95)
+    # until it has learnt; zeros start from advantages that carry only the reward.
+    value_head_init: Literal["normal", "zeros"] = "normal"
     # early-stop a rollout's epochs when approx KL > factor × early_stop_kl (was `target_kl`: still read)
     early_stop_kl: float = Field(0.1, gt=0, validation_alias=AliasChoices("early_stop_kl", "target_kl"))
     early_stop_kl_factor: float = Field(1.5, gt=0)
