@@ -297,7 +297,8 @@ def write_results(args, root: Path, selection: dict, aspect: str, evaluated: dic
                      f"{PAPER_SELECTION.get(k, '—')} | {_win(st['win_rate'])} |")
     lines.append(f"| holistic (reference) | — | — | {_win(sel['holistic_win_rate'])} (paper {PAPER_SELECTION['holistic_win']}) |")
     lines.append("")
-    lines.append(f"Training time: {sum(walls.values()) / 60:.0f} min for {len(walls)} runs on 2 CPU cores.")
+    lines.append(f"Training time: {sum(walls.values()) / 60:.0f} min of one thread for {len(walls)} runs "
+                 "(one thread per run, two runs at a time on 2 cores; a run's wall time includes any pause of the machine).")
     write_text_atomic(out / "qa_compare.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
