@@ -20,7 +20,9 @@ One background job, every stage resumable (each start continues where the last s
    the llama.cpp-served judge in both orders.
 
 Reward models: ``alarm rm train`` with recipes/rm_{holistic,factuality,relevance}_evidence.yaml (→ runs/rm/*).
-Writes benchmarks/results/qa_compare.{json,md}.
+Writes benchmarks/results/qa_compare.{json,md} and qa_compare_answers.jsonl (every system's greedy answers and
+scores, no QA-Feedback text): with it, a later ``--stage eval --judge-url …`` redoes the tables and adds the judge
+without the trained policies, which live in the (uncommitted) run directory.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from alarm.evaluation.compare import compare_scored
 from alarm.evaluation.scoring import generation_rows, normalize_scores, score_records
 from alarm.generation import generate_texts
 from alarm.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
-from alarm.models import load_policy
+from alarm.models import load_policy, load_tokenizer
 from alarm.recipes.ppo import run
 
 HERE = Path(__file__).resolve().parent
@@ -168,13 +170,42 @@ def _checkpoints(out: Path) -> Path:
     return sorted((out / "checkpoints").glob("step-*"))[-1]
 
 
-def eval_scored(args, root: Path, aspect: str, name: str, policy: str | None, seed: int | None) -> list[dict]:
-    """Greedy answers of one system to the validation questions, scored (cached as a scored JSONL)."""
+ANSWERS = "qa_compare_answers.jsonl"
+ANSWER_KEYS = ("system", "seed", "steps", "prompt_id", "sample", "completion", "scores")
+
+
+def answers_only(rows: list[dict], steps: int | None) -> list[dict]:
+    """What a scored row keeps in the committed answers file: no prompt or passage text (QA-Feedback's)."""
+    return [{**{k: r[k] for k in ANSWER_KEYS if k != "steps"}, "steps": steps} for r in rows]
+
+
+def restore_scored(saved: list[dict], records: list[dict], name: str) -> list[dict]:
+    """A system's scored rows rebuilt from its saved answers and the prompt records, so the tables and a judge
+    can be redone after the trained policies are gone."""
+    mine = [a for a in saved if a["system"] == name]
+    by_id = {r["id"]: r for r in records}
+    missing = sorted({a["prompt_id"] for a in mine} - set(by_id))
+    if missing:
+        raise SystemExit(f"{ANSWERS}: {len(missing)} answers of {name} are to questions not in this evaluation "
+                         f"(e.g. {missing[0]}); use the --prompts and --eval-questions they were made with")
+    rows = generation_rows([by_id[a["prompt_id"]] for a in mine], [[a["completion"]] for a in mine])
+    return [{**row, "system": name, "seed": a["seed"], "scores": a["scores"]} for row, a in zip(rows, mine)]
+
+
+def eval_scored(args, root: Path, aspect: str, name: str, policy: str | None, seed: int | None,
+                saved: list[dict]) -> list[dict]:
+    """Greedy answers of one system to the validation questions, scored (cached as a scored JSONL; rebuilt from
+    the saved answers file when the run directory is gone)."""
     path = root / "eval" / f"{name}.scored.jsonl"
     if path.exists():
         return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     s = base_settings(args)
     recipe = validate_recipe(s)
+    if any(a["system"] == name for a in saved):
+        records = prompt_records(recipe.data, load_tokenizer(recipe.model.name), recipe.data.test_split, False)[: args.eval_questions]
+        scored = restore_scored(saved, records, name)
+        write_jsonl_atomic(path, scored)
+        return scored
     model, tokenizer = load_policy(policy)
     records = prompt_records(recipe.data, tokenizer, recipe.data.test_split, False)[: args.eval_questions]
     texts = generate_texts(model, tokenizer, [r["prompt"] for r in records], max_new_tokens=args.max_new_tokens,
@@ -199,18 +230,27 @@ WIN_METRICS = ("holistic.z", "factuality.share_positive")
 def stage_eval(args, root: Path, aspect: str, judge_url: str | None) -> dict:
     """Every system's scored answers, paired by (question, seed): initial is the same greedy policy per seed."""
     per_system: dict[str, list[dict]] = {name: [] for name in SYSTEMS}
-    initial = eval_scored(args, root, aspect, "initial", None, None)
+    answers_path = Path(args.out) / ANSWERS
+    saved = [json.loads(x) for x in answers_path.read_text().splitlines() if x.strip()] if answers_path.exists() else []
+    initial = eval_scored(args, root, aspect, "initial", None, None, saved)
+    answers = answers_only(initial, None)
     steps = {}
     for seed in args.seeds:
         per_system["initial"] += [{**r, "prompt_id": f"{r['prompt_id']}#s{seed}"} for r in initial]
         for mode in MODES:
-            out = root / f"{mode}-s{seed}"
-            ckpt = _checkpoints(out)
-            steps[f"{mode}-s{seed}"] = int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
-            if steps[f"{mode}-s{seed}"] != args.steps:  # never evaluate (and cache) a half-trained policy
-                raise SystemExit(f"{out} stopped at step {steps[f'{mode}-s{seed}']} of {args.steps}; run --stage train first")
-            rows = eval_scored(args, root, aspect, f"{mode}-s{seed}", str(ckpt), seed)
+            name, out = f"{mode}-s{seed}", root / f"{mode}-s{seed}"
+            kept = [a["steps"] for a in saved if a["system"] == name]
+            if kept and not (out / "checkpoints").exists():
+                steps[name], ckpt = kept[0], None
+            else:
+                ckpt = _checkpoints(out)
+                steps[name] = int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
+            if steps[name] != args.steps:  # never evaluate (and cache) a half-trained policy
+                raise SystemExit(f"{out} stopped at step {steps[name]} of {args.steps}; run --stage train first")
+            rows = eval_scored(args, root, aspect, name, None if ckpt is None else str(ckpt), seed, saved)
+            answers += answers_only(rows, steps[name])
             per_system[mode] += [{**r, "prompt_id": f"{r['prompt_id']}#s{seed}"} for r in rows]
+    write_jsonl_atomic(answers_path, answers)
     directions = {"holistic.z": True, "factuality.share_positive": True, "relevance.share_positive": True,
                   "length_tokens": True}
     judge = None
