@@ -22,7 +22,8 @@ One background job, every stage resumable (each start continues where the last s
 Reward models: ``alarm rm train`` with recipes/rm_{holistic,factuality,relevance}_evidence.yaml (→ runs/rm/*).
 Writes benchmarks/results/qa_compare.{json,md} and qa_compare_answers.jsonl (every system's greedy answers and
 scores, no QA-Feedback text): with it, a later ``--stage eval --judge-url …`` redoes the tables and adds the judge
-without the trained policies, which live in the (uncommitted) run directory.
+without the trained policies, which live in the (uncommitted) run directory. The reward models (runs/rm) are
+still needed for the selection stage, which reruns first when its directory is gone.
 """
 
 from __future__ import annotations
@@ -288,6 +289,9 @@ def _win(c: dict | None) -> str:
 def write_results(args, root: Path, selection: dict, aspect: str, evaluated: dict, seconds: float) -> None:
     result, trained, judge = evaluated["result"], evaluated["trained"], evaluated["judge"]
     walls = {p.parent.name: float(p.read_text()) for p in root.glob("*-s*/wall_seconds.txt")}
+    earlier = Path(args.out) / "qa_compare.json"
+    if not walls and earlier.exists():  # evaluated from the saved answers: the runs' times are the earlier report's
+        walls = json.loads(earlier.read_text())["train_wall_seconds"]
     matrices = {"holistic": trained["matrices"]["holistic.z"], "factuality": trained["matrices"]["factuality.share_positive"]}
     if judge:
         matrices["judge"] = judge["matrix"]
