@@ -87,6 +87,20 @@ def test_converts_once_atomically_and_says_so(cache, monkeypatch, caplog):
     assert len(notes) == 1
 
 
+def test_the_converting_run_draws_the_same_random_numbers_as_a_cached_one(cache, monkeypatch):
+    def convert_with_random_init(out_dir):  # as from_config does: random weights before the real ones
+        torch.nn.Linear(64, 64)
+        fake_converter([])(out_dir)
+
+    monkeypatch.setattr(models, "convert_smollm2", convert_with_random_init)
+    torch.manual_seed(42)
+    models.resolve_model_path("smollm2-135m-instruct")  # converts
+    after_converting = torch.rand(4)
+    torch.manual_seed(42)
+    models.resolve_model_path("smollm2-135m-instruct")  # cached
+    assert torch.equal(after_converting, torch.rand(4))
+
+
 def test_interrupted_conversion_leaves_no_finished_cache(cache, monkeypatch):
     def crash(out_dir):
         Path(out_dir).mkdir(parents=True)

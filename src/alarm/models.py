@@ -138,7 +138,10 @@ def ensure_smollm2() -> Path:
     tmp = target.parent / f".{SMOLLM2}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)  # a leftover of an interrupted run with the same pid
     try:
-        convert_smollm2(tmp)
+        # building the plain model initialises random weights: without fork_rng the first, converting run of a
+        # seeded recipe would sample differently from every later one
+        with torch.random.fork_rng(devices=[]):
+            convert_smollm2(tmp)
         os.rename(tmp, target)
     except OSError:
         if not _is_finished(target):  # not a concurrent conversion that finished first
