@@ -172,12 +172,12 @@ def _checkpoints(out: Path) -> Path:
 
 
 ANSWERS = "qa_compare_answers.jsonl"
-ANSWER_KEYS = ("system", "seed", "steps", "prompt_id", "sample", "completion", "scores")
+ANSWER_KEYS = ("system", "seed", "prompt_id", "sample", "completion", "scores")
 
 
 def answers_only(rows: list[dict], steps: int | None) -> list[dict]:
     """What a scored row keeps in the committed answers file: no prompt or passage text (QA-Feedback's)."""
-    return [{**{k: r[k] for k in ANSWER_KEYS if k != "steps"}, "steps": steps} for r in rows]
+    return [{**{k: r[k] for k in ANSWER_KEYS}, "steps": steps} for r in rows]
 
 
 def restore_scored(saved: list[dict], records: list[dict], name: str) -> list[dict]:
@@ -185,10 +185,12 @@ def restore_scored(saved: list[dict], records: list[dict], name: str) -> list[di
     can be redone after the trained policies are gone."""
     mine = [a for a in saved if a["system"] == name]
     by_id = {r["id"]: r for r in records}
-    missing = sorted({a["prompt_id"] for a in mine} - set(by_id))
-    if missing:
-        raise SystemExit(f"{ANSWERS}: {len(missing)} answers of {name} are to questions not in this evaluation "
-                         f"(e.g. {missing[0]}); use the --prompts and --eval-questions they were made with")
+    answered = {a["prompt_id"] for a in mine}
+    extra, unanswered = sorted(answered - set(by_id)), sorted(set(by_id) - answered)
+    if extra or unanswered:
+        raise SystemExit(f"{ANSWERS}: {name} has {len(extra)} answers to questions not in this evaluation and none "
+                         f"to {len(unanswered)} of its questions (e.g. {(extra or unanswered)[0]}); use the "
+                         "--prompts and --eval-questions they were made with")
     rows = generation_rows([by_id[a["prompt_id"]] for a in mine], [[a["completion"]] for a in mine])
     return [{**row, "system": name, "seed": a["seed"], "scores": a["scores"]} for row, a in zip(rows, mine)]
 
@@ -200,15 +202,14 @@ def eval_scored(args, root: Path, aspect: str, name: str, policy: str | None, se
     path = root / "eval" / f"{name}.scored.jsonl"
     if path.exists():
         return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    s = base_settings(args)
-    recipe = validate_recipe(s)
-    if any(a["system"] == name for a in saved):
-        records = prompt_records(recipe.data, load_tokenizer(recipe.model.name), recipe.data.test_split, False)[: args.eval_questions]
+    recipe = validate_recipe(base_settings(args))
+    restoring = any(a["system"] == name for a in saved)
+    model, tokenizer = (None, load_tokenizer(recipe.model.name)) if restoring else load_policy(policy)
+    records = prompt_records(recipe.data, tokenizer, recipe.data.test_split, False)[: args.eval_questions]
+    if restoring:
         scored = restore_scored(saved, records, name)
         write_jsonl_atomic(path, scored)
         return scored
-    model, tokenizer = load_policy(policy)
-    records = prompt_records(recipe.data, tokenizer, recipe.data.test_split, False)[: args.eval_questions]
     texts = generate_texts(model, tokenizer, [r["prompt"] for r in records], max_new_tokens=args.max_new_tokens,
                            batch_size=8, progress=f"evaluating {name}")
     reward_set = build_reward_set(recipe)

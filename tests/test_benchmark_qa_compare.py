@@ -41,3 +41,10 @@ def test_saved_answers_to_other_questions_are_refused_by_name():
     saved = qa_compare.answers_only(_scored(records, "weighted_sum-s1", 1), 40)
     with pytest.raises(SystemExit, match="weighted_sum-s1.*--eval-questions"):
         qa_compare.restore_scored(saved, records[:2], "weighted_sum-s1")
+
+
+def test_saved_answers_that_miss_questions_of_the_evaluation_are_refused():
+    records = _records()
+    saved = qa_compare.answers_only(_scored(records[:2], "weighted_sum-s1", 1), 40)
+    with pytest.raises(SystemExit, match="weighted_sum-s1.*none to 1 of its questions"):
+        qa_compare.restore_scored(saved, records, "weighted_sum-s1")
