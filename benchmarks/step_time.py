@@ -42,7 +42,7 @@ def ppo_config(args):
     return PPOConfig(max_new_tokens=args.new_tokens, rollout_batch_size=2 * args.prompts, mini_batch_size=args.mini,
                      grad_accum_steps=1, ppo_epochs=args.epochs, learning_rate=1e-5, max_grad_norm=1.0,
                      lora=True, lora_r=16, lora_alpha=32, lora_dropout=0.05, kl_coef=0.04, adaptive_kl=False,
-                     early_stop_kl=1e9, steps=10_000, seed=0)
+                     early_stop_kl=1e9, steps=10_000, seed=0, **getattr(args, "config_overrides", {}))
 
 
 def length_reward_set():

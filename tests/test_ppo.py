@@ -334,7 +334,7 @@ def test_sampling_pass_gives_the_policy_forward_log_probs_and_values(tmp_path, k
     base = {n: p.detach().clone() for n, p in policy.model.named_parameters() if "lora" not in n}
     records = [PROMPTS[0], PROMPTS[3], {"prompt": "Water boils at a hundred degrees and the"}]  # unequal lengths
     batch = tr.encode_prompts(records)
-    responses, (logits, values) = tr.generate(batch, with_policy_outputs=True)
+    responses, (logits, values, _trunk) = tr.generate(batch, with_policy_outputs=True)
     assert logits.shape[:2] == responses.shape and values.shape == responses.shape
     # Base weights come back bit for bit (the reference is the network with adapters off).
     for n, p in policy.model.named_parameters():
@@ -451,6 +451,106 @@ def test_lora_layers_limits_adapters_to_chosen_layers(tmp_path):
     tr = trainer(tmp_path, lora_layers=[1])
     with_lora = {n for n, p in tr.unwrapped.named_parameters() if p.requires_grad and "lora" in n}
     assert with_lora and all(".layers.1." in n for n in with_lora)
+
+
+# ---------------------------------------------------------------- the frozen trunk (LoRA on the top layers)
+
+
+@pytest.mark.parametrize("cfg, depth", [
+    (dict(lora_layers=[2, 3]), 2),
+    (dict(lora_layers=[1, 3]), 1),
+    (dict(lora_layers=None), 0),
+    (dict(lora=False), 0),
+    (dict(lora_layers=[2, 3], reuse_frozen_layers=False), 0),
+    (dict(lora_layers=[2, 3], disable_dropout=False, attention_dropout=0.1), 0),  # dropout: passes differ
+    (dict(lora_layers=[2, 3], disable_dropout=False), 0),
+])
+def test_the_frozen_trunk_is_the_bottom_layers_without_adapters(tmp_path, cfg, depth):
+    model = tiny.causal_lm(layers=4)
+    model.config.attention_dropout = cfg.pop("attention_dropout", 0.0)
+    for layer in model.model.layers:
+        layer.self_attn.attention_dropout = model.config.attention_dropout
+    assert trainer(tmp_path, model, **cfg).unwrapped.trunk_depth == depth
+
+
+def test_a_seq2seq_policy_has_no_frozen_trunk(tmp_path):
+    assert trainer(tmp_path, tiny.seq2seq_lm(), lora_layers=[1]).unwrapped.trunk_depth == 0
+
+
+def _attention_calls(layer):
+    calls = []
+    return calls, layer.self_attn.register_forward_hook(lambda *_: calls.append(1))
+
+
+def test_the_update_replays_the_frozen_layers_and_trains_exactly_as_without(tmp_path):
+    """Same losses and weights after two steps with and without the replay, and the bottom layers run only in
+    the rollout (sampling + reference pass), never in the update's passes."""
+    runs = {}
+    for reuse in (True, False):
+        tr = trainer(tmp_path / str(reuse), tiny.causal_lm(layers=4), lora_layers=[2, 3], reuse_frozen_layers=reuse,
+                     rollout_batch_size=4, mini_batch_size=2, ppo_epochs=2)
+        bottom, h0 = _attention_calls(tr.unwrapped.model.get_base_model().model.layers[0])
+        top, h3 = _attention_calls(tr.unwrapped.model.get_base_model().model.layers[3])
+        metrics = [tr.step(), tr.step()]
+        h0.remove(), h3.remove()
+        weights = {n: p.detach().clone() for n, p in tr.unwrapped.named_parameters() if p.requires_grad}
+        runs[reuse] = metrics, weights, len(bottom), len(top)
+    (m_on, w_on, bottom_on, top_on), (m_off, w_off, bottom_off, top_off) = runs[True], runs[False]
+    for a, b in zip(m_on, m_off):
+        for k in ("ppo/pg_loss", "ppo/vf_loss", "ppo/approx_kl", "kl", "score/mean"):
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), k
+    for n in w_off:
+        torch.testing.assert_close(w_on[n], w_off[n], rtol=1e-4, atol=1e-6)
+    reference_passes, update_passes = 2, 2 * 2 * 2  # steps; steps × epochs × mini-batches
+    assert top_on == top_off and bottom_off - bottom_on == reference_passes + update_passes
+
+
+def test_sampling_keeps_the_frozen_layers_output_so_the_reference_pass_skips_them(tmp_path):
+    tr = trainer(tmp_path, tiny.causal_lm(layers=4), lora_layers=[2, 3], rollout_batch_size=4)
+    nonzero_adapters(tr)  # merged while sampling: the kept states must still be those of the frozen layers
+    records = [PROMPTS[0], PROMPTS[3], {"prompt": "Water boils at a hundred degrees and the"}, PROMPTS[5]]
+    batch = tr.encode_prompts(records)  # unequal lengths: left padding
+    responses, outputs = tr.generate(batch, with_policy_outputs=True)
+    trunk = outputs[2]
+    assert trunk["trunk_prompt"].shape[:2] == batch["prompt_ids"].shape
+    assert trunk["trunk_response"].shape[:2] == responses.shape
+    bottom, hook = _attention_calls(tr.unwrapped.model.get_base_model().model.layers[0])
+    reused, _ = tr.make_experience(records, batch, responses, outputs)
+    hook.remove()
+    assert bottom == []
+    recomputed, _ = tr.make_experience(records, batch, responses, outputs[:2])
+    assert len(bottom) == 0 and "trunk_prompt" in recomputed  # (hook removed) the whole pass recorded its own
+    for k in ("ref_logprobs", "old_logprobs", "advantages", "returns"):
+        torch.testing.assert_close(reused[k], recomputed[k], rtol=1e-5, atol=1e-5)
+    m = reused["mask"].bool()
+    # Real positions only (sampling numbers padding differently); the last token was never fed back.
+    p = batch["prompt_mask"].bool()
+    torch.testing.assert_close(reused["trunk_prompt"][p], recomputed["trunk_prompt"][p], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(reused["trunk_response"][:, :-1][m[:, :-1]],
+                               recomputed["trunk_response"][:, :-1][m[:, :-1]], rtol=1e-5, atol=1e-5)
+
+
+def test_a_replayed_mini_batch_has_the_full_passes_logits_values_and_gradients(tmp_path):
+    tr = trainer(tmp_path, tiny.causal_lm(layers=4), lora_layers=[3], rollout_batch_size=4)
+    nonzero_adapters(tr)
+    records = PROMPTS[:4]
+    batch = tr.encode_prompts(records)
+    responses = tr.generate(batch)
+    exp, _ = tr.make_experience(records, batch, responses)
+    assert exp["trunk_prompt"].shape[:2] == batch["prompt_ids"].shape and exp["trunk_response"].shape[1] == \
+        responses.shape[1]
+    mb = trim_padding({k: v[[1, 3]] for k, v in exp.items()})
+    plain = {k: v for k, v in mb.items() if not k.startswith("trunk_")}
+    outs, grads = [], []
+    for b in (mb, plain):
+        tr.policy.zero_grad()
+        logits, values = tr.policy(b)
+        (logits.float().logsumexp(-1).mean() + values.sum()).backward()
+        outs.append((logits.detach(), values.detach()))
+        grads.append([p.grad.clone() for p in tr.unwrapped.parameters() if p.requires_grad])
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 # ========================================================= rollout correctness (temperature, bf16, safety valve)

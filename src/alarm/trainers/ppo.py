@@ -34,9 +34,12 @@ from alarm.trainers.sequences import (
     decoder_inputs,
     entropy_from_logits,
     eos_ids,
+    frozen_trunk_depth,
     logprobs_from_logits,
     masked_mean,
     policy_or_reference,
+    recording_trunk,
+    replaying_trunk,
     response_logits,
     response_mask,
     trainable_with_reference,
@@ -126,7 +129,7 @@ class KLController:
 
 
 _RESPONSE_KEYS = ("responses", "mask", "old_logprobs", "ref_logprobs", "old_values", "scores", "rewards", "advantages",
-                  "returns", "decoder_input_ids", "decoder_mask")
+                  "returns", "decoder_input_ids", "decoder_mask", "trunk_response")
 
 
 def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -136,7 +139,7 @@ def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     keep = batch["prompt_mask"].any(0).nonzero().squeeze(-1)
     lo, hi = int(keep[0]), int(keep[-1]) + 1
     t = int(batch["mask"].sum(1).max())
-    return {k: v[:, lo:hi] if k in ("prompt_ids", "prompt_mask") else v[:, :t] if k in _RESPONSE_KEYS else v
+    return {k: v[:, lo:hi] if k in ("prompt_ids", "prompt_mask", "trunk_prompt") else v[:, :t] if k in _RESPONSE_KEYS else v
             for k, v in batch.items()}
 
 
@@ -177,17 +180,36 @@ class PolicyWithValue(torch.nn.Module):
         else:
             torch.nn.init.normal_(self.value_head.weight, std=1.0 / math.sqrt(hidden + 1))
         torch.nn.init.zeros_(self.value_head.bias)
+        # Bottom layers without adapters: the same in policy and reference, so computed once per rollout
+        # (not with dropout left on: every training pass would draw its own).
+        reuse = config.reuse_frozen_layers and config.disable_dropout and self.ref_model is None
+        self.trunk_depth = frozen_trunk_depth(self.model) if reuse else 0
 
     def forward(self, batch: dict[str, torch.Tensor], with_values: bool = True, reference: bool = False):
-        """Logits (and values) at the positions that predict each response token: [B, T, V] and [B, T]."""
+        """Logits (and values) at the positions that predict each response token: [B, T, V] and [B, T].
+        A batch with ``trunk_prompt``/``trunk_response`` (see :meth:`recording_trunk`) skips the frozen layers."""
         net, ctx = policy_or_reference(self.model, self.ref_model, reference)
-        with ctx:
+        trunk = torch.cat([batch["trunk_prompt"], batch["trunk_response"]], dim=1) if "trunk_prompt" in batch else None
+        with ctx, replaying_trunk(net, self.trunk_depth, trunk):
             logits, hidden = response_logits(net, batch, self.is_encoder_decoder, with_hidden=with_values)
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1) if with_values else None
         return logits, values
 
     def generation_model(self):
         return self.model
+
+    @contextmanager
+    def recording_trunk(self, batch: dict[str, torch.Tensor]):
+        """Yields a dict that, after one forward pass of ``batch`` inside, holds the states leaving the frozen
+        layers split at the prompt's end: ``trunk_prompt`` [B, P, H] and ``trunk_response`` [B, T, H] (sliced
+        and trimmed with the rest of a mini-batch). Empty when nothing can be reused, or ``batch`` already
+        carries them."""
+        found: dict[str, torch.Tensor] = {}
+        with recording_trunk(self.model, 0 if "trunk_prompt" in batch else self.trunk_depth) as states:
+            yield found
+        if len(states) == 1:
+            P = batch["prompt_ids"].shape[1]
+            found.update(trunk_prompt=states[0][:, :P], trunk_response=states[0][:, P:])
 
     @property
     def full_precision(self) -> bool:
@@ -284,6 +306,8 @@ class PPOTrainer:
         policy = PolicyWithValue(model, config)
         self.optimizer = make_optimizer(policy, config.learning_rate, config.weight_decay)
         self.policy, self.optimizer = self.accelerator.prepare(policy, self.optimizer)
+        if is_fsdp2(self.policy):  # sharded layers are gathered by their own hooks: keep every pass whole
+            self.unwrapped.trunk_depth = 0
         self.kl = KLController(config.kl_coef, config.adaptive_kl, config.adaptive_kl_target, config.kl_horizon)
         self.step_idx = 0
         self.eos_ids = eos_ids(self.unwrapped.model, tokenizer)
@@ -387,8 +411,10 @@ class PPOTrainer:
     def _generate(self, batch: dict[str, torch.Tensor], with_policy_outputs: bool = False):
         """Sampled response token ids [B, T] (padding after EOS), temperature/top-p/top-k from the config.
 
-        ``with_policy_outputs``: also return ``(logits [B, T, V], values [B, T])`` of the sampling pass itself,
-        so the rollout needs no second forward pass of the policy (the reference still needs its own).
+        ``with_policy_outputs``: also return ``(logits [B, T, V], values [B, T], trunk)`` of the sampling pass
+        itself, so the rollout needs no second forward pass of the policy, and the reference pass computes
+        only the adapted layers: ``trunk`` holds what the frozen layers emitted (see
+        :meth:`PolicyWithValue.recording_trunk`; empty when there is no frozen trunk).
         """
         c = self.config
         policy = self.unwrapped
@@ -399,8 +425,9 @@ class PPOTrainer:
         decoder = policy.model.get_base_model() if hasattr(policy.model, "get_base_model") else policy.model
         hook = decoder.get_decoder().register_forward_hook(
             lambda _m, _i, out: last_states.append(out[0][:, -1])) if with_policy_outputs else None
+        trunk_depth = policy.trunk_depth if with_policy_outputs else 0
         try:
-            with policy.merged_adapters():
+            with policy.merged_adapters(), recording_trunk(policy.model, trunk_depth) as trunk_steps:
                 out = policy.model.generate(
                     input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], do_sample=True,
                     temperature=c.temperature, top_p=c.top_p, top_k=c.top_k, max_new_tokens=c.max_new_tokens,
@@ -418,14 +445,25 @@ class PPOTrainer:
         logits = torch.stack(out.logits, dim=1)
         hidden = torch.stack(last_states[: logits.shape[1]], dim=1)
         values = policy.value_head(hidden.to(policy.value_head.weight.dtype)).squeeze(-1)
-        return responses, (logits, values)
+        return responses, (logits, values, self._sampled_trunk(trunk_steps, batch, responses))
+
+    @staticmethod
+    def _sampled_trunk(steps: list[torch.Tensor], batch: dict[str, torch.Tensor], responses: torch.Tensor):
+        """The frozen layers' output over prompt + response from the decoding steps (prompt, then one position
+        a step). The last token is never fed back; its position gets zeros, read by no kept output (causal)."""
+        P, T = batch["prompt_ids"].shape[1], responses.shape[1]
+        if not steps or sum(s.shape[1] for s in steps) != P + T - 1:
+            return {}
+        states = torch.cat(steps, dim=1)
+        return {"trunk_prompt": states[:, :P],
+                "trunk_response": torch.cat([states[:, P:], states.new_zeros(states[:, :1].shape)], dim=1)}
 
     def make_experience(self, records: list[dict], batch: dict[str, torch.Tensor], responses: torch.Tensor,
                         policy_outputs: tuple[torch.Tensor, torch.Tensor] | None = None):
         """Everything PPO needs about a rollout: masks, texts, rewards, log-probs, values, advantages.
 
-        ``policy_outputs``: the (logits, values) :meth:`generate` returned for these responses; without them
-        the policy's forward pass is run here.
+        ``policy_outputs``: the (logits, values[, trunk]) :meth:`generate` returned for these responses;
+        without them the policy's forward pass is run here.
         """
         c = self.config
         mask = response_mask(responses, self.eos_ids)
@@ -453,21 +491,29 @@ class PPOTrainer:
             shaped[torch.arange(len(lengths)), torch.tensor(lengths) - 1] -= baseline
         t_score = time.perf_counter() - t0
 
-        # Forward passes without gradient: rollout policy log-probs and values, then the reference.
+        # Forward passes without gradient: the reference (keeping the frozen layers' output unless sampling
+        # kept it), then the rollout policy's log-probs and values unless sampling returned them.
         t0 = time.perf_counter()
         policy = self.unwrapped
         policy.eval()
+        logits, values, *sampled = policy_outputs or (None, None)
+        batch = {**batch, **(sampled[0] if sampled else {})}
         # FSDP2 allocates its gathered parameters in the mode it runs in: inference tensors from here could
         # not be written by the update's all-gathers later, so FSDP gets no_grad instead.
         with torch.no_grad() if is_fsdp2(self.policy) else torch.inference_mode():
-            logits, values = policy_outputs or policy(batch)
+            with policy.recording_trunk(batch) as recorded:
+                ref_logits, _ = policy(batch, with_values=False, reference=True)
+            batch.update(recorded)
+            ref_logprobs = logprobs_from_logits(self._tempered(ref_logits), responses) * mask
+            del ref_logits
+            if logits is None:
+                logits, values = policy(batch)
             logits = self._tempered(logits)
             old_logprobs = logprobs_from_logits(logits, responses) * mask
             entropy = masked_mean(entropy_from_logits(logits), mask).item()
             del logits
-            ref_logits, _ = policy(batch, with_values=False, reference=True)
-            ref_logprobs = logprobs_from_logits(self._tempered(ref_logits), responses) * mask
-            del ref_logits
+        # Out of inference mode: the update's autograd reads them.
+        batch.update({k: v.clone() for k, v in batch.items() if k.startswith("trunk_")})
         t_forward = time.perf_counter() - t0
 
         kl = (old_logprobs - ref_logprobs) * mask

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +80,7 @@ def response_logits(net, batch: dict[str, torch.Tensor], is_encoder_decoder: boo
     # The token at P + t is predicted from position P + t − 1: the first response token from the last prompt
     # position (so it receives gradient). Only those T positions need logits: the LM head skips the prompt.
     out = net(input_ids=ids, attention_mask=attn, position_ids=pos, output_hidden_states=with_hidden,
-              logits_to_keep=T + 1)
+              logits_to_keep=T + 1, use_cache=False)
     P = batch["prompt_ids"].shape[1]
     hidden = out.hidden_states[-1][:, P - 1 : P - 1 + T] if with_hidden else None
     return out.logits[:, :T], hidden
@@ -154,3 +154,81 @@ def policy_or_reference(model, ref_model, reference: bool):
     if reference:
         return model, model.disable_adapter()
     return model, nullcontext()
+
+
+# ------------------------------------------------------------------------------------------- the frozen trunk
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList | None:
+    """The decoder layer stack of a causal LM (peft-wrapped or not), in call order; None for an unknown layout."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "is_encoder_decoder", False):
+        return None
+    try:
+        inner = base.get_decoder()
+    except (AttributeError, NotImplementedError, ValueError):
+        return None
+    layers = getattr(inner, "layers", None)
+    return layers if isinstance(layers, torch.nn.ModuleList) and len(layers) else None
+
+
+def _has_dropout(module: torch.nn.Module) -> bool:
+    return any((isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)
+               or any(isinstance(getattr(m, a, None), float) and getattr(m, a) > 0
+                      for a in ("attention_dropout", "attn_dropout", "dropout", "dropout_p"))
+               for m in module.modules())
+
+
+def frozen_trunk_depth(model: torch.nn.Module) -> int:
+    """How many bottom decoder layers of a causal LM have nothing to train and no dropout.
+
+    Why: with LoRA on the top layers only (``lora_layers``), the states leaving these layers are the same in
+    the reference pass, the rollout and every PPO epoch, so they can be computed once per rollout and
+    replayed (:func:`replaying_trunk`). 0 where that does not hold: trainable embeddings, a trainable bottom
+    layer, dropout there, an encoder-decoder or a layer layout we do not know.
+    """
+    layers = decoder_layers(model)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    emb = base.get_input_embeddings() if layers is not None else None
+    if emb is None or any(p.requires_grad for p in emb.parameters()):
+        return 0
+    depth = 0
+    for layer in layers:
+        if any(p.requires_grad for p in layer.parameters()) or _has_dropout(layer):
+            break
+        depth += 1
+    return depth
+
+
+@contextmanager
+def recording_trunk(model: torch.nn.Module, depth: int):
+    """Yields a list that, after one forward pass inside, holds the output of the top frozen layer [B, L, H].
+    It stays empty for a layer that returns a tuple (older layouts whose loop reads more than the states):
+    nothing is replayed then."""
+    states: list[torch.Tensor] = []
+    if not depth:
+        yield states
+        return
+    hook = decoder_layers(model)[depth - 1].register_forward_hook(
+        lambda _m, _i, out: states.append(out) if isinstance(out, torch.Tensor) else None)
+    try:
+        yield states
+    finally:
+        hook.remove()
+
+
+@contextmanager
+def replaying_trunk(model: torch.nn.Module, depth: int, states: torch.Tensor | None):
+    """The bottom ``depth`` decoder layers return ``states`` (what :func:`recording_trunk` kept for these
+    sequences) instead of computing it; the layers above run as usual. A no-op when ``states`` is None."""
+    if states is None or not depth:
+        yield
+        return
+    layers = decoder_layers(model)[:depth]
+    for layer in layers:
+        layer.forward = lambda *_a, **_k: states  # the instance attribute shadows the class's forward
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
