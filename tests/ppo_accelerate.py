@@ -32,8 +32,9 @@ rs = RewardSet(CombineConfig(mode="hierarchical", epsilon=0.0),
                aspects={"e": lambda p, c, **k: [float(x.count("e")) for x in c]})
 rs.fit(["q"] * 4, ["a", "bb", "ccc", "dddd"])
 prompts = [{"prompt": p} for p in ["The quick", "Paris is", "Water boils", "A question:"]]
-cfg = PPOConfig(max_new_tokens=6, rollout_batch_size=2, mini_batch_size=1, steps=2, lora=sys.argv[2] == "lora",
-                learning_rate=1e-3, lora_r=4, lora_alpha=8)
+# "lora-top": adapters on the top layer only, so layer 0 is a frozen trunk (replayed under DDP, not under FSDP).
+cfg = PPOConfig(max_new_tokens=6, rollout_batch_size=2, mini_batch_size=1, steps=2, lora=sys.argv[2] != "full",
+                lora_layers=[1] if sys.argv[2] == "lora-top" else None, learning_rate=1e-3, lora_r=4, lora_alpha=8)
 tr = PPOTrainer(cfg, tiny.causal_lm(), tiny.tokenizer(), rs, prompts, out, accelerator=acc)
 
 
@@ -49,5 +50,5 @@ from torch.distributed.fsdp import FSDPModule  # noqa: E402
 
 before = full_params()
 metrics = tr.train(progress=False)
-torch.save({"metrics": metrics, "sharded": isinstance(tr.policy, FSDPModule), "before": before, "params": full_params()},
-           f"{out}/rank_{acc.process_index}.pt")
+torch.save({"metrics": metrics, "sharded": isinstance(tr.policy, FSDPModule), "before": before, "params": full_params(),
+            "trunk_depth": tr.unwrapped.trunk_depth}, f"{out}/rank_{acc.process_index}.pt")

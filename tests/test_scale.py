@@ -1,7 +1,8 @@
 """Item 4 of issue 17, what runs on a CPU: the shipped accelerate configs, and FSDP2 on two gloo ranks.
 
 Not tested here (no GPU, no deepspeed): DDP/FSDP on NCCL, DeepSpeed ZeRO-2/3, bf16 mixed precision under
-FSDP, CPU-RAM-efficient loading. DDP on two gloo ranks is tested in test_ppo.py.
+FSDP, CPU-RAM-efficient loading. DDP on two gloo ranks is tested in test_ppo.py, and here with the replayed
+frozen trunk.
 """
 
 from __future__ import annotations
@@ -45,13 +46,31 @@ def test_shipped_accelerate_configs_are_what_accelerate_launch_reads():
     assert launch_env("ddp.yaml", 29651)["ACCELERATE_MIXED_PRECISION"] == "bf16"
 
 
+def _two_rank_run(tmp_path, config: str, port: int):
+    import torch
+
+    run_two_ranks("ppo_accelerate.py", tmp_path, port, args=("lora-top",),
+                  extra_env={**launch_env(config, port), "ACCELERATE_MIXED_PRECISION": "no"})
+    return (torch.load(tmp_path / f"rank_{r}.pt", weights_only=False) for r in (0, 1))
+
+
+def test_ppo_under_ddp_replays_the_frozen_trunk_and_keeps_ranks_in_step(tmp_path):
+    import torch
+
+    r0, r1 = _two_rank_run(tmp_path, "ddp.yaml", 29654)
+    assert not r0["sharded"] and r0["trunk_depth"] == r1["trunk_depth"] == 1
+    for k in r0["params"]:
+        assert torch.equal(r0["params"][k], r1["params"][k]), k
+    moved = [k for k in r0["params"] if not torch.equal(r0["params"][k], r0["before"][k])]
+    assert moved and all("layers.1." in k or "value_head" in k for k in moved)
+
+
 def test_ppo_under_fsdp2_on_two_gloo_ranks_keeps_ranks_in_step(tmp_path):
     import torch
 
-    run_two_ranks("ppo_accelerate.py", tmp_path, 29652, args=("lora",),
-                  extra_env={**launch_env("fsdp.yaml", 29652), "ACCELERATE_MIXED_PRECISION": "no"})
-    r0, r1 = (torch.load(tmp_path / f"rank_{r}.pt", weights_only=False) for r in (0, 1))
+    r0, r1 = _two_rank_run(tmp_path, "fsdp.yaml", 29652)
     assert r0["sharded"] and r1["sharded"] and len(r0["metrics"]) == 2
+    assert r0["trunk_depth"] == r1["trunk_depth"] == 0  # sharded layers: every pass runs whole
     assert all(torch.isfinite(torch.tensor(m["return/mean"])) for m in r0["metrics"])
     assert r0["params"].keys() == r1["params"].keys()
     for k in r0["params"]:
