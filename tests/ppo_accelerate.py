@@ -48,7 +48,14 @@ def full_params() -> dict:
 
 from torch.distributed.fsdp import FSDPModule  # noqa: E402
 
+# Attention calls of the frozen layer 0 and the adapted layer 1: equal when every pass runs whole; with the
+# replay, layer 0 runs only while sampling.
+calls = {0: 0, 1: 0}
+for i in calls:
+    layer = tr.unwrapped.model.get_base_model().model.layers[i] if cfg.lora else None
+    if layer is not None:
+        layer.self_attn.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
 before = full_params()
 metrics = tr.train(progress=False)
 torch.save({"metrics": metrics, "sharded": isinstance(tr.policy, FSDPModule), "before": before, "params": full_params(),
-            "trunk_depth": tr.unwrapped.trunk_depth}, f"{out}/rank_{acc.process_index}.pt")
+            "trunk_depth": tr.unwrapped.trunk_depth, "attention_calls": calls}, f"{out}/rank_{acc.process_index}.pt")

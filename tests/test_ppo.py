@@ -477,6 +477,40 @@ def test_a_seq2seq_policy_has_no_frozen_trunk(tmp_path):
     assert trainer(tmp_path, tiny.seq2seq_lm(), lora_layers=[1]).unwrapped.trunk_depth == 0
 
 
+def test_layers_that_share_a_bottom_layers_cache_have_no_frozen_trunk(tmp_path):
+    model = tiny.causal_lm(layers=4)
+    model.config.num_kv_shared_layers = 2  # Gemma 3n/4: the top layers read a bottom layer's keys and values
+    assert trainer(tmp_path, model, lora_layers=[2, 3]).unwrapped.trunk_depth == 0
+
+
+def test_a_replay_puts_back_a_forward_that_a_hook_had_set_on_the_layer(tmp_path):
+    """accelerate's device-map dispatch sets ``forward`` on the layer instance; a replay must not delete it."""
+    from alarm.trainers.sequences import replaying_trunk
+
+    tr = trainer(tmp_path, tiny.causal_lm(layers=4), lora_layers=[2, 3])
+    layer = tr.unwrapped.model.get_base_model().model.layers[0]
+    calls = []
+    original = layer.forward
+    layer.forward = lambda *a, **k: (calls.append(1), original(*a, **k))[1]
+    hooked = layer.forward
+    with replaying_trunk(tr.unwrapped.model, 2, torch.zeros(1, 3, 32)):
+        assert layer.forward is not hooked
+    assert layer.forward is hooked
+    tr.generate(tr.encode_prompts(PROMPTS[:1]))
+    assert calls
+
+
+def test_a_decoding_loop_of_another_shape_keeps_no_trunk():
+    from alarm.trainers.ppo import PPOTrainer
+
+    batch, responses = {"prompt_ids": torch.zeros(2, 5, dtype=torch.long)}, torch.zeros(2, 3, dtype=torch.long)
+    states = lambda *widths: [torch.randn(2, w, 4) for w in widths]  # noqa: E731
+    assert PPOTrainer._sampled_trunk(states(5, 1, 1), batch, responses)["trunk_response"].shape == (2, 3, 4)
+    assert PPOTrainer._sampled_trunk(states(3, 2, 1, 1), batch, responses)  # a chunked prefill
+    for widths in [(5, 1), (5, 1, 1, 1), (5, 2), (4, 1, 1), (6, 1)]:  # extra or missing steps, unaligned chunks
+        assert PPOTrainer._sampled_trunk(states(*widths), batch, responses) == {}, widths
+
+
 def _attention_calls(layer):
     calls = []
     return calls, layer.self_attn.register_forward_hook(lambda *_: calls.append(1))
@@ -505,23 +539,37 @@ def test_the_update_replays_the_frozen_layers_and_trains_exactly_as_without(tmp_
     assert top_on == top_off and bottom_off - bottom_on == reference_passes + update_passes
 
 
-def test_sampling_keeps_the_frozen_layers_output_so_the_reference_pass_skips_them(tmp_path):
-    tr = trainer(tmp_path, tiny.causal_lm(layers=4), lora_layers=[2, 3], rollout_batch_size=4)
+@pytest.mark.parametrize("early_eos", [False, True])
+def test_sampling_keeps_the_frozen_layers_output_so_the_reference_pass_skips_them(tmp_path, early_eos):
+    model = tiny.causal_lm(layers=4)
+    if early_eos:  # responses of unequal length: positions after EOS, which sampling fed and the passes mask
+        model.generation_config.sequence_bias = {(tiny.tokenizer().eos_token_id,): 4.0}
+    tr = trainer(tmp_path, model, lora_layers=[2, 3], rollout_batch_size=4)
     nonzero_adapters(tr)  # merged while sampling: the kept states must still be those of the frozen layers
     records = [PROMPTS[0], PROMPTS[3], {"prompt": "Water boils at a hundred degrees and the"}, PROMPTS[5]]
     batch = tr.encode_prompts(records)  # unequal lengths: left padding
+    torch.manual_seed(0)
     responses, outputs = tr.generate(batch, with_policy_outputs=True)
+    lengths = response_mask(responses, tr.eos_ids).sum(1)
+    assert (len(set(lengths.tolist())) > 1) == early_eos and (lengths < responses.shape[1]).any() == early_eos
     trunk = outputs[2]
     assert trunk["trunk_prompt"].shape[:2] == batch["prompt_ids"].shape
     assert trunk["trunk_response"].shape[:2] == responses.shape
     bottom, hook = _attention_calls(tr.unwrapped.model.get_base_model().model.layers[0])
     reused, _ = tr.make_experience(records, batch, responses, outputs)
-    hook.remove()
     assert bottom == []
     recomputed, _ = tr.make_experience(records, batch, responses, outputs[:2])
-    assert len(bottom) == 0 and "trunk_prompt" in recomputed  # (hook removed) the whole pass recorded its own
+    hook.remove()
+    assert bottom == [1] and "trunk_prompt" in recomputed  # without them, the reference pass recorded its own
     for k in ("ref_logprobs", "old_logprobs", "advantages", "returns"):
         torch.testing.assert_close(reused[k], recomputed[k], rtol=1e-5, atol=1e-5)
+    mb = trim_padding({k: v[[0, 2]] for k, v in reused.items()})
+    with torch.no_grad():
+        replayed, values = tr.policy(mb)
+        whole, whole_values = tr.policy({k: v for k, v in mb.items() if not k.startswith("trunk_")})
+    keep = mb["mask"].bool()
+    torch.testing.assert_close(replayed[keep], whole[keep], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(values[keep], whole_values[keep], rtol=1e-5, atol=1e-5)
     m = reused["mask"].bool()
     # Real positions only (sampling numbers padding differently); the last token was never fed back.
     p = batch["prompt_mask"].bool()

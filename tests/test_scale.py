@@ -59,6 +59,8 @@ def test_ppo_under_ddp_replays_the_frozen_trunk_and_keeps_ranks_in_step(tmp_path
 
     r0, r1 = _two_rank_run(tmp_path, "ddp.yaml", 29654)
     assert not r0["sharded"] and r0["trunk_depth"] == r1["trunk_depth"] == 1
+    for r in (r0, r1):  # layer 0 ran only while sampling: 2 steps × (a reference pass + ≥ 1 update pass) fewer
+        assert r["attention_calls"][1] - r["attention_calls"][0] >= 4, r["attention_calls"]
     for k in r0["params"]:
         assert torch.equal(r0["params"][k], r1["params"][k]), k
     moved = [k for k in r0["params"] if not torch.equal(r0["params"][k], r0["before"][k])]
@@ -71,6 +73,7 @@ def test_ppo_under_fsdp2_on_two_gloo_ranks_keeps_ranks_in_step(tmp_path):
     r0, r1 = _two_rank_run(tmp_path, "fsdp.yaml", 29652)
     assert r0["sharded"] and r1["sharded"] and len(r0["metrics"]) == 2
     assert r0["trunk_depth"] == r1["trunk_depth"] == 0  # sharded layers: every pass runs whole
+    assert r0["attention_calls"][0] == r0["attention_calls"][1] > 0
     assert all(torch.isfinite(torch.tensor(m["return/mean"])) for m in r0["metrics"])
     assert r0["params"].keys() == r1["params"].keys()
     for k in r0["params"]:

@@ -56,7 +56,7 @@ class PPOConfig(LoRASettings):
     ppo_epochs: int = Field(4, ge=1)
     # LoRA on the top layers only (lora_layers): the frozen bottom layers' output is kept from sampling and
     # replayed in the reference and update passes instead of recomputed — the same numbers, less work
-    # (causal LMs, dropout off, not under FSDP).
+    # (causal LMs, dropout off, not under FSDP or DeepSpeed).
     reuse_frozen_layers: bool = True
     max_grad_norm: float | None = Field(None, gt=0)
     # AdamW with weight_decay 0 is plain Adam, which the paper's trainer used (torch's AdamW default is 0.01).

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import DistributedType
 
 from alarm import checkpoints
 from alarm.combine import RewardSet, over_nonempty
@@ -306,7 +307,10 @@ class PPOTrainer:
         policy = PolicyWithValue(model, config)
         self.optimizer = make_optimizer(policy, config.learning_rate, config.weight_decay)
         self.policy, self.optimizer = self.accelerator.prepare(policy, self.optimizer)
-        if is_fsdp2(self.policy):  # sharded layers are gathered by their own hooks: keep every pass whole
+        # Sharded parameters (FSDP, ZeRO-3) are gathered by each layer's own hooks, and ranks that finished
+        # sampling keep decoding in step with the others: every rank must run every layer, so no replay.
+        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED) \
+                or is_fsdp2(self.policy):
             self.unwrapped.trunk_depth = 0
         self.kl = KLController(config.kl_coef, config.adaptive_kl, config.adaptive_kl_target, config.kl_horizon)
         self.step_idx = 0
@@ -452,8 +456,10 @@ class PPOTrainer:
         """The frozen layers' output over prompt + response from the decoding steps (prompt, then one position
         a step). The last token is never fed back; its position gets zeros, read by no kept output (causal)."""
         P, T = batch["prompt_ids"].shape[1], responses.shape[1]
-        if not steps or sum(s.shape[1] for s in steps) != P + T - 1:
-            return {}
+        widths = [s.shape[1] for s in steps]
+        prefill = next((i + 1 for i in range(len(widths)) if sum(widths[: i + 1]) == P), None)  # chunks allowed
+        if prefill is None or widths[prefill:] != [1] * (T - 1):
+            return {}  # not the plain prefill-then-one-token loop: the reference pass records its own
         states = torch.cat(steps, dim=1)
         return {"trunk_prompt": states[:, :P],
                 "trunk_response": torch.cat([states[:, P:], states.new_zeros(states[:, :1].shape)], dim=1)}

@@ -189,6 +189,9 @@ def frozen_trunk_depth(model: torch.nn.Module) -> int:
     """
     layers = decoder_layers(model)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    text_config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    if getattr(text_config, "num_kv_shared_layers", 0):  # Gemma 3n/4: top layers read a bottom layer's cache
+        return 0
     emb = base.get_input_embeddings() if layers is not None else None
     if emb is None or any(p.requires_grad for p in emb.parameters()):
         return 0
@@ -202,15 +205,20 @@ def frozen_trunk_depth(model: torch.nn.Module) -> int:
 
 @contextmanager
 def recording_trunk(model: torch.nn.Module, depth: int):
-    """Yields a list that, after one forward pass inside, holds the output of the top frozen layer [B, L, H].
-    It stays empty for a layer that returns a tuple (older layouts whose loop reads more than the states):
-    nothing is replayed then."""
+    """Yields a list that, after each forward pass inside, holds (a copy of) the output of the top frozen
+    layer, [B, L, H]. Nothing is kept from a layer that returns a tuple (older layouts whose loop reads more
+    than the states) or another shape (Gemma 3n's stacked [altup, B, L, H]): nothing is replayed then. Copies,
+    because a compiled decode loop may reuse its output buffers."""
     states: list[torch.Tensor] = []
     if not depth:
         yield states
         return
-    hook = decoder_layers(model)[depth - 1].register_forward_hook(
-        lambda _m, _i, out: states.append(out) if isinstance(out, torch.Tensor) else None)
+
+    def keep(_module, _inputs, out):
+        if isinstance(out, torch.Tensor) and out.dim() == 3:
+            states.append(out.detach().clone())
+
+    hook = decoder_layers(model)[depth - 1].register_forward_hook(keep)
     try:
         yield states
     finally:
@@ -225,10 +233,14 @@ def replaying_trunk(model: torch.nn.Module, depth: int, states: torch.Tensor | N
         yield
         return
     layers = decoder_layers(model)[:depth]
+    own = [layer.__dict__.get("forward") for layer in layers]  # e.g. accelerate's dispatch hook: put back after
     for layer in layers:
         layer.forward = lambda *_a, **_k: states  # the instance attribute shadows the class's forward
     try:
         yield
     finally:
-        for layer in layers:
-            del layer.forward
+        for layer, forward in zip(layers, own):
+            if forward is None:
+                del layer.forward
+            else:
+                layer.forward = forward
