@@ -271,8 +271,31 @@ def test_the_other_side_of_a_win_count_is_its_reverse_comparison(pairs):
     got, want = other_side(asdict(win_counts(x, y, n_boot=200))), asdict(win_counts(y, x, n_boot=200))
     assert (got["wins"], got["losses"], got["ties"], got["decisive"]) == \
         (want["wins"], want["losses"], want["ties"], want["decisive"])
-    for k in ("win_rate", "win_rate_pct", "pct_low", "pct_high"):
+    for k in ("win_rate", "win_rate_pct", "pct_low", "pct_high", "mean_diff", "diff_low", "diff_high"):
         assert (got[k] is None) == (want[k] is None) and (got[k] is None or abs(got[k] - want[k]) < 1e-9), k
+
+
+def test_the_paired_difference_by_hand():
+    w = win_counts([1.0, 2.0, 3.0, None], [0.0, 0.0, 5.0, 1.0], n_boot=500)
+    assert w.mean_diff == pytest.approx(1 / 3)  # (1 + 2 − 2) / 3: the prompt without x is left out
+    assert w.diff_low < w.mean_diff < w.diff_high and w.diff_low >= -2 and w.diff_high <= 2
+    assert win_counts([1.0, None], [None, 2.0]).mean_diff is None
+    # lower-is-better flips the win rate, not the difference
+    assert win_counts([1.0, 2.0], [0.0, 0.0], higher_is_better=False).mean_diff == pytest.approx(1.5)
+
+
+@given(st.lists(st.tuples(st.floats(-5, 5), st.floats(-5, 5)), min_size=2, max_size=15), st.floats(-3, 3))
+@settings(max_examples=40, deadline=None)
+def test_the_paired_difference_moves_with_a_constant_and_its_interval_too(pairs, c):
+    from alarm.evaluation.compare import paired_difference
+
+    x, y = [a for a, _ in pairs], [b for _, b in pairs]
+    mean, low, high = paired_difference(x, y, n_boot=300)
+    assert mean == pytest.approx(float(np.mean(np.subtract(x, y))), abs=1e-9)
+    assert low - 1e-9 <= mean <= high + 1e-9
+    shifted = paired_difference([a + c for a in x], y, n_boot=300)
+    for got, want in zip(shifted, (mean, low, high)):
+        assert got == pytest.approx(want + c, abs=1e-6)
 
 
 def test_the_judge_reads_passage_text_not_the_records_dicts():

@@ -31,7 +31,7 @@ from alarm.errors import AlarmError
 from alarm.evaluation.judge import OUTCOME_SIGN, summarize_outcomes
 from alarm.io import write_json_atomic
 
-__all__ = ["compare_scored", "other_side", "MeanCI", "WinCounts", "Alignment", "mean_ci", "wilson_interval", "paper_win_rate", "win_rate_interval",
+__all__ = ["compare_scored", "other_side", "MeanCI", "WinCounts", "Alignment", "mean_ci", "wilson_interval", "paper_win_rate", "win_rate_interval", "paired_difference", "format_difference",
            "win_counts", "win_rate_matrix", "align_systems", "compare_systems", "judge_systems", "report_markdown",
            "plot_means", "plot_win_rates"]
 
@@ -58,15 +58,23 @@ class WinCounts:
     win_rate_pct: float  # the paper's 100·wins / (wins + losses), 50 when no pair is decisive
     pct_low: float | None  # percentile bootstrap interval of win_rate_pct over prompts; None when nothing decisive
     pct_high: float | None
+    # The paired mean difference X − Y over the prompts both have (not flipped for lower-is-better metrics), with
+    # its percentile bootstrap interval from the same resampled prompts. It weighs how much each prompt moved,
+    # where the win rate counts only which way; None without a shared prompt.
+    mean_diff: float | None = None
+    diff_low: float | None = None
+    diff_high: float | None = None
 
 
 def other_side(counts: Mapping[str, Any]) -> dict:
     """The win counts of X over Y (a :class:`WinCounts` as a dict) seen as Y over X: wins and losses swapped,
     the win rate and its bootstrap interval mirrored (the same resampled prompts)."""
     low, high, rate = counts["pct_low"], counts["pct_high"], counts["win_rate"]
+    neg = {k: None if counts.get(k) is None else -counts[k] for k in ("mean_diff", "diff_low", "diff_high")}
     return {**counts, "wins": counts["losses"], "losses": counts["wins"],
             "win_rate": None if rate is None else 1.0 - rate, "win_rate_pct": 100.0 - counts["win_rate_pct"],
-            "pct_low": None if high is None else 100.0 - high, "pct_high": None if low is None else 100.0 - low}
+            "pct_low": None if high is None else 100.0 - high, "pct_high": None if low is None else 100.0 - low,
+            "mean_diff": neg["mean_diff"], "diff_low": neg["diff_high"], "diff_high": neg["diff_low"]}
 
 
 def _values(values: Sequence[float | None]) -> tuple[np.ndarray, int]:
@@ -194,13 +202,36 @@ def _signs(x: Sequence[float | None], y: Sequence[float | None], higher_is_bette
 def win_counts(x: Sequence[float | None], y: Sequence[float | None], higher_is_better: bool = True,
                tie_tol: float = 0.0, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0,
                clusters: Sequence | None = None) -> WinCounts:
-    """X against Y prompt by prompt; ties excluded from the win rate; lower-is-better metrics flipped."""
+    """X against Y prompt by prompt; ties excluded from the win rate; lower-is-better metrics flipped. Also the
+    paired mean difference X − Y with its interval (:class:`WinCounts`)."""
     signs, missing = _signs(x, y, higher_is_better, tie_tol)
     wins, losses = int((signs > 0).sum()), int((signs < 0).sum())
     pct, low, high = win_rate_interval(signs, n_boot, seed, confidence, clusters)
     decided = wins + losses
+    diff = paired_difference(x, y, n_boot, seed, confidence, clusters)
     return WinCounts(wins, losses, len(signs) - decided - missing, missing, wins / decided if decided else None,
-                     decided, pct, low, high)
+                     decided, pct, low, high, *diff)
+
+
+def paired_difference(x: Sequence[float | None], y: Sequence[float | None], n_boot: int = 2000, seed: int = 0,
+                      confidence: float = 0.95, clusters: Sequence | None = None) -> tuple[float | None, ...]:
+    """(mean of X − Y, low, high) over the prompts where both have a value; the percentile bootstrap draws the
+    same prompts (or whole clusters) as :func:`win_rate_interval` with the same seed. Nones without a shared
+    prompt; a draw that holds none of them is left out."""
+    _check_boot(n_boot, confidence)
+    a = np.array([np.nan if v is None else float(v) for v in x], dtype=float)
+    b = np.array([np.nan if v is None else float(v) for v in y], dtype=float)
+    if len(a) != len(b):
+        raise AlarmError(f"a paired difference needs aligned values: got {len(a)} and {len(b)}")
+    both = ~(np.isnan(a) | np.isnan(b))
+    if not both.any():
+        return None, None, None
+    d = np.where(both, a - b, 0.0)
+    idx = _resample(len(d), n_boot, seed, clusters)
+    counts = both[idx].sum(axis=1)
+    draws = d[idx].sum(axis=1)[counts > 0] / counts[counts > 0]
+    low, high = _percentile(draws, confidence)
+    return float(d[both].mean()), low, high
 
 
 def win_rate_matrix(systems: Sequence[str], signs: Mapping[tuple[str, str], Sequence[int]], n_boot: int = 2000,
@@ -401,6 +432,13 @@ def _f(v: float | None, digits: int = 3) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
+def format_difference(w: Mapping[str, Any]) -> str:
+    """A paired mean difference with its interval: '+0.234 [+0.053, +0.448]' (— without one)."""
+    if w.get("mean_diff") is None:
+        return "—"
+    return f"{w['mean_diff']:+.3f} [{w['diff_low']:+.3f}, {w['diff_high']:+.3f}]"
+
+
 def _wr(c: Mapping[str, Any]) -> str:
     """A win rate as the paper prints it, with its interval and the number of decisive pairs."""
     interval = "–" if c["pct_low"] is None else f"{c['pct_low']:.1f}, {c['pct_high']:.1f}"
@@ -495,15 +533,17 @@ def report_markdown(result: Mapping[str, Any], judge: Mapping[str, Any] | None =
         lines += ["## Means", "", *_means_lines(result)]
         lines += ["", "## Win rates by reward, pair by pair", "",
                   "Win rate of the first system = 100·wins / (wins + losses); ties excluded (50 when none is "
-                  f"decisive); lower-is-better metrics flipped; ties within {result['tie_tol']:g}. Interval: "
+                  f"decisive); lower-is-better metrics flipped; ties within {result['tie_tol']:g}. Mean difference: "
+                  "of the paired values, not flipped. Intervals: "
                   f"{ci['confidence']:.0%} percentile bootstrap over {over}.", ""]
         for label, pair in result["pairs"].items():
-            lines += [f"### {label}", "", "| metric | win rate | interval | decisive | wins | losses | ties | n/a |",
-                      "|---|---|---|---|---|---|---|---|"]
+            lines += [f"### {label}", "", "| metric | win rate | interval | decisive | wins | losses | ties | n/a | "
+                      f"mean difference ({pair['x']} − {pair['y']}) [interval] |", "|---|---|---|---|---|---|---|---|---|"]
             for m in metrics:
                 w = pair["metrics"][m]
                 lines.append(f"| {m} | {w['win_rate_pct']:.1f} | [{_f(w['pct_low'], 1)}, {_f(w['pct_high'], 1)}] | "
-                             f"{w['decisive']} | {w['wins']} | {w['losses']} | {w['ties']} | {w['n_missing']} |")
+                             f"{w['decisive']} | {w['wins']} | {w['losses']} | {w['ties']} | {w['n_missing']} | "
+                             f"{format_difference(w)} |")
             lines.append("")
     if judge:
         lines += ["## LLM judge", "",

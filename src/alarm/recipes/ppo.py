@@ -20,7 +20,7 @@ from alarm.combine import RewardSet
 from alarm.config import Recipe, build_reward_set, load_recipe
 from alarm.data.prompts import prompt_records, reward_inputs
 from alarm.errors import AlarmError
-from alarm.evaluation.compare import compare_scored, other_side, win_counts
+from alarm.evaluation.compare import compare_scored, format_difference, other_side, win_counts
 from alarm.evaluation.scoring import generation_rows, meta_path, normalize_scores, score_records
 from alarm.generation import generate_texts
 from alarm.io import (
@@ -289,13 +289,15 @@ def write_report(recipe: Recipe, run_dir: Path, history: list[dict], result: dic
         lines += ["## Evaluation (greedy, test prompts)", "",
                   f"{result['n_prompts']} test prompts. Means with a 95 % percentile bootstrap interval over prompts. "
                   "Win rate: 100·wins / (wins + losses) (ties excluded, 50 when no pair is decisive), its 95 % "
-                  "bootstrap interval over prompts, and the decisive pairs (wins–losses, ties).", "",
-                  "| metric | " + " | ".join(systems) + " | win rate (trained vs initial) |",
-                  "|---|" + "---|" * len(systems) + "---|"]
+                  "bootstrap interval over prompts, and the decisive pairs (wins–losses, ties). Mean difference: "
+                  "trained − initial question by question, with its bootstrap interval over the same draws.", "",
+                  "| metric | " + " | ".join(systems) + " | win rate (trained vs initial) | mean difference |",
+                  "|---|" + "---|" * len(systems) + "---|---|"]
         for k in metrics:
             vals = " | ".join(_fmt_mean(result["means"][s][k], cis.get(s, {}).get(k)) for s in systems)
-            win = _fmt_win(result["win_rates"][k]) if k in result["win_rates"] else "—"
-            lines.append(f"| {k} | {vals} | {win} |")
+            w = result["win_rates"].get(k)
+            win, diff = (_fmt_win(w), format_difference(w)) if w else ("—", "—")
+            lines.append(f"| {k} | {vals} | {win} | {diff} |")
         fig, ax = plt.subplots(figsize=(6, 3.2))
         width = 0.8 / len(systems)
         for j, s in enumerate(systems):
@@ -340,9 +342,10 @@ def print_summary(result: dict) -> None:
     for s in systems:
         table.add_column(s, justify="right")
     table.add_column("win rate (trained vs initial)", justify="right")
+    table.add_column("mean difference", justify="right")
     for k in result["means"][systems[0]]:
         table.add_row(k, *[_fmt_mean(result["means"][s][k], cis.get(s, {}).get(k)) for s in systems],
-                      _fmt_win(result["win_rates"][k]))
+                      _fmt_win(result["win_rates"][k]), format_difference(result["win_rates"][k]))
     console.print(table)
 
 
