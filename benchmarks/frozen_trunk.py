@@ -8,6 +8,11 @@ layers (``lora_layers`` 20–29), 8 completions of exactly 64 new tokens from 4 
 quickstart's three rewards, 2 PPO epochs of 2 mini-batches of 4. Two trainers, identical but for
 ``reuse_frozen_layers``, seeded alike and fed the same prompts, step in turn; their losses must agree (the
 replay is exact up to float rounding) and the table gives the median seconds per phase of each.
+
+``--trainer vcb``: the same for VCB (offline pairs): 12 quickstart prompts × 4 candidates (the reference
+answer, its passages' sentences; rewards seeded at random), 8 pairs a step in micro-batches of 4. Each
+candidate's frozen-layer states are kept from the one reference pass (the first step, the warm-up) and
+replayed in every training pass.
 """
 
 from __future__ import annotations
@@ -36,8 +41,12 @@ def main(argv=None) -> int:
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--max-load", type=float, default=1.5)
     p.add_argument("--max-wait", type=float, default=1800, help="seconds to wait for a quiet machine, then run anyway")
-    p.add_argument("--name", default="frozen_trunk")
+    p.add_argument("--trainer", choices=("ppo", "vcb"), default="ppo")
+    p.add_argument("--name", default=None, help="default frozen_trunk (ppo) or frozen_trunk_vcb")
     args = p.parse_args(argv)
+    args.name = args.name or ("frozen_trunk" if args.trainer == "ppo" else "frozen_trunk_vcb")
+    if args.trainer == "vcb":
+        return vcb_main(args)
     if args.tiny:
         args.new_tokens, args.warmup, args.steps = 8, 1, 1
     warnings.filterwarnings("ignore")
@@ -91,6 +100,61 @@ def main(argv=None) -> int:
         f"Medians of {args.steps} steps of each after {args.warmup} warm-up, interleaved; torch threads {threads}. "
         "Largest gap between the two runs' per-step losses: "
         + ", ".join(f"{k} {v:.1e}" for k, v in gaps.items()) + ".",
+        common.machine_line(result["machine"], load)])
+    common.write_results(args.name, result, md)
+    return 0
+
+
+def vcb_main(args) -> int:
+    import numpy as np
+
+    from alarm.trainers.vcb import VCBConfig, VCBTrainer
+
+    if args.tiny:
+        args.warmup, args.steps = 1, 1
+    threads = common.set_threads(args.threads)
+    load = {"load1_at_start": round(common.load1(), 2)} if args.tiny else common.wait_until_quiet(args.max_load, args.max_wait)
+    _, tok = common.load_policy()
+    rng = np.random.default_rng(0)
+    rows = []
+    for k, r in enumerate(common.quickstart_records(tok)[:12]):
+        candidates = [r["reference"], *r["passages"], " ".join(r["passages"])][:4]
+        rows += [{"prompt_id": f"q{k}", "prompt": r["prompt"], "candidate": c, "reward": float(rng.normal())}
+                 for c in candidates]
+    trainers, times, losses = {}, {True: [], False: []}, {True: [], False: []}
+    for reuse in (True, False):
+        model, _ = common.load_policy()
+        cfg = VCBConfig(batch_size=8, micro_batch_size=4, max_steps=args.warmup + args.steps, learning_rate=1e-3,
+                        eval_greedy=False, eval_at_start=False, lora_layers=args.lora_layers,
+                        reuse_frozen_layers=reuse, seed=0)
+        trainers[reuse] = VCBTrainer(cfg, model, tok, rows, tempfile.mkdtemp(prefix="alarm-bench-"))
+    depth = trainers[True].unwrapped.trunk_depth
+    assert depth == min(args.lora_layers) and trainers[False].unwrapped.trunk_depth == 0, depth
+    for i in range(args.warmup + args.steps):
+        for reuse, tr in trainers.items():
+            m = tr.step()
+            times[reuse].append(m["time/step"])
+            losses[reuse].append(m["loss"])
+            print(f"[bench] step {i} reuse={reuse}: {m['time/step']:.2f} s, loss {m['loss']:.6f}", flush=True)
+    load["load1_at_end"] = round(common.load1(), 2)
+    med = {r: common.summary(t[args.warmup :]) for r, t in times.items()}
+    first = {r: round(t[0], 2) for r, t in times.items()}
+    gap = max(abs(a - b) for a, b in zip(losses[True], losses[False]))
+    on, off = med[True]["median"], med[False]["median"]
+    result = {"settings": {**vars(args), "torch_threads": threads, "candidates": len(rows), "frozen_layers": depth,
+                           "kept_candidates": len(trainers[True].trunk)},
+              "machine": common.machine(), "load": load,
+              "time_s": {"reuse": med[True], "recompute": med[False]}, "first_step_s": first,
+              "ratio_reuse_to_recompute": round(on / off, 3), "max_abs_loss_gap": gap}
+    md = "\n\n".join([
+        f"# VCB step: the frozen trunk replayed vs recomputed ({len(rows)} candidates, 8 pairs a step, "
+        f"LoRA on layers {min(args.lora_layers)}–{max(args.lora_layers)}, {depth} frozen layers)",
+        common.md_table(["", "recompute (s)", "replay (s)", "ratio"],
+                        [["first step (with the reference pass)", f"{first[False]:.2f}", f"{first[True]:.2f}",
+                          f"{first[True] / first[False]:.2f}"],
+                         ["step (median)", f"{off:.2f}", f"{on:.2f}", f"{on / off:.2f}"]]),
+        f"Medians of {args.steps} steps of each after {args.warmup} warm-up, interleaved; torch threads {threads}. "
+        f"Largest gap between the two runs' per-step losses: {gap:.1e}.",
         common.machine_line(result["machine"], load)])
     common.write_results(args.name, result, md)
     return 0

@@ -493,7 +493,8 @@ def test_a_replay_puts_back_a_forward_that_a_hook_had_set_on_the_layer(tmp_path)
     original = layer.forward
     layer.forward = lambda *a, **k: (calls.append(1), original(*a, **k))[1]
     hooked = layer.forward
-    with replaying_trunk(tr.unwrapped.model, 2, torch.zeros(1, 3, 32)):
+    with replaying_trunk(tr.unwrapped.model, 2, {"trunk_prompt": torch.zeros(1, 2, 32),
+                                                 "trunk_response": torch.zeros(1, 1, 32)}):
         assert layer.forward is not hooked
     assert layer.forward is hooked
     tr.generate(tr.encode_prompts(PROMPTS[:1]))

@@ -682,3 +682,53 @@ def test_two_processes_with_slic_and_rrhf_match_one_process(tmp_path, loss, port
     p1 = two.trainable(one)
     for k in a:
         torch.testing.assert_close(a[k], p1[k], rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------- the frozen trunk (LoRA on the top layers)
+
+
+def _attention_calls(layer):
+    calls = []
+    return calls, layer.self_attn.register_forward_hook(lambda *_: calls.append(1))
+
+
+def _trunk_run(tmp_path, **cfg):
+    """Three steps of VCB on a 4-layer model with LoRA on layers 2–3: metrics, trained weights, the trainer,
+    and the attention calls of the frozen layer 0 and the adapted layer 3."""
+    base = dict(loss="vcb", batch_size=4, micro_batch_size=2, max_steps=3, eval_greedy=False, learning_rate=1e-2,
+                lora_layers=[2, 3])
+    t = VCBTrainer(VCBConfig(**{**base, **cfg}), tiny.causal_lm(layers=4), tiny.tokenizer(), _rows(), tmp_path)
+    layers = t.unwrapped.model.get_base_model().model.layers
+    (bottom, h0), (top, h3) = _attention_calls(layers[0]), _attention_calls(layers[3])
+    hist = t.train(progress=False)
+    h0.remove(), h3.remove()
+    weights = {n: p.detach().clone() for n, p in t.unwrapped.named_parameters() if p.requires_grad}
+    return hist, weights, t, len(bottom), len(top)
+
+
+def _same_training(a, b):
+    for x, y in zip(a[0], b[0]):
+        for k in ("loss", "beta_delta_rho/mean", "eval/corr", "eval/ranking_accuracy"):
+            if x.get(k) is not None or y.get(k) is not None:
+                assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-6), k
+    for n in b[1]:
+        torch.testing.assert_close(a[1][n], b[1][n], rtol=1e-4, atol=1e-6)
+
+
+def test_vcb_replays_each_candidates_frozen_layers_and_trains_exactly_as_without(tmp_path):
+    on, off = _trunk_run(tmp_path / "on"), _trunk_run(tmp_path / "off", reuse_frozen_layers=False)
+    _same_training(on, off)
+    t, bottom, top = on[2], on[3], on[4]
+    assert t.unwrapped.trunk_depth == 2 and off[2].unwrapped.trunk_depth == 0
+    assert len(t.trunk) == len(t.rows)  # every candidate's states kept from the one reference pass
+    assert bottom == 1 and top == off[4] == off[3] > 1  # the frozen layers ran in that pass only
+
+
+@pytest.mark.parametrize("gb", [1e-9, 1e-5])  # nothing fits; a few candidates fit
+def test_vcb_keeps_frozen_layers_only_within_its_memory_cap(tmp_path, gb):
+    with pytest.warns(UserWarning, match="frozen_layers_max_gb reached"):
+        capped = _trunk_run(tmp_path / "capped", frozen_layers_max_gb=gb)
+    t = capped[2]
+    kept = sum((len(p) + len(r)) * p.shape[-1] * p.element_size() for p, r in t.trunk.values())
+    assert kept <= gb * 2**30 and (len(t.trunk) > 0) == (gb > 1e-6) and len(t.trunk) < len(t.rows)
+    _same_training(capped, _trunk_run(tmp_path / "off", reuse_frozen_layers=False))

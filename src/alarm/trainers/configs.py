@@ -29,6 +29,11 @@ class LoRASettings(BaseModel):
     # Dropout off in the policy (LoRA's included): two passes of the same weights then agree, so PPO's ratio
     # starts at 1 and VCB's Δρ at 0 (TRL does the same). false keeps dropout on in the training passes.
     disable_dropout: bool = True
+    # LoRA on the top layers only (lora_layers): the frozen bottom layers' output is computed once and replayed
+    # instead of recomputed — PPO keeps it from sampling for the reference and update passes, VCB keeps each
+    # candidate's from its first pass. The same numbers, less work (causal LMs, dropout off, not under FSDP
+    # or DeepSpeed).
+    reuse_frozen_layers: bool = True
 
 
 class PPOConfig(LoRASettings):
@@ -54,10 +59,6 @@ class PPOConfig(LoRASettings):
     mini_batch_size: int = Field(4, ge=1)
     grad_accum_steps: int = Field(2, ge=1)
     ppo_epochs: int = Field(4, ge=1)
-    # LoRA on the top layers only (lora_layers): the frozen bottom layers' output is kept from sampling and
-    # replayed in the reference and update passes instead of recomputed — the same numbers, less work
-    # (causal LMs, dropout off, not under FSDP or DeepSpeed).
-    reuse_frozen_layers: bool = True
     max_grad_norm: float | None = Field(None, gt=0)
     # AdamW with weight_decay 0 is plain Adam, which the paper's trainer used (torch's AdamW default is 0.01).
     weight_decay: float = Field(0.0, ge=0)
@@ -136,6 +137,8 @@ class VCBConfig(LoRASettings):
     max_grad_norm: float | None = Field(1.0, gt=0)
     weight_decay: float = Field(0.0, ge=0)  # AdamW with 0 is plain Adam (torch's AdamW default would be 0.01)
     max_response_tokens: int | None = Field(None, ge=1)  # truncate long candidates (None: keep whole)
+    # reuse_frozen_layers: at most this much (GB, CPU memory) of kept states; candidates beyond it run whole
+    frozen_layers_max_gb: float = Field(2.0, ge=0)
     # diagnostics
     eval_every: int = Field(0, ge=0)  # 0: before training and at the end only
     eval_at_start: bool = True  # diagnostics of the initial policy (step 0)

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate.utils import DistributedType
 
 from alarm import checkpoints
 from alarm.combine import RewardSet, over_nonempty
@@ -35,7 +34,6 @@ from alarm.trainers.sequences import (
     decoder_inputs,
     entropy_from_logits,
     eos_ids,
-    frozen_trunk_depth,
     logprobs_from_logits,
     masked_mean,
     policy_or_reference,
@@ -43,6 +41,7 @@ from alarm.trainers.sequences import (
     replaying_trunk,
     response_logits,
     response_mask,
+    reusable_trunk_depth,
     trainable_with_reference,
 )
 
@@ -181,17 +180,14 @@ class PolicyWithValue(torch.nn.Module):
         else:
             torch.nn.init.normal_(self.value_head.weight, std=1.0 / math.sqrt(hidden + 1))
         torch.nn.init.zeros_(self.value_head.bias)
-        # Bottom layers without adapters: the same in policy and reference, so computed once per rollout
-        # (not with dropout left on: every training pass would draw its own).
-        reuse = config.reuse_frozen_layers and config.disable_dropout and self.ref_model is None
-        self.trunk_depth = frozen_trunk_depth(self.model) if reuse else 0
+        # Bottom layers without adapters: the same in policy and reference, so computed once per rollout.
+        self.trunk_depth = reusable_trunk_depth(self.model, self.ref_model, config)
 
     def forward(self, batch: dict[str, torch.Tensor], with_values: bool = True, reference: bool = False):
         """Logits (and values) at the positions that predict each response token: [B, T, V] and [B, T].
         A batch with ``trunk_prompt``/``trunk_response`` (see :meth:`recording_trunk`) skips the frozen layers."""
         net, ctx = policy_or_reference(self.model, self.ref_model, reference)
-        trunk = torch.cat([batch["trunk_prompt"], batch["trunk_response"]], dim=1) if "trunk_prompt" in batch else None
-        with ctx, replaying_trunk(net, self.trunk_depth, trunk):
+        with ctx, replaying_trunk(net, self.trunk_depth, batch):
             logits, hidden = response_logits(net, batch, self.is_encoder_decoder, with_hidden=with_values)
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1) if with_values else None
         return logits, values
@@ -309,8 +305,7 @@ class PPOTrainer:
         self.policy, self.optimizer = self.accelerator.prepare(policy, self.optimizer)
         # Sharded parameters (FSDP, ZeRO-3) are gathered by each layer's own hooks, and ranks that finished
         # sampling keep decoding in step with the others: every rank must run every layer, so no replay.
-        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED) \
-                or is_fsdp2(self.policy):
+        if not reusable_trunk_depth(self.unwrapped.model, None, config, self.accelerator) or is_fsdp2(self.policy):
             self.unwrapped.trunk_depth = 0
         self.kl = KLController(config.kl_coef, config.adaptive_kl, config.adaptive_kl_target, config.kl_horizon)
         self.step_idx = 0

@@ -203,6 +203,18 @@ def frozen_trunk_depth(model: torch.nn.Module) -> int:
     return depth
 
 
+def reusable_trunk_depth(model: torch.nn.Module, ref_model: torch.nn.Module | None, settings: LoRASettings,
+                         accelerator=None) -> int:
+    """:func:`frozen_trunk_depth` where replaying it is allowed: ``reuse_frozen_layers`` on, dropout off (every
+    training pass would draw its own), the reference being the adapters-off network, and no sharding (FSDP,
+    DeepSpeed: layers gather their parameters through their own hooks, and ranks decode in step)."""
+    if not (settings.reuse_frozen_layers and settings.disable_dropout and ref_model is None):
+        return 0
+    if accelerator is not None and accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
+        return 0
+    return frozen_trunk_depth(model)
+
+
 @contextmanager
 def recording_trunk(model: torch.nn.Module, depth: int):
     """Yields a list that, after each forward pass inside, holds (a copy of) the output of the top frozen
@@ -226,12 +238,14 @@ def recording_trunk(model: torch.nn.Module, depth: int):
 
 
 @contextmanager
-def replaying_trunk(model: torch.nn.Module, depth: int, states: torch.Tensor | None):
-    """The bottom ``depth`` decoder layers return ``states`` (what :func:`recording_trunk` kept for these
-    sequences) instead of computing it; the layers above run as usual. A no-op when ``states`` is None."""
-    if states is None or not depth:
+def replaying_trunk(model: torch.nn.Module, depth: int, batch: dict[str, torch.Tensor]):
+    """The bottom ``depth`` decoder layers return the states ``batch`` carries (``trunk_prompt`` [B, P, H] and
+    ``trunk_response`` [B, T, H], what :func:`recording_trunk` kept for these sequences) instead of computing
+    them; the layers above run as usual. A no-op for a batch without them."""
+    if "trunk_prompt" not in batch or not depth:
         yield
         return
+    states = torch.cat([batch["trunk_prompt"], batch["trunk_response"]], dim=1)
     layers = decoder_layers(model)[:depth]
     own = [layer.__dict__.get("forward") for layer in layers]  # e.g. accelerate's dispatch hook: put back after
     for layer in layers:

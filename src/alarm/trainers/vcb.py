@@ -31,8 +31,9 @@ import json
 import math
 import os
 import time
+import warnings
 from collections import defaultdict
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,10 @@ from alarm.trainers.sequences import (
     eos_ids,
     logprobs_from_logits,
     policy_or_reference,
+    recording_trunk,
+    replaying_trunk,
     response_logits,
+    reusable_trunk_depth,
     trainable_with_reference,
 )
 
@@ -213,15 +217,18 @@ def _groups_by_prompt(rows: list[dict], indices: list[int]) -> list[list[int]]:
 class Policy(torch.nn.Module):
     """The trained model (LoRA by default) and its reference: adapters disabled, or a frozen copy."""
 
-    def __init__(self, model: torch.nn.Module, config: VCBConfig):
+    def __init__(self, model: torch.nn.Module, config: VCBConfig, accelerator=None):
         super().__init__()
         self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
         self.model, self.ref_model = trainable_with_reference(model, config)
+        # Bottom layers without adapters: each candidate's states there never change (docs/method.md §2.5).
+        self.trunk_depth = reusable_trunk_depth(self.model, self.ref_model, config, accelerator)
 
     def forward(self, batch: dict[str, torch.Tensor], reference: bool = False) -> torch.Tensor:
-        """Summed log-probs of each row's response tokens, [B]."""
+        """Summed log-probs of each row's response tokens, [B]. A batch carrying the frozen layers' states
+        (:meth:`VCBTrainer.frozen_trunk`) skips those layers."""
         net, ctx = policy_or_reference(self.model, self.ref_model, reference)
-        with ctx:
+        with ctx, replaying_trunk(net, self.trunk_depth, batch):
             logits, _ = response_logits(net, batch, self.is_encoder_decoder)
         return sequence_logprobs(logits, batch["responses"], batch["mask"])
 
@@ -279,7 +286,7 @@ class VCBTrainer:
         self.ft_share = np.array([1.0 / pairs_of[self.best[i]] for i, _ in self.pairs])
 
         torch.manual_seed(config.seed)
-        policy = Policy(model, config)
+        policy = Policy(model, config, self.accelerator)
         self.is_encoder_decoder = policy.is_encoder_decoder
         self.eos_ids = eos_ids(policy.model, tokenizer)
         self.max_new_tokens = max_new_tokens
@@ -292,6 +299,9 @@ class VCBTrainer:
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         self.step_idx = 0
         self.ref_logps: torch.Tensor | None = None
+        # Each candidate's frozen-layer states (prompt part, response part), kept on the CPU from its first pass.
+        self.trunk: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.trunk_room = int(config.frozen_layers_max_gb * 2**30)  # bytes left for them
 
     @property
     def unwrapped(self) -> Policy:
@@ -331,6 +341,50 @@ class VCBTrainer:
         dev = self.accelerator.device
         return {k: v.to(dev) for k, v in batch.items()}
 
+    @contextmanager
+    def frozen_trunk(self, indices: list[int], batch: dict[str, torch.Tensor]):
+        """Around one forward pass of ``batch`` (candidates ``indices``): when every candidate's frozen-layer
+        states are kept, ``batch`` gets them and the pass replays them; otherwise the pass runs whole and the
+        states it computes are kept, up to ``frozen_layers_max_gb`` (then a warning, and later passes of the
+        candidates left out run whole)."""
+        depth = self.unwrapped.trunk_depth
+        if depth and all(i in self.trunk for i in indices):
+            batch.update(self._stacked_trunk(indices, batch))
+            yield
+            return
+        with recording_trunk(self.unwrapped.model, depth) as states:
+            yield
+        if len(states) == 1 and self.trunk_room > 0:
+            self._keep_trunk(indices, batch, states[0])
+
+    def _keep_trunk(self, indices: list[int], batch: dict[str, torch.Tensor], states: torch.Tensor) -> None:
+        P = batch["prompt_ids"].shape[1]
+        for b, i in enumerate(indices):
+            n_p, n_r = int(batch["prompt_mask"][b].sum()), int(batch["mask"][b].sum())
+            size = (n_p + n_r) * states.shape[-1] * states.element_size()
+            if i in self.trunk:
+                continue
+            if size > self.trunk_room:
+                self.trunk_room = 0
+                warnings.warn(f"vcb.frozen_layers_max_gb reached after {len(self.trunk)} candidates: the others' "
+                              "passes run whole (raise it to keep more)", stacklevel=2)
+                return
+            self.trunk[i] = (states[b, P - n_p : P].cpu(), states[b, P : P + n_r].cpu())
+            self.trunk_room -= size
+
+    def _stacked_trunk(self, indices: list[int], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The kept states laid out like ``batch``: prompts left-padded, responses right-padded (zeros there)."""
+        P, T = batch["prompt_ids"].shape[1], batch["responses"].shape[1]
+        first = self.trunk[indices[0]][0]
+        prompt = first.new_zeros(len(indices), P, first.shape[-1])
+        response = first.new_zeros(len(indices), T, first.shape[-1])
+        for b, i in enumerate(indices):
+            p, r = self.trunk[i]
+            prompt[b, P - len(p) :] = p
+            response[b, : len(r)] = r
+        dev = batch["prompt_ids"].device
+        return {"trunk_prompt": prompt.to(dev), "trunk_response": response.to(dev)}
+
     @torch.no_grad()
     def logprobs(self, indices: list[int], reference: bool = False) -> torch.Tensor:
         """Summed response log-probs of candidates (no gradient), in eval mode, batched."""
@@ -340,7 +394,10 @@ class VCBTrainer:
         out = []
         bs = max(1, self.config.eval_batch_size)
         for s in range(0, len(indices), bs):
-            out.append(pol(self.collate(indices[s : s + bs]), reference=reference).float().cpu())
+            chunk = indices[s : s + bs]
+            batch = self.collate(chunk)
+            with self.frozen_trunk(chunk, batch):
+                out.append(pol(batch, reference=reference).float().cpu())
         pol.train(was)
         return torch.cat(out) if out else torch.zeros(0)
 
@@ -409,7 +466,9 @@ class VCBTrainer:
             rows = list(dict.fromkeys(i_idx + j_idx + best))  # each candidate once, in one forward pass
             at = {r: k for k, r in enumerate(rows)}
             with acc.no_sync(self.policy) if s < n_micro - 1 else nullcontext():  # all-reduce on the last one
-                logps = self.policy(self.collate(rows))
+                batch = self.collate(rows)
+                with self.frozen_trunk(rows, batch):
+                    logps = self.policy(batch)
                 dev = logps.device
                 logp_w, logp_l = logps[[at[i] for i in i_idx]], logps[[at[j] for j in j_idx]]
                 drho = log_ratio_gap(logp_w, ref[i_idx].to(dev), logp_l, ref[j_idx].to(dev))
