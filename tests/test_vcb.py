@@ -610,19 +610,21 @@ def test_packaged_recipes_validate():
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo multi-process test runs on Linux")
-def test_two_processes_with_uneven_pairs_match_one_process(tmp_path):
+@pytest.mark.parametrize("layers, port", [("all", 29547), ("top", 29546)])  # top: the frozen layer 0 replayed
+def test_two_processes_with_uneven_pairs_match_one_process(tmp_path, layers, port):
     """Step 1 gives the ranks 6 and 5 pairs (2 and 1 micro-batches), step 2 gives them 1 and 0: the run must
     finish, keep the ranks equal, and give one process's losses and parameters on the same pairs."""
     import vcb_two_ranks as two
     from launch import run_two_ranks
 
-    run_two_ranks("vcb_two_ranks.py", tmp_path / "two", port=29547)
+    run_two_ranks("vcb_two_ranks.py", tmp_path / "two", port=port, args=(layers,))
     a, b = (torch.load(tmp_path / "two" / f"params_{r}.pt") for r in (0, 1))
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
-    one = VCBTrainer(VCBConfig(**two.CONFIG), tiny.causal_lm(), tiny.tokenizer(), two.rows(), tmp_path / "one")
+    config = {**two.CONFIG, **(two.TOP_ONLY if layers == "top" else {})}
+    one = VCBTrainer(VCBConfig(**config), tiny.causal_lm(), tiny.tokenizer(), two.rows(), tmp_path / "one")
     one_steps = [m for m in one.train(progress=False) if "loss" in m]
     for r in (0, 1):
         steps = [m for m in json.loads((tmp_path / "two" / f"history_{r}.json").read_text()) if "loss" in m]

@@ -14,6 +14,7 @@ import torch
 from alarm.trainers.vcb import VCBConfig, VCBTrainer
 
 CONFIG = dict(batch_size=11, micro_batch_size=5, max_steps=2, eval_greedy=False, learning_rate=1e-2)
+TOP_ONLY = dict(lora_layers=[1])  # adapters on the top layer: layer 0's states are kept and replayed
 
 
 def rows():
@@ -35,10 +36,13 @@ if __name__ == "__main__":
     out = sys.argv[1]
     acc = Accelerator(cpu=True)
     assert acc.num_processes == 2, acc.num_processes
-    tr = VCBTrainer(VCBConfig(**CONFIG), tiny.causal_lm(), tiny.tokenizer(), rows(), out, accelerator=acc)
+    config = {**CONFIG, **(TOP_ONLY if sys.argv[2:] == ["top"] else {})}
+    tr = VCBTrainer(VCBConfig(**config), tiny.causal_lm(), tiny.tokenizer(), rows(), out, accelerator=acc)
     assert len(tr.pairs) == 12
+    assert tr.unwrapped.trunk_depth == (1 if "lora_layers" in config else 0)
     history = tr.train(progress=False)
     rank = acc.process_index
     with open(f"{out}/history_{rank}.json", "w") as f:
         json.dump(history, f)
     torch.save(trainable(tr), f"{out}/params_{rank}.pt")
+    assert len(tr.trunk) == (len(tr.rows) if tr.unwrapped.trunk_depth else 0)
