@@ -168,7 +168,7 @@ def place_scores(token_rewards: list[torch.Tensor], mask: torch.Tensor) -> torch
 class PolicyWithValue(torch.nn.Module):
     """The trained language model and a scalar value head reading its last hidden state."""
 
-    def __init__(self, model: torch.nn.Module, config: PPOConfig):
+    def __init__(self, model: torch.nn.Module, config: PPOConfig, accelerator=None):
         super().__init__()
         self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
         self.model, self.ref_model = trainable_with_reference(model, config)
@@ -181,7 +181,7 @@ class PolicyWithValue(torch.nn.Module):
             torch.nn.init.normal_(self.value_head.weight, std=1.0 / math.sqrt(hidden + 1))
         torch.nn.init.zeros_(self.value_head.bias)
         # Bottom layers without adapters: the same in policy and reference, so computed once per rollout.
-        self.trunk_depth = reusable_trunk_depth(self.model, self.ref_model, config)
+        self.trunk_depth = reusable_trunk_depth(self.model, self.ref_model, config, accelerator)
 
     def forward(self, batch: dict[str, torch.Tensor], with_values: bool = True, reference: bool = False):
         """Logits (and values) at the positions that predict each response token: [B, T, V] and [B, T].
@@ -300,12 +300,10 @@ class PPOTrainer:
         self.output_dir = Path(output_dir)
         self.accelerator = accelerator or make_accelerator(config.report_to, output_dir)
         torch.manual_seed(config.seed)  # same value-head init on every rank
-        policy = PolicyWithValue(model, config)
+        policy = PolicyWithValue(model, config, self.accelerator)
         self.optimizer = make_optimizer(policy, config.learning_rate, config.weight_decay)
         self.policy, self.optimizer = self.accelerator.prepare(policy, self.optimizer)
-        # Sharded parameters (FSDP, ZeRO-3) are gathered by each layer's own hooks, and ranks that finished
-        # sampling keep decoding in step with the others: every rank must run every layer, so no replay.
-        if not reusable_trunk_depth(self.unwrapped.model, None, config, self.accelerator) or is_fsdp2(self.policy):
+        if is_fsdp2(self.policy):  # sharded however it was set up: every rank runs every layer (see sequences.py)
             self.unwrapped.trunk_depth = 0
         self.kl = KLController(config.kl_coef, config.adaptive_kl, config.adaptive_kl_target, config.kl_horizon)
         self.step_idx = 0
