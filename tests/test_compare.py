@@ -284,6 +284,13 @@ def test_the_paired_difference_by_hand():
     assert win_counts([1.0, 2.0], [0.0, 0.0], higher_is_better=False).mean_diff == pytest.approx(1.5)
 
 
+def test_a_paired_difference_whose_draws_all_miss_the_shared_prompts_has_no_interval():
+    x, y = [1.0] + [None] * 49, [0.0] * 50  # one shared prompt; one resample misses it about a third of the time
+    got = [win_counts(x, y, n_boot=1, seed=s) for s in range(12)]
+    assert all(w.mean_diff == 1.0 for w in got)
+    assert any(w.diff_low is None for w in got) and any(w.diff_low == 1.0 for w in got)
+
+
 @given(st.lists(st.tuples(st.floats(-5, 5), st.floats(-5, 5)), min_size=2, max_size=15), st.floats(-3, 3))
 @settings(max_examples=40, deadline=None)
 def test_the_paired_difference_moves_with_a_constant_and_its_interval_too(pairs, c):

@@ -208,7 +208,7 @@ def win_counts(x: Sequence[float | None], y: Sequence[float | None], higher_is_b
     wins, losses = int((signs > 0).sum()), int((signs < 0).sum())
     pct, low, high = win_rate_interval(signs, n_boot, seed, confidence, clusters)
     decided = wins + losses
-    diff = paired_difference(x, y, n_boot, seed, confidence, clusters)
+    diff = paired_difference(x, y, n_boot, seed, confidence, clusters)  # the same draws (same seed)
     return WinCounts(wins, losses, len(signs) - decided - missing, missing, wins / decided if decided else None,
                      decided, pct, low, high, *diff)
 
@@ -230,6 +230,8 @@ def paired_difference(x: Sequence[float | None], y: Sequence[float | None], n_bo
     idx = _resample(len(d), n_boot, seed, clusters)
     counts = both[idx].sum(axis=1)
     draws = d[idx].sum(axis=1)[counts > 0] / counts[counts > 0]
+    if not draws.size:  # e.g. one shared prompt among many and few resamples
+        return float(d[both].mean()), None, None
     low, high = _percentile(draws, confidence)
     return float(d[both].mean()), low, high
 
@@ -436,6 +438,8 @@ def format_difference(w: Mapping[str, Any]) -> str:
     """A paired mean difference with its interval: '+0.234 [+0.053, +0.448]' (— without one)."""
     if w.get("mean_diff") is None:
         return "—"
+    if w.get("diff_low") is None:
+        return f"{w['mean_diff']:+.3f} [–]"
     return f"{w['mean_diff']:+.3f} [{w['diff_low']:+.3f}, {w['diff_high']:+.3f}]"
 
 

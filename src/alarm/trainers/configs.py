@@ -137,7 +137,8 @@ class VCBConfig(LoRASettings):
     max_grad_norm: float | None = Field(1.0, gt=0)
     weight_decay: float = Field(0.0, ge=0)  # AdamW with 0 is plain Adam (torch's AdamW default would be 0.01)
     max_response_tokens: int | None = Field(None, ge=1)  # truncate long candidates (None: keep whole)
-    # reuse_frozen_layers: at most this much (GB, CPU memory) of kept states; candidates beyond it run whole
+    # reuse_frozen_layers: at most this much (GB of CPU memory, per process) of kept states; candidates beyond
+    # it run whole
     frozen_layers_max_gb: float = Field(2.0, ge=0)
     # diagnostics
     eval_every: int = Field(0, ge=0)  # 0: before training and at the end only

@@ -29,7 +29,14 @@ from alarm.data.prompts import reward_inputs
 from alarm.errors import AlarmError
 from alarm.placement import token_char_ends
 from alarm.trainers.configs import PPOConfig
-from alarm.trainers.runtime import cut_metrics, log_metrics, make_accelerator, make_optimizer, tracker_kwargs
+from alarm.trainers.runtime import (
+    cut_metrics,
+    is_fsdp2,
+    log_metrics,
+    make_accelerator,
+    make_optimizer,
+    tracker_kwargs,
+)
 from alarm.trainers.sequences import (
     decoder_inputs,
     entropy_from_logits,
@@ -245,14 +252,6 @@ class PolicyWithValue(torch.nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 # The trainer
 # ----------------------------------------------------------------------------------------------------------
-
-
-def is_fsdp2(module: torch.nn.Module) -> bool:
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:
-        return False
-    return isinstance(module, FSDPModule)
 
 
 @contextmanager

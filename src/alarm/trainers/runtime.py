@@ -11,6 +11,15 @@ import torch
 from alarm.io import write_text_atomic
 
 
+def is_fsdp2(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is sharded with FSDP2 (``fully_shard``)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return isinstance(module, FSDPModule)
+
+
 def make_accelerator(report_to: str, output_dir: str | os.PathLike):
     """An ``accelerate.Accelerator`` (one process, or what `accelerate launch` set up), logging to a tracker
     when ``report_to`` names one."""

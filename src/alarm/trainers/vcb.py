@@ -45,7 +45,14 @@ from alarm.data.prompts import reward_inputs
 from alarm.errors import AlarmError
 from alarm.generation import generate_texts
 from alarm.trainers.configs import VCBConfig
-from alarm.trainers.runtime import cut_metrics, log_metrics, make_accelerator, make_optimizer, tracker_kwargs
+from alarm.trainers.runtime import (
+    cut_metrics,
+    is_fsdp2,
+    log_metrics,
+    make_accelerator,
+    make_optimizer,
+    tracker_kwargs,
+)
 from alarm.trainers.sequences import (
     decoder_inputs,
     eos_ids,
@@ -295,6 +302,8 @@ class VCBTrainer:
         self.n_tokens = torch.tensor([len(r) for _, r in self.encoded], dtype=torch.float64)  # response lengths
         self.optimizer = make_optimizer(policy, config.learning_rate, config.weight_decay)
         self.policy, self.optimizer = self.accelerator.prepare(policy, self.optimizer)
+        if is_fsdp2(self.policy):  # sharded however it was set up: every rank runs every layer (see sequences.py)
+            self.unwrapped.trunk_depth = 0
         self.steps_per_epoch = math.ceil(len(self.pairs) / config.batch_size)
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         self.step_idx = 0
@@ -352,9 +361,9 @@ class VCBTrainer:
             batch.update(self._stacked_trunk(indices, batch))
             yield
             return
-        with recording_trunk(self.unwrapped.model, depth) as states:
+        with recording_trunk(self.unwrapped.model, depth if self.trunk_room > 0 else 0) as states:
             yield
-        if len(states) == 1 and self.trunk_room > 0:
+        if len(states) == 1:
             self._keep_trunk(indices, batch, states[0])
 
     def _keep_trunk(self, indices: list[int], batch: dict[str, torch.Tensor], states: torch.Tensor) -> None:
@@ -366,10 +375,12 @@ class VCBTrainer:
                 continue
             if size > self.trunk_room:
                 self.trunk_room = 0
-                warnings.warn(f"vcb.frozen_layers_max_gb reached after {len(self.trunk)} candidates: the others' "
-                              "passes run whole (raise it to keep more)", stacklevel=2)
+                if self.accelerator.is_main_process:
+                    warnings.warn(f"vcb.frozen_layers_max_gb reached after {len(self.trunk)} candidates: the others' "
+                                  "passes run whole (raise it to keep more)", stacklevel=4)
                 return
-            self.trunk[i] = (states[b, P - n_p : P].cpu(), states[b, P : P + n_r].cpu())
+            # Copies: a slice would keep the whole padded batch's states alive.
+            self.trunk[i] = (states[b, P - n_p : P].to("cpu", copy=True), states[b, P : P + n_r].to("cpu", copy=True))
             self.trunk_room -= size
 
     def _stacked_trunk(self, indices: list[int], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
