@@ -176,23 +176,32 @@ def win_rate_interval(signs: Sequence[int], n_boot: int = 2000, seed: int = 0,
     is the percentile bootstrap over prompts, None when no pair is decisive."""
     _check_boot(n_boot, confidence)
     s = np.asarray(signs, dtype=np.int8)
+    return _win_rate_and_interval(s, _resample(len(s), n_boot, seed, clusters), confidence)
+
+
+def _win_rate_and_interval(s: np.ndarray, idx: np.ndarray, confidence: float) -> tuple[float, float | None, float | None]:
+    """:func:`win_rate_interval` on the resampled prompt indices ``idx``."""
     wins, losses = int((s > 0).sum()), int((s < 0).sum())
     pct = float(paper_win_rate(wins, losses))
     if wins + losses == 0:
         return pct, None, None
-    low, high = _percentile(paper_win_rate(*_boot_counts(s, _resample(len(s), n_boot, seed, clusters))), confidence)
+    low, high = _percentile(paper_win_rate(*_boot_counts(s, idx)), confidence)
     return pct, low, high
+
+
+def _paired_arrays(x: Sequence[float | None], y: Sequence[float | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Both sides as float arrays, None as NaN; they must be aligned prompt by prompt."""
+    if len(x) != len(y):
+        raise AlarmError(f"win counts need aligned values: got {len(x)} and {len(y)}")
+    return tuple(np.array([np.nan if v is None else float(v) for v in side], dtype=float) for side in (x, y))
 
 
 def _signs(x: Sequence[float | None], y: Sequence[float | None], higher_is_better: bool = True,
            tie_tol: float = 0.0) -> tuple[np.ndarray, int]:
     """+1 where X is better by more than tie_tol, −1 where Y is, 0 for ties and missing values; and #missing."""
-    if len(x) != len(y):
-        raise AlarmError(f"win counts need aligned values: got {len(x)} and {len(y)}")
     if tie_tol < 0:
         raise AlarmError(f"tie_tol must be ≥ 0, got {tie_tol}")
-    a = np.array([np.nan if v is None else float(v) for v in x], dtype=float)
-    b = np.array([np.nan if v is None else float(v) for v in y], dtype=float)
+    a, b = _paired_arrays(x, y)
     missing = np.isnan(a) | np.isnan(b)
     d = np.where(missing, 0.0, (1.0 if higher_is_better else -1.0) * (a - b))
     signs = np.where(np.abs(d) <= tie_tol, 0, np.sign(d)).astype(np.int8)
@@ -204,11 +213,13 @@ def win_counts(x: Sequence[float | None], y: Sequence[float | None], higher_is_b
                clusters: Sequence | None = None) -> WinCounts:
     """X against Y prompt by prompt; ties excluded from the win rate; lower-is-better metrics flipped. Also the
     paired mean difference X − Y with its interval (:class:`WinCounts`)."""
+    _check_boot(n_boot, confidence)
     signs, missing = _signs(x, y, higher_is_better, tie_tol)
     wins, losses = int((signs > 0).sum()), int((signs < 0).sum())
-    pct, low, high = win_rate_interval(signs, n_boot, seed, confidence, clusters)
+    idx = _resample(len(signs), n_boot, seed, clusters)  # one draw of the prompts for both intervals
+    pct, low, high = _win_rate_and_interval(signs, idx, confidence)
     decided = wins + losses
-    diff = paired_difference(x, y, n_boot, seed, confidence, clusters)  # the same draws (same seed)
+    diff = _difference_and_interval(*_paired_arrays(x, y), idx, confidence)
     return WinCounts(wins, losses, len(signs) - decided - missing, missing, wins / decided if decided else None,
                      decided, pct, low, high, *diff)
 
@@ -219,15 +230,16 @@ def paired_difference(x: Sequence[float | None], y: Sequence[float | None], n_bo
     same prompts (or whole clusters) as :func:`win_rate_interval` with the same seed. Nones without a shared
     prompt; a draw that holds none of them is left out."""
     _check_boot(n_boot, confidence)
-    a = np.array([np.nan if v is None else float(v) for v in x], dtype=float)
-    b = np.array([np.nan if v is None else float(v) for v in y], dtype=float)
-    if len(a) != len(b):
-        raise AlarmError(f"a paired difference needs aligned values: got {len(a)} and {len(b)}")
+    a, b = _paired_arrays(x, y)
+    return _difference_and_interval(a, b, _resample(len(a), n_boot, seed, clusters), confidence)
+
+
+def _difference_and_interval(a: np.ndarray, b: np.ndarray, idx: np.ndarray, confidence: float):
+    """:func:`paired_difference` on the resampled prompt indices ``idx``."""
     both = ~(np.isnan(a) | np.isnan(b))
     if not both.any():
         return None, None, None
     d = np.where(both, a - b, 0.0)
-    idx = _resample(len(d), n_boot, seed, clusters)
     counts = both[idx].sum(axis=1)
     draws = d[idx].sum(axis=1)[counts > 0] / counts[counts > 0]
     if not draws.size:  # e.g. one shared prompt among many and few resamples

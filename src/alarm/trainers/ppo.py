@@ -18,6 +18,7 @@ import random
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 
 import numpy as np
@@ -302,8 +303,6 @@ class PPOTrainer:
         policy = PolicyWithValue(model, config, self.accelerator)
         self.optimizer = make_optimizer(policy, config.learning_rate, config.weight_decay)
         self.policy, self.optimizer = self.accelerator.prepare(policy, self.optimizer)
-        if is_fsdp2(self.policy):  # sharded however it was set up: every rank runs every layer (see sequences.py)
-            self.unwrapped.trunk_depth = 0
         self.kl = KLController(config.kl_coef, config.adaptive_kl, config.adaptive_kl_target, config.kl_horizon)
         self.step_idx = 0
         self.eos_ids = eos_ids(self.unwrapped.model, tokenizer)
@@ -449,7 +448,8 @@ class PPOTrainer:
         a step). The last token is never fed back; its position gets zeros, read by no kept output (causal)."""
         P, T = batch["prompt_ids"].shape[1], responses.shape[1]
         widths = [s.shape[1] for s in steps]
-        prefill = next((i + 1 for i in range(len(widths)) if sum(widths[: i + 1]) == P), None)  # chunks allowed
+        ends = list(accumulate(widths))  # a chunked prefill ends at P too
+        prefill = ends.index(P) + 1 if P in ends else None
         if prefill is None or widths[prefill:] != [1] * (T - 1):
             return {}  # not the plain prefill-then-one-token loop: the reference pass records its own
         states = torch.cat(steps, dim=1)

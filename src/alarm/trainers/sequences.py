@@ -14,9 +14,11 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import DistributedType
 
 from alarm.errors import AlarmError
 from alarm.trainers.configs import LoRASettings
+from alarm.trainers.runtime import is_fsdp2
 
 # ---------------------------------------------------------------------------------------------- responses
 
@@ -172,20 +174,13 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList | None:
     return layers if isinstance(layers, torch.nn.ModuleList) and len(layers) else None
 
 
-def _has_dropout(module: torch.nn.Module) -> bool:
-    return any((isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)
-               or any(isinstance(getattr(m, a, None), float) and getattr(m, a) > 0
-                      for a in ("attention_dropout", "attn_dropout", "dropout", "dropout_p"))
-               for m in module.modules())
-
-
 def frozen_trunk_depth(model: torch.nn.Module) -> int:
-    """How many bottom decoder layers of a causal LM have nothing to train and no dropout.
+    """How many bottom decoder layers of a causal LM have nothing to train.
 
     Why: with LoRA on the top layers only (``lora_layers``), the states leaving these layers are the same in
     the reference pass, the rollout and every PPO epoch, so they can be computed once per rollout and
     replayed (:func:`replaying_trunk`). 0 where that does not hold: trainable embeddings, a trainable bottom
-    layer, dropout there, an encoder-decoder or a layer layout we do not know.
+    layer, an encoder-decoder, layers sharded with FSDP2 or a layer layout we do not know.
     """
     layers = decoder_layers(model)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -197,7 +192,7 @@ def frozen_trunk_depth(model: torch.nn.Module) -> int:
         return 0
     depth = 0
     for layer in layers:
-        if any(p.requires_grad for p in layer.parameters()) or _has_dropout(layer):
+        if is_fsdp2(layer) or any(p.requires_grad for p in layer.parameters()):
             break
         depth += 1
     return depth
@@ -206,11 +201,12 @@ def frozen_trunk_depth(model: torch.nn.Module) -> int:
 def reusable_trunk_depth(model: torch.nn.Module, ref_model: torch.nn.Module | None, settings: LoRASettings,
                          accelerator=None) -> int:
     """:func:`frozen_trunk_depth` where replaying it is allowed: ``reuse_frozen_layers`` on, dropout off (every
-    training pass would draw its own), the reference being the adapters-off network, and no sharding (FSDP,
-    DeepSpeed: layers gather their parameters through their own hooks, and ranks decode in step)."""
+    training pass would draw its own; :func:`disable_dropout` has then switched all of it off), the reference
+    being the adapters-off network, and no sharding (FSDP, DeepSpeed: layers gather their parameters through
+    their own hooks, and ranks decode in step) — neither through ``accelerator`` nor already on the layers."""
     if not (settings.reuse_frozen_layers and settings.disable_dropout and ref_model is None):
         return 0
-    if accelerator is not None and accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
+    if accelerator is not None and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         return 0
     return frozen_trunk_depth(model)
 

@@ -47,7 +47,6 @@ from alarm.generation import generate_texts
 from alarm.trainers.configs import VCBConfig
 from alarm.trainers.runtime import (
     cut_metrics,
-    is_fsdp2,
     log_metrics,
     make_accelerator,
     make_optimizer,
@@ -302,8 +301,6 @@ class VCBTrainer:
         self.n_tokens = torch.tensor([len(r) for _, r in self.encoded], dtype=torch.float64)  # response lengths
         self.optimizer = make_optimizer(policy, config.learning_rate, config.weight_decay)
         self.policy, self.optimizer = self.accelerator.prepare(policy, self.optimizer)
-        if is_fsdp2(self.policy):  # sharded however it was set up: every rank runs every layer (see sequences.py)
-            self.unwrapped.trunk_depth = 0
         self.steps_per_epoch = math.ceil(len(self.pairs) / config.batch_size)
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         self.step_idx = 0
@@ -368,11 +365,12 @@ class VCBTrainer:
 
     def _keep_trunk(self, indices: list[int], batch: dict[str, torch.Tensor], states: torch.Tensor) -> None:
         P = batch["prompt_ids"].shape[1]
-        for b, i in enumerate(indices):
-            n_p, n_r = int(batch["prompt_mask"][b].sum()), int(batch["mask"][b].sum())
-            size = (n_p + n_r) * states.shape[-1] * states.element_size()
+        per_token = states.shape[-1] * states.element_size()
+        lengths = zip(batch["prompt_mask"].sum(1).tolist(), batch["mask"].sum(1).long().tolist())
+        for b, (i, (n_p, n_r)) in enumerate(zip(indices, lengths)):
             if i in self.trunk:
                 continue
+            size = (n_p + n_r) * per_token
             if size > self.trunk_room:
                 self.trunk_room = 0
                 if self.accelerator.is_main_process:
