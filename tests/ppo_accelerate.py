@@ -32,9 +32,9 @@ rs = RewardSet(CombineConfig(mode="hierarchical", epsilon=0.0),
                aspects={"e": lambda p, c, **k: [float(x.count("e")) for x in c]})
 rs.fit(["q"] * 4, ["a", "bb", "ccc", "dddd"])
 prompts = [{"prompt": p} for p in ["The quick", "Paris is", "Water boils", "A question:"]]
-# "lora-top": adapters on the top layer only, so layer 0 is a frozen trunk (replayed under DDP, not under FSDP).
-cfg = PPOConfig(max_new_tokens=6, rollout_batch_size=2, mini_batch_size=1, steps=2, lora=sys.argv[2] != "full",
-                lora_layers=[1] if sys.argv[2] == "lora-top" else None, learning_rate=1e-3, lora_r=4, lora_alpha=8)
+# Adapters on the top layer only, so layer 0 is a frozen trunk (replayed under DDP, not under FSDP).
+cfg = PPOConfig(max_new_tokens=6, rollout_batch_size=2, mini_batch_size=1, steps=2, lora_layers=[1],
+                learning_rate=1e-3, lora_r=4, lora_alpha=8)
 tr = PPOTrainer(cfg, tiny.causal_lm(), tiny.tokenizer(), rs, prompts, out, accelerator=acc)
 
 
@@ -50,12 +50,8 @@ from torch.distributed.fsdp import FSDPModule  # noqa: E402
 
 # Attention calls of the frozen layer 0 and the adapted layer 1: equal when every pass runs whole; with the
 # replay, layer 0 runs only while sampling.
-calls = {0: 0, 1: 0}
-for i in calls:
-    layer = tr.unwrapped.model.get_base_model().model.layers[i] if cfg.lora else None
-    if layer is not None:
-        layer.self_attn.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+calls = {i: tiny.attention_calls(tr.unwrapped.model, i)[0] for i in (0, 1)}
 before = full_params()
 metrics = tr.train(progress=False)
 torch.save({"metrics": metrics, "sharded": isinstance(tr.policy, FSDPModule), "before": before, "params": full_params(),
-            "trunk_depth": tr.unwrapped.trunk_depth, "attention_calls": calls}, f"{out}/rank_{acc.process_index}.pt")
+            "trunk_depth": tr.unwrapped.trunk_depth, "attention_calls": {i: len(c) for i, c in calls.items()}}, f"{out}/rank_{acc.process_index}.pt")

@@ -512,11 +512,6 @@ def test_a_decoding_loop_of_another_shape_keeps_no_trunk():
         assert PPOTrainer._sampled_trunk(states(*widths), batch, responses) == {}, widths
 
 
-def _attention_calls(layer):
-    calls = []
-    return calls, layer.self_attn.register_forward_hook(lambda *_: calls.append(1))
-
-
 def test_the_update_replays_the_frozen_layers_and_trains_exactly_as_without(tmp_path):
     """Same losses and weights after two steps with and without the replay, and the bottom layers run only in
     the rollout (sampling + reference pass), never in the update's passes."""
@@ -524,8 +519,7 @@ def test_the_update_replays_the_frozen_layers_and_trains_exactly_as_without(tmp_
     for reuse in (True, False):
         tr = trainer(tmp_path / str(reuse), tiny.causal_lm(layers=4), lora_layers=[2, 3], reuse_frozen_layers=reuse,
                      rollout_batch_size=4, mini_batch_size=2, ppo_epochs=2)
-        bottom, h0 = _attention_calls(tr.unwrapped.model.get_base_model().model.layers[0])
-        top, h3 = _attention_calls(tr.unwrapped.model.get_base_model().model.layers[3])
+        (bottom, h0), (top, h3) = tiny.attention_calls(tr.unwrapped.model, 0), tiny.attention_calls(tr.unwrapped.model, 3)
         metrics = [tr.step(), tr.step()]
         h0.remove(), h3.remove()
         weights = {n: p.detach().clone() for n, p in tr.unwrapped.named_parameters() if p.requires_grad}
@@ -556,7 +550,7 @@ def test_sampling_keeps_the_frozen_layers_output_so_the_reference_pass_skips_the
     trunk = outputs[2]
     assert trunk["trunk_prompt"].shape[:2] == batch["prompt_ids"].shape
     assert trunk["trunk_response"].shape[:2] == responses.shape
-    bottom, hook = _attention_calls(tr.unwrapped.model.get_base_model().model.layers[0])
+    bottom, hook = tiny.attention_calls(tr.unwrapped.model, 0)
     reused, _ = tr.make_experience(records, batch, responses, outputs)
     assert bottom == []
     recomputed, _ = tr.make_experience(records, batch, responses, outputs[:2])

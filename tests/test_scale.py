@@ -49,7 +49,7 @@ def test_shipped_accelerate_configs_are_what_accelerate_launch_reads():
 def _two_rank_run(tmp_path, config: str, port: int):
     import torch
 
-    run_two_ranks("ppo_accelerate.py", tmp_path, port, args=("lora-top",),
+    run_two_ranks("ppo_accelerate.py", tmp_path, port,
                   extra_env={**launch_env(config, port), "ACCELERATE_MIXED_PRECISION": "no"})
     return (torch.load(tmp_path / f"rank_{r}.pt", weights_only=False) for r in (0, 1))
 

@@ -689,19 +689,13 @@ def test_two_processes_with_slic_and_rrhf_match_one_process(tmp_path, loss, port
 # ---------------------------------------------------------------- the frozen trunk (LoRA on the top layers)
 
 
-def _attention_calls(layer):
-    calls = []
-    return calls, layer.self_attn.register_forward_hook(lambda *_: calls.append(1))
-
-
 def _trunk_run(tmp_path, **cfg):
     """Three steps of VCB on a 4-layer model with LoRA on layers 2–3: metrics, trained weights, the trainer,
     and the attention calls of the frozen layer 0 and the adapted layer 3."""
     base = dict(loss="vcb", batch_size=4, micro_batch_size=2, max_steps=3, eval_greedy=False, learning_rate=1e-2,
                 lora_layers=[2, 3])
     t = VCBTrainer(VCBConfig(**{**base, **cfg}), tiny.causal_lm(layers=4), tiny.tokenizer(), _rows(), tmp_path)
-    layers = t.unwrapped.model.get_base_model().model.layers
-    (bottom, h0), (top, h3) = _attention_calls(layers[0]), _attention_calls(layers[3])
+    (bottom, h0), (top, h3) = tiny.attention_calls(t.unwrapped.model, 0), tiny.attention_calls(t.unwrapped.model, 3)
     hist = t.train(progress=False)
     h0.remove(), h3.remove()
     weights = {n: p.detach().clone() for n, p in t.unwrapped.named_parameters() if p.requires_grad}

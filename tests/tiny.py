@@ -72,3 +72,11 @@ def tiny_bert(kind, tok, seed=0):
         return BertForTokenClassification(cfg)
     cfg.num_labels = 1
     return BertForSequenceClassification(cfg)
+
+
+def attention_calls(model, layer: int):
+    """A list that grows by one each time decoder layer ``layer`` of the (peft-wrapped) tiny causal LM runs its
+    attention, and the hook handle to remove: how the frozen-trunk tests see which layers a pass computed."""
+    calls = []
+    target = model.get_base_model().model.layers[layer]
+    return calls, target.self_attn.register_forward_hook(lambda *_: calls.append(1))
