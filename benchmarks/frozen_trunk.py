@@ -45,119 +45,118 @@ def main(argv=None) -> int:
     p.add_argument("--name", default=None, help="default frozen_trunk (ppo) or frozen_trunk_vcb")
     args = p.parse_args(argv)
     args.name = args.name or ("frozen_trunk" if args.trainer == "ppo" else "frozen_trunk_vcb")
-    if args.trainer == "vcb":
-        return vcb_main(args)
     if args.tiny:
         args.new_tokens, args.warmup, args.steps = 8, 1, 1
     warnings.filterwarnings("ignore")
     threads = common.set_threads(args.threads)
     load = {"load1_at_start": round(common.load1(), 2)} if args.tiny else common.wait_until_quiet(args.max_load, args.max_wait)
-
     _, tok = common.load_policy()
+    make, describe = (ppo_trainers, ppo_report) if args.trainer == "ppo" else (vcb_trainers, vcb_report)
+    trainers = make(args, tok)
+    depth = trainers[True].unwrapped.trunk_depth
+    assert depth == min(args.lora_layers) and trainers[False].unwrapped.trunk_depth == 0, depth
+    rows = interleaved_steps(trainers, args.warmup + args.steps)
+    load["load1_at_end"] = round(common.load1(), 2)
+    result, title, table, gaps = describe(args, trainers, rows)
+    result = {"settings": {**vars(args), "torch_threads": threads, "frozen_layers": depth, **result.pop("settings")},
+              "machine": common.machine(), "load": load, **result}
+    md = "\n\n".join([
+        f"# {title}, LoRA on layers {min(args.lora_layers)}–{max(args.lora_layers)}, {depth} frozen layers)",
+        common.md_table(["", "recompute (s)", "replay (s)", "ratio"], table),
+        f"Medians of {args.steps} steps of each after {args.warmup} warm-up, interleaved; torch threads {threads}. "
+        "Largest gap between the two runs' per-step losses: " + ", ".join(f"{k} {v:.1e}" for k, v in gaps.items()) + ".",
+        common.machine_line(result["machine"], load)])
+    common.write_results(args.name, result, md)
+    return 0
+
+
+def interleaved_steps(trainers: dict, n: int) -> dict[bool, list[dict]]:
+    """``n`` steps of each trainer in turn, each with its own torch random state (one global generator), so
+    identically seeded trainers sample the same tokens."""
+    import torch
+
+    torch.manual_seed(0)
+    rng = {reuse: torch.get_rng_state() for reuse in trainers}
+    rows = {reuse: [] for reuse in trainers}
+    for i in range(n):
+        for reuse, tr in trainers.items():
+            torch.set_rng_state(rng[reuse])
+            m = tr.step()
+            rng[reuse] = torch.get_rng_state()
+            rows[reuse].append(m)
+            print(f"[bench] step {i} reuse={reuse}: " + " ".join(f"{k} {v:.4g}" for k, v in m.items()
+                                                                if k.startswith(("time/", "loss"))), flush=True)
+    return rows
+
+
+def _medians(args, rows: dict[bool, list[dict]], keys) -> dict[bool, dict]:
+    """Medians (and spread) after the warm-up, keyed by phase ("time/update" → "update")."""
+    return {reuse: {k.removeprefix("time/"): common.summary([r[k] for r in rs[args.warmup :]]) for k in keys}
+            for reuse, rs in rows.items()}
+
+
+def _loss_gaps(rows: dict[bool, list[dict]], keys) -> dict[str, float]:
+    # Same seeds and inputs: the two runs differ only by float rounding.
+    return {k: max(abs(a[k] - b[k]) for a, b in zip(rows[True], rows[False])) for k in keys}
+
+
+def ppo_trainers(args, tok) -> dict:
     records = common.quickstart_records(tok)
     trainers = {}
     for reuse in (True, False):
         args.config_overrides = {"lora_layers": args.lora_layers, "reuse_frozen_layers": reuse}
         trainers[reuse] = step_time.our_trainer(args, step_time.hierarchical_reward_set(records), records,
                                                 tempfile.mkdtemp(prefix="alarm-bench-"))
-    depth = trainers[True].unwrapped.trunk_depth
-    assert depth == min(args.lora_layers) and trainers[False].unwrapped.trunk_depth == 0, depth
+    del args.config_overrides
+    return trainers
 
-    import torch
 
-    # One global torch generator: each trainer keeps its own state, so both sample the same tokens.
-    torch.manual_seed(0)
-    rng = {reuse: torch.get_rng_state() for reuse in trainers}
-    rows = {True: [], False: []}
-    for i in range(args.warmup + args.steps):
-        for reuse, tr in trainers.items():
-            torch.set_rng_state(rng[reuse])
-            m = tr.step()
-            rng[reuse] = torch.get_rng_state()
-            rows[reuse].append(m)
-            print(f"[bench] step {i} reuse={reuse}: " + " ".join(f"{k} {m['time/' + k]:.2f}" for k in PHASES),
-                  flush=True)
-    load["load1_at_end"] = round(common.load1(), 2)
-
-    med = {reuse: {k: common.summary([r["time/" + k] for r in rs[args.warmup :]]) for k in PHASES}
-           for reuse, rs in rows.items()}
-    # Same seeds and prompts: the two runs sample the same tokens, so their losses differ only by rounding.
-    gaps = {k: max(abs(a[k] - b[k]) for a, b in zip(rows[True], rows[False])) for k in LOSSES}
-    on, off = ({k: v["median"] for k, v in med[r].items()} for r in (True, False))
-    result = {
-        "settings": {**{k: v for k, v in vars(args).items() if k != "config_overrides"}, "torch_threads": threads,
-                     "completions": 2 * args.prompts, "frozen_layers": depth},
-        "machine": common.machine(), "load": load,
-        "time_s": {"reuse": med[True], "recompute": med[False]},
-        "ratio_reuse_to_recompute": {k: round(on[k] / off[k], 3) for k in PHASES},
-        "max_abs_loss_gap": gaps,
-    }
+def ppo_report(args, trainers, rows):
+    med = _medians(args, rows, [f"time/{k}" for k in PHASES])
+    on, off = ({k: med[r][k]["median"] for k in PHASES} for r in (True, False))
+    result = {"settings": {"completions": 2 * args.prompts},
+              "time_s": {"reuse": med[True], "recompute": med[False]},
+              "ratio_reuse_to_recompute": {k: round(on[k] / off[k], 3) for k in PHASES},
+              "max_abs_loss_gap": _loss_gaps(rows, LOSSES)}
     table = [[k, f"{off[k]:.2f}", f"{on[k]:.2f}", f"{on[k] / off[k]:.2f}"] for k in PHASES]
-    md = "\n\n".join([
-        f"# PPO step: the frozen trunk replayed vs recomputed ({2 * args.prompts} × {args.new_tokens} tokens, "
-        f"LoRA on layers {min(args.lora_layers)}–{max(args.lora_layers)}, {depth} frozen layers)",
-        common.md_table(["phase", "recompute (s)", "replay (s)", "ratio"], table),
-        f"Medians of {args.steps} steps of each after {args.warmup} warm-up, interleaved; torch threads {threads}. "
-        "Largest gap between the two runs' per-step losses: "
-        + ", ".join(f"{k} {v:.1e}" for k, v in gaps.items()) + ".",
-        common.machine_line(result["machine"], load)])
-    common.write_results(args.name, result, md)
-    return 0
+    title = f"PPO step: the frozen trunk replayed vs recomputed ({2 * args.prompts} × {args.new_tokens} tokens"
+    return result, title, table, result["max_abs_loss_gap"]
 
 
-def vcb_main(args) -> int:
+def vcb_trainers(args, tok) -> dict:
     import numpy as np
 
     from alarm.trainers.vcb import VCBConfig, VCBTrainer
 
-    if args.tiny:
-        args.warmup, args.steps = 1, 1
-    threads = common.set_threads(args.threads)
-    load = {"load1_at_start": round(common.load1(), 2)} if args.tiny else common.wait_until_quiet(args.max_load, args.max_wait)
-    _, tok = common.load_policy()
     rng = np.random.default_rng(0)
     rows = []
     for k, r in enumerate(common.quickstart_records(tok)[:12]):
         candidates = [r["reference"], *r["passages"], " ".join(r["passages"])][:4]
         rows += [{"prompt_id": f"q{k}", "prompt": r["prompt"], "candidate": c, "reward": float(rng.normal())}
                  for c in candidates]
-    trainers, times, losses = {}, {True: [], False: []}, {True: [], False: []}
+    trainers = {}
     for reuse in (True, False):
         model, _ = common.load_policy()
         cfg = VCBConfig(batch_size=8, micro_batch_size=4, max_steps=args.warmup + args.steps, learning_rate=1e-3,
                         eval_greedy=False, eval_at_start=False, lora_layers=args.lora_layers,
                         reuse_frozen_layers=reuse, seed=0)
         trainers[reuse] = VCBTrainer(cfg, model, tok, rows, tempfile.mkdtemp(prefix="alarm-bench-"))
-    depth = trainers[True].unwrapped.trunk_depth
-    assert depth == min(args.lora_layers) and trainers[False].unwrapped.trunk_depth == 0, depth
-    for i in range(args.warmup + args.steps):
-        for reuse, tr in trainers.items():
-            m = tr.step()
-            times[reuse].append(m["time/step"])
-            losses[reuse].append(m["loss"])
-            print(f"[bench] step {i} reuse={reuse}: {m['time/step']:.2f} s, loss {m['loss']:.6f}", flush=True)
-    load["load1_at_end"] = round(common.load1(), 2)
-    med = {r: common.summary(t[args.warmup :]) for r, t in times.items()}
-    first = {r: round(t[0], 2) for r, t in times.items()}
-    gap = max(abs(a - b) for a, b in zip(losses[True], losses[False]))
-    on, off = med[True]["median"], med[False]["median"]
-    result = {"settings": {**vars(args), "torch_threads": threads, "candidates": len(rows), "frozen_layers": depth,
-                           "kept_candidates": len(trainers[True].trunk)},
-              "machine": common.machine(), "load": load,
-              "time_s": {"reuse": med[True], "recompute": med[False]}, "first_step_s": first,
-              "ratio_reuse_to_recompute": round(on / off, 3), "max_abs_loss_gap": gap}
-    md = "\n\n".join([
-        f"# VCB step: the frozen trunk replayed vs recomputed ({len(rows)} candidates, 8 pairs a step, "
-        f"LoRA on layers {min(args.lora_layers)}–{max(args.lora_layers)}, {depth} frozen layers)",
-        common.md_table(["", "recompute (s)", "replay (s)", "ratio"],
-                        [["first step (with the reference pass)", f"{first[False]:.2f}", f"{first[True]:.2f}",
-                          f"{first[True] / first[False]:.2f}"],
-                         ["step (median)", f"{off:.2f}", f"{on:.2f}", f"{on / off:.2f}"]]),
-        f"Medians of {args.steps} steps of each after {args.warmup} warm-up, interleaved; torch threads {threads}. "
-        f"Largest gap between the two runs' per-step losses: {gap:.1e}.",
-        common.machine_line(result["machine"], load)])
-    common.write_results(args.name, result, md)
-    return 0
+    return trainers
+
+
+def vcb_report(args, trainers, rows):
+    med = _medians(args, rows, ["time/step"])
+    on, off = (med[r]["step"]["median"] for r in (True, False))
+    first = {r: round(rows[r][0]["time/step"], 2) for r in rows}
+    gaps = _loss_gaps(rows, ["loss"])
+    result = {"settings": {"candidates": len(trainers[True].rows), "kept_candidates": len(trainers[True].trunk)},
+              "time_s": {"reuse": med[True]["step"], "recompute": med[False]["step"]},
+              "first_step_s": first, "ratio_reuse_to_recompute": round(on / off, 3), "max_abs_loss_gap": gaps["loss"]}
+    table = [["first step (with the reference pass)", f"{first[False]:.2f}", f"{first[True]:.2f}",
+              f"{first[True] / first[False]:.2f}"],
+             ["step (median)", f"{off:.2f}", f"{on:.2f}", f"{on / off:.2f}"]]
+    title = f"VCB step: the frozen trunk replayed vs recomputed ({len(trainers[True].rows)} candidates, 8 pairs a step"
+    return result, title, table, gaps
 
 
 if __name__ == "__main__":
