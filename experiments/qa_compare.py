@@ -1,7 +1,7 @@
 """The paper's QA comparison at CPU scale (issue 16): selection, then five systems × seeds, then evaluation.
 
-    nice -n 10 .venv/bin/python benchmarks/qa_compare.py            # resumable: rerun to continue
-    nice -n 10 .venv/bin/python benchmarks/qa_compare.py --stage selection
+    nice -n 10 .venv/bin/python experiments/qa_compare.py            # resumable: rerun to continue
+    nice -n 10 .venv/bin/python experiments/qa_compare.py --stage selection
 
 One background job, every stage resumable (each start continues where the last stopped):
 
@@ -20,7 +20,7 @@ One background job, every stage resumable (each start continues where the last s
    the llama.cpp-served judge in both orders.
 
 Reward models: ``alarm rm train`` with recipes/rm_{holistic,factuality,relevance}_evidence.yaml (→ runs/rm/*).
-Writes benchmarks/results/qa_compare.{json,md} and qa_compare_answers.jsonl (every system's greedy answers and
+Writes experiments/results/qa_compare.{json,md} and qa_compare_answers.jsonl (every system's greedy answers and
 scores, no QA-Feedback text): with it, a later ``--stage eval --judge-url …`` redoes the tables and adds the judge
 without the trained policies, which live in the (uncommitted) run directory. The reward models (runs/rm) are
 still needed for the selection stage, which reruns first when its directory is gone.
@@ -101,12 +101,12 @@ def stage_selection(args, root: Path) -> dict:
 
 
 def write_selection_report(args, selection: dict) -> None:
-    """benchmarks/results/qa_selection.{json,md}: each aspect's inconsistency and win rate beside Figure 3's."""
+    """experiments/results/qa_selection.{json,md}: each aspect's inconsistency and win rate beside Figure 3's."""
     lines = ["# Reward selection on QA-Feedback with the paper's protocol", "",
              f"The initial policy (SmolLM2-135M-Instruct, chat prompts ≤ {args.max_prompt_tokens} tokens) answers "
              f"{selection['n_pairs']} training questions greedily and by one pure sample (T 1, top-p 1, top-k 0); the "
              "evidence reward models (trained on the 320 training questions, reading every passage) score both "
-             "(`benchmarks/qa_compare.py`, stage 1). Conflict: share of the pairs the holistic reward decides where the "
+             "(`experiments/qa_compare.py`, stage 1). Conflict: share of the pairs the holistic reward decides where the "
              "aspect decides the other way (an aspect tie is no conflict) — the paper's inconsistency. Intervals: 95 % "
              "bootstrap over pairs.", "",
              "| aspect | conflict with holistic | paper (Fig. 3) | aspect tie rate | greedy-vs-sample win rate | τ-b | kept |",

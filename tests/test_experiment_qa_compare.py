@@ -1,4 +1,4 @@
-"""benchmarks/qa_compare.py: the committed answers file keeps no prompt text and rebuilds the scored rows."""
+"""experiments/qa_compare.py: the committed answers file keeps no prompt text and rebuilds the scored rows."""
 
 import importlib.util
 from pathlib import Path
@@ -7,7 +7,7 @@ import pytest
 
 from alarm.evaluation.scoring import generation_rows
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "qa_compare.py"
+_PATH = Path(__file__).resolve().parents[1] / "experiments" / "qa_compare.py"
 _spec = importlib.util.spec_from_file_location("qa_compare_bench", _PATH)
 qa_compare = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(qa_compare)
