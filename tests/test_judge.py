@@ -76,6 +76,22 @@ REPLIES = [
     ("Response A is not better than Response B in any way.", None),
     ("Neither A nor B is better.", None),
     ("A is better. B is better.", None),
+    # a verdict named in a negated or negative clause is never one for that answer (when in doubt, none)
+    ("Answer B is worse than A.", None),
+    ("My choice: A is weaker, so B.", None),
+    ("Decision: B is inferior.", None),
+    ("I would not choose B.", None),
+    ("I wouldn't pick Response A.", None),
+    ("I do not prefer Output (b).", None),
+    ("Verdict: A is wrong and B is right.", None),
+    ("The winner is not A.", None),
+    ("Response A is no better than B.", None),
+    ("Output (a) is less accurate, so I choose neither.", None),
+    ("Answer A is the better one.", "A"),  # "Answer A" names an answer; "is the better" still decides
+    ("The answer is A, because B is wrong.", "A"),  # the negative clause is about the other answer
+    ("Verdict: B. Answer A is weaker.", "B"),
+    ("B is better. A is worse.", "B"),
+    ("[[A]] Answer B is worse.", "A"),
     # no verdict at all
     ("[Response A] is fine", None),  # an echo of the prompt's section header
     ("Both responses have merits.", None),
@@ -107,6 +123,35 @@ def test_a_tie_in_one_order_and_b_in_the_other_is_not_a_win(tie_reply):
                                    "Verdict: {} lot of detail in both."])
 def test_an_article_after_a_label_is_never_verdict_a(frame, article):
     assert parse_verdict(frame.format(article)) is None
+
+
+# X wins in both orders, but the judge says so by naming the loser: "<loser> is worse". Read backwards, the pair
+# was recorded as a loss for X; it must never be (no verdict: a tie, and the judge is asked again).
+NEGATIVE_FRAMES = ["Answer {loser} is worse than {winner}.", "My choice: {loser} is weaker, so {winner}.",
+                   "Decision: {loser} is inferior.", "I would not choose {loser}.",
+                   "Verdict: {loser} is wrong."]
+
+
+@pytest.mark.parametrize("frame", NEGATIVE_FRAMES)
+def test_a_judge_naming_the_worse_answer_in_both_orders_never_gives_the_other_a_win(frame):
+    first = parse_verdict(frame.format(loser="B", winner="A"))  # X shown as A, Y as B
+    second = parse_verdict(frame.format(loser="A", winner="B"))  # X shown as B, Y as A
+    assert first in (None, "A") and second in (None, "B")  # never a verdict for the answer called worse
+    assert combine_orders(first, second) != "loss"
+
+
+@pytest.mark.parametrize("frame", NEGATIVE_FRAMES)
+def test_negative_replies_end_to_end_through_the_judge(server_factory, frame):
+    """Both orders through a fake endpoint: the judge names Y (the worse answer) wherever it is shown."""
+    def reply(messages):
+        first, _ = shown(messages)
+        loser, winner = ("B", "A") if first == "X" else ("A", "B")
+        return 200, frame.format(loser=loser, winner=winner)
+
+    srv = server_factory(reply)
+    judge = Judge(JudgeConfig(base_url=srv.url, model="fake", parse_retries=0), sleep=lambda s: None)
+    o = judge.judge_pair("q", "X", "Y")
+    assert o.outcome != "loss" and o.first.verdict in (None, "A") and o.second.verdict in (None, "B")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -95,8 +95,10 @@ _TOKEN = _NAME + r"(?:\((?i:([abc]))\)|([ABC])(?![\w']))"
 _TIE = r"((?i:\ba\s+)?(?i:tie|draw)\b)"
 # After a label the token ends the clause: punctuation, a line end, or "is/wins/because ..." -- not "A tie", "A bit".
 _END = r"(?=[ \t]*(?:$|\n|[^\w\s])|\s+(?i:is|was|wins|won|because|since|as|for)\b)"
-_LABEL = (r"(?i:\b(?:final\s+)?(?:verdict|winner|decision|choice|judge?ment|answer|preference"
-          r"|better\s+(?:response|output)|best\s+(?:response|output)|best_output)\b)"
+# "Answer" is a label only with a separator ("The answer is B", "Answer: B"): "Answer B is ..." names an answer.
+_LABEL = (r"(?i:\b(?:(?:final\s+)?(?:verdict|winner|decision|choice|judge?ment|preference"
+          r"|better\s+(?:response|output)|best\s+(?:response|output)|best_output)\b"
+          r"|(?:final\s+)?answer\b(?=[\s\"'*\\]*(?:is\b|[:=\-]))))"
           r"[\s\"'*\\]*(?i:is\b)?[\s\"'*\\]*[:=\-]?[\s\"'*\\]*")
 _BETTER = (r"(?=\s+(?i:is|was)\s+(?i:clearly\s+|much\s+|slightly\s+|somewhat\s+|overall\s+)?(?i:a\s+|the\s+)?"
            r"(?i:better|best|preferred|superior)\b|\s+(?i:wins)\b)")
@@ -113,6 +115,32 @@ _LEVELS = [
 ]
 
 
+# A verdict named in a negated or negative clause ("I would not choose B", "Decision: B is inferior", "A is
+# weaker, so B") is not read as a verdict for it, nor (when in doubt, no verdict) as one for the other: the
+# whole reply then has no verdict of that kind and the judge is asked again.
+_CLAUSE_END = re.compile(r"[.;,!?:\n(]|\]\]|\b(?i:because|since|but|so|although|though|while|whereas|than|and|"
+                         r"whereby|which|who|hence|therefore|thus)\b")
+_NEGATION = re.compile(r"(?i:\b(?:not|never|no|neither|nor|cannot|can't|won't|wouldn't|don't|doesn't|didn't|"
+                       r"isn't|wasn't|shouldn't|couldn't|hardly|against|instead|rather|reject|rejects|avoid)\b|n't\b)")
+_NEGATIVE = re.compile(r"(?i:\b(?:worse|worst|weaker|weakest|weak|inferior|wrong|incorrect|less|least|lacks?|"
+                       r"lacking|fails?|failed|poorer|poorest|poor|loses|lost|bad|flawed|mistaken|misleading|"
+                       r"inaccurate|unhelpful|incomplete|lower|lesser|behind|falls?|trails?)\b)")
+_WINDOW_WORDS = 8  # how far a clause reaches from the verdict on either side
+
+
+def _negated(reply: str, start: int, end: int, bracketed: bool = False) -> bool:
+    """Whether the verdict at ``reply[start:end]`` sits in a negated clause (a negation before it) or one that
+    states something negative about it (a negative predicate or a negation after it; not for a bracketed
+    ``[[A]]``, which closes its own clause)."""
+    before = reply[:start]
+    cut = [m.end() for m in _CLAUSE_END.finditer(before)]
+    before = " ".join(before[cut[-1] if cut else 0:].split()[-_WINDOW_WORDS:])
+    after = "" if bracketed else reply[end:]
+    stop = _CLAUSE_END.search(after)
+    after = " ".join(after[: stop.start() if stop else len(after)].split()[:_WINDOW_WORDS])
+    return bool(_NEGATION.search(before) or _NEGATION.search(after) or _NEGATIVE.search(after))
+
+
 def _normalize(x: str) -> str:
     x = x.upper()
     return TIE if x == "C" or x.endswith(("TIE", "DRAW")) else x
@@ -125,12 +153,17 @@ def parse_verdict(reply: str | None) -> str | None:
     a label — ``Verdict: A``, ``The better response is Response B``, ``"best_output": "Output (a)"``, ``My verdict
     is a tie``; ``Output (a) is better`` / ``I prefer B`` / ``It's a tie``; a reply that is (or starts with) only
     ``A`` / ``**Output (b)**`` / ``Tie.``. Two different verdicts of the same kind are a conflict: None, never a
-    guess; so is anything else (the judge is then asked again).
+    guess; so is a verdict in a negated or negative clause ("Answer B is worse than A", "I would not choose B",
+    "Decision: B is inferior"), and anything else (the judge is then asked again).
     """
     if not reply:
         return None
-    for pattern in _LEVELS:
-        found = {_normalize(next(g for g in m.groups() if g)) for m in pattern.finditer(reply.strip())}
+    reply = reply.strip()
+    for level, pattern in enumerate(_LEVELS):
+        matches = list(pattern.finditer(reply))
+        if any(_negated(reply, m.start(), m.end(), bracketed=level == 0) for m in matches):
+            return None  # "B is worse", "I would not choose B": never a verdict for B; in doubt, none at all
+        found = {_normalize(next(g for g in m.groups() if g)) for m in matches}
         if len(found) == 1:
             return found.pop()
         if found:
