@@ -1,0 +1,70 @@
+"""experiments/qa_ablation.py: the lanes split the jobs without overlap, and the Table 5 layout is built from
+scored answers (synthetic ones here: seconds, no model)."""
+
+import argparse
+import importlib.util
+import json
+import random
+import sys
+from pathlib import Path
+
+_PATH = Path(__file__).resolve().parents[1] / "experiments" / "qa_ablation.py"
+sys.path.insert(0, str(_PATH.parent))
+_spec = importlib.util.spec_from_file_location("qa_ablation_exp", _PATH)
+qa_ablation = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(qa_ablation)
+
+
+def _args(tmp_path, **kw):
+    base = dict(seeds=[1, 2, 3], aspects=list(qa_ablation.ASPECTS), lanes=2, steps=40, rollout_batch=4,
+                eval_questions=6, out=str(tmp_path / "out"), judge_url=None)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_the_lanes_cover_every_job_once_seed_by_seed(tmp_path):
+    args = _args(tmp_path)
+    todo = qa_ablation.jobs(args)
+    assert todo[:3] == [(1, "factuality"), (1, "relevance"), (1, "length")]
+    lanes = [todo[i:: args.lanes] for i in range(args.lanes)]
+    assert sorted(j for lane in lanes for j in lane) == sorted(todo) and len(set(todo)) == 9
+
+
+def _scored(name, seed, shift, rng):
+    return [{"prompt_id": f"q{i}#s{seed}", "prompt": f"q{i}", "completion": f"{name} {i}", "system": name,
+             "seed": seed, "scores": {"holistic.z": rng.gauss(shift, 1.0), "factuality.share_positive": rng.random(),
+                                      "length_tokens": float(rng.randint(10, 40))}} for i in range(6)]
+
+
+def test_the_table_holds_every_variant_with_intervals_beside_the_paper(tmp_path):
+    rng = random.Random(0)
+    args = _args(tmp_path)
+    per = {"initial": [], **{a: [] for a in args.aspects}}
+    for seed in args.seeds:
+        per["initial"] += _scored("initial", seed, 0.0, rng)
+        for k, a in enumerate(args.aspects):
+            per[a] += _scored(a, seed, 0.5 * k, rng)  # length (k = 2) is made the best by the holistic model
+    clusters = {r["prompt_id"]: r["prompt_id"].rsplit("#s", 1)[0] for r in per["initial"]}
+    directions = dict.fromkeys(qa_ablation.METRICS, True)
+    result, _, _ = qa_ablation.compare_scored(per, directions, tmp_path / "c1", metrics=list(qa_ablation.METRICS),
+                                              clusters=clusters)
+    variants = {k: v for k, v in per.items() if k != "initial"}
+    table5, _, _ = qa_ablation.compare_scored(variants, directions, tmp_path / "c2",
+                                              metrics=list(qa_ablation.WIN_METRICS), clusters=clusters)
+    selection = {"kept": ["factuality"], "aspects": {
+        "factuality": {"conflict": 0.06, "n_conflicts": 6, "n_holistic_decisive": 100, "win_rate": None, "kept": True},
+        "relevance": {"conflict": 0.3, "n_conflicts": 30, "n_holistic_decisive": 100, "win_rate": None, "kept": False}}}
+    root = tmp_path / "runs"
+    root.mkdir()
+    data = qa_ablation.write_results(args, root, selection, {"result": result, "variants": table5, "judge": None,
+                                                              "steps": {}})
+    saved = json.loads((tmp_path / "out" / "qa_ablation.json").read_text())
+    assert saved["seeds"] == [1, 2, 3] and saved["steps"] == 40 and saved["aspects"] == list(qa_ablation.ASPECTS)
+    assert saved["eval_questions"] == 6 and saved["eval_units"] == 18
+    hol = {a: data["table"][a]["avg_win_rate"]["holistic"] for a in args.aspects}
+    for a, cell in hol.items():
+        assert cell["pct_low"] <= cell["win_rate_pct"] <= cell["pct_high"], a
+    assert max(hol, key=lambda a: hol[a]["win_rate_pct"]) == "length"
+    assert data["table"]["length"]["selection"]["inconsistency"] is None  # not measured: no row, no number
+    assert data["table"]["factuality"]["paper"]["holistic"] == 51.93
+    md = (tmp_path / "out" / "qa_ablation.md").read_text()
+    assert md.count("| factuality |") == 1 and "6.0 %" in md and "(initial policy)" in md
