@@ -190,7 +190,7 @@ def write_results(args, root: Path, selection: dict, evaluated: dict) -> dict:
                      + ("—" if inc is None else f"{100 * inc:.1f} %") + f" | {qc._win(row['selection']['greedy_vs_sample_win_rate'])} | "
                      + ("yes" if row["selection"]["kept"] else "no") + " |")
     ini = table["initial"]["means"]
-    lines += [f"| (initial policy) | — | — |" + (" — |" if judge else "") + " — | "
+    lines += ["| (initial policy) | — | — |" + (" — |" if judge else "") + " — | "
               f"{qc._cell(ini['holistic.z'])} | {qc._cell(ini['factuality.share_positive'])} | {qc._cell(ini['length_tokens'])} | — | — | — |",
               "", "Completeness (the paper's fourth aspect) is not run: no completeness model of ours clears its trivial "
               "baseline cross-validated.", "",
