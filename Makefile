@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-integration lint clean
+.PHONY: install demo test test-fast test-integration lint clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# The same without the multi-process and fault-injection tests (the slowest; markers in pyproject.toml).
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m 'not integration and not multiprocess and not fault_injection'
 
 # The LLM-judge test against a real llama.cpp server (llama-cpp-python builds from source: minutes, once).
 test-integration: $(STAMP)

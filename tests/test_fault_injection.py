@@ -9,7 +9,8 @@ import faults
 import pytest
 import torch
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="forks and SIGKILLs a child: Linux only")
+pytestmark = [pytest.mark.fault_injection,
+              pytest.mark.skipif(sys.platform != "linux", reason="forks and SIGKILLs a child: Linux only")]
 
 
 @pytest.mark.parametrize("kind", ["ppo", "vcb"])

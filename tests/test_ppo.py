@@ -401,6 +401,7 @@ def test_checkpoint_is_atomic_and_complete(tmp_path):
 # ---------------------------------------------------------------- two processes stay in sync
 
 
+@pytest.mark.multiprocess
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo multi-process test runs on Linux")
 def test_two_processes_keep_identical_parameters(tmp_path):
     """Rank 1's batches are all empty. The run must finish with equal parameters, advantages whitened with the

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from launch import run_two_ranks
 
@@ -54,6 +55,7 @@ def _two_rank_run(tmp_path, config: str, port: int):
     return (torch.load(tmp_path / f"rank_{r}.pt", weights_only=False) for r in (0, 1))
 
 
+@pytest.mark.multiprocess
 def test_ppo_under_ddp_replays_the_frozen_trunk_and_keeps_ranks_in_step(tmp_path):
     import torch
 
@@ -67,6 +69,7 @@ def test_ppo_under_ddp_replays_the_frozen_trunk_and_keeps_ranks_in_step(tmp_path
     assert moved and all("layers.1." in k or "value_head" in k for k in moved)
 
 
+@pytest.mark.multiprocess
 def test_ppo_under_fsdp2_on_two_gloo_ranks_keeps_ranks_in_step(tmp_path):
     import torch
 

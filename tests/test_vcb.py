@@ -609,6 +609,7 @@ def test_packaged_recipes_validate():
 # ------------------------------------------------------------------------ two processes, uneven pair shares
 
 
+@pytest.mark.multiprocess
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo multi-process test runs on Linux")
 @pytest.mark.parametrize("layers, port", [("all", 29547), ("top", 29546)])  # top: the frozen layer 0 replayed
 def test_two_processes_with_uneven_pairs_match_one_process(tmp_path, layers, port):
@@ -659,6 +660,7 @@ torch.save(two.trainable(tr), f"{out}/params_{acc.process_index}.pt")
 """
 
 
+@pytest.mark.multiprocess
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo multi-process test runs on Linux")
 @pytest.mark.parametrize("loss, port", [("slic", 29548), ("rrhf", 29549)])
 def test_two_processes_with_slic_and_rrhf_match_one_process(tmp_path, loss, port):
