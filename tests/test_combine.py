@@ -529,3 +529,17 @@ def test_aspect_scale_shapes_inside_the_logistic():
 
     with pytest.raises(AlarmError, match="aspect_scales.completeness must be > 0"):
         CombineConfig(aspect_scales={"completeness": 0.0})
+
+
+def test_the_docs_state_the_empty_return_and_the_group_baseline_the_code_uses():
+    """The default empty return is −10·max(w_h, 1) (not w_h·(−10): w_h 0.5 would give −5); the group baseline
+    averages the siblings' scores, without their −β·KL."""
+    from pathlib import Path
+
+    assert CombineConfig(holistic_weight=0.5).empty_return == -10.0
+    assert CombineConfig(holistic_weight=5.0).empty_return == -50.0
+    root = Path(__file__).resolve().parents[1]
+    for page in ("README.md", "docs/method.md"):
+        text = " ".join((root / page).read_text(encoding="utf-8").split())
+        assert "w_h·(−10)" not in text and "−10·max(w_h, 1)" in text, page
+        assert "without the −β·KL term" in text, page

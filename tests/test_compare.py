@@ -3,6 +3,8 @@ win-rate matrix, aligning systems — against hand-computed values and scipy."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -430,3 +432,22 @@ def test_the_judge_can_read_only_one_systems_pairs(tmp_path):
     assert "| vcb | " in (tmp_path / "report.md").read_text()
     with pytest.raises(AlarmError, match="no such system"):
         compare_scored(systems, {"r": True}, tmp_path / "x", metrics=["r"], judge=judge, judge_pairs_with="ppo")
+
+
+def test_clustered_bootstrap_leaves_out_draws_that_hold_no_value():
+    """Draws of only missing values have no mean; they used to turn both bounds into NaN."""
+    c = mean_ci([1, 2, None, None, None, None], "bootstrap", clusters=list("abcdef"))
+    assert c.mean == 1.5 and c.low is not None and c.high is not None
+    assert 1.0 <= c.low <= c.high <= 2.0
+    c = mean_ci([None, 3.0, None, None, 4.0, None], "bootstrap", clusters=list("aabbcc"))
+    assert 3.0 <= c.low <= c.high <= 4.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.floats(-5, 5)), min_size=2, max_size=12), st.integers(0, 5))
+def test_clustered_bootstrap_bounds_are_finite_and_inside_the_values(values, seed):
+    held = [v for v in values if v is not None]
+    c = mean_ci(values, "bootstrap", n_boot=200, seed=seed, clusters=[str(i) for i in range(len(values))])
+    if len(held) >= 2:
+        assert math.isfinite(c.low) and math.isfinite(c.high)
+        assert min(held) - 1e-9 <= c.low <= c.high <= max(held) + 1e-9

@@ -13,7 +13,7 @@ logistic s), the aspect vector is a_t = Σ_k w_k·s(r_{k,t}) and the token rewar
 so the return is R = w_h·h + 1[h ≥ ε]·Σ_t a_t. With shaped (positive) aspect values and w_h > 0, every
 response with h ≥ ε out-earns every response with h < ε — the hierarchy guarantee; :func:`hierarchy_warnings`
 names each setting that breaks it. An empty response gets ``empty_penalty`` on its own last token instead
-(default w_h·(−10), the paper's h = −10: below every real answer, so PPO is never paid to abstain).
+(default −10·max(w_h, 1), the paper's h = −10: below every real answer, so PPO is never paid to abstain).
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from alarm.errors import AlarmError
 from alarm.placement import place
@@ -51,18 +52,29 @@ def logistic(v: float) -> float:
 class CombineConfig:
     """How rewards combine. Defaults are the paper's QA setting (w_h 5, ε 0.6); MT used w_h 3, ε 0.5."""
 
-    mode: str = "hierarchical"
-    holistic_weight: float = 5.0
-    epsilon: float = 0.6  # compared with the z-scored holistic reward
-    epsilon_quantile: float | None = None  # if set, ε = this quantile of h under the initial policy
-    aspect_weights: dict[str, float] = field(default_factory=dict)  # aspects not listed weigh 1.0
-    # s(scale·v) instead of s(v) for the listed aspects (the paper shaped completeness as s(0.3·z)); 1.0 if absent
-    aspect_scales: dict[str, float] = field(default_factory=dict)
-    shape_aspects: bool = True  # logistic shaping of every aspect value (never of h)
-    unshaped: tuple[str, ...] = ()  # aspects exempted from shaping (can break the guarantee)
-    # Return of an empty response, on its last token. None: w_h·(−10) (QA −50, MT −30: the paper's h = −10),
-    # below every real answer with h > −10; a value inside the normal return range pays PPO to abstain.
-    empty_penalty: float | None = None
+    mode: Annotated[str, Field(description=(
+        "holistic_only, aspect_only, weighted_sum, or hierarchical (ALaRM: the aspects count only when h ≥ ε)"))
+    ] = "hierarchical"
+    holistic_weight: Annotated[float, Field(description="w_h, the holistic reward's weight (the paper: QA 5, "
+                                            "MT 3)")] = 5.0
+    epsilon: Annotated[float, Field(description="the gate ε, compared with the z-scored holistic reward (the "
+                                    "paper: QA 0.6, MT 0.5)")] = 0.6
+    epsilon_quantile: Annotated[float | None, Field(description=(
+        "if set, ε is this quantile of h under the initial policy instead of epsilon"))] = None
+    aspect_weights: Annotated[dict[str, float], Field(description=(
+        "w_k per aspect name; an aspect not listed weighs 1"))] = field(default_factory=dict)
+    aspect_scales: Annotated[dict[str, float], Field(description=(
+        "shape the listed aspects as s(scale·v) instead of s(v) (the paper shaped completeness as s(0.3·z))"))
+    ] = field(default_factory=dict)
+    shape_aspects: Annotated[bool, Field(description=(
+        "pass every aspect value through the logistic s (never h); false can break the hierarchy guarantee"))
+    ] = True
+    unshaped: Annotated[tuple[str, ...], Field(description=(
+        "aspects exempted from shaping (negative values can break the hierarchy guarantee)"))] = ()
+    # On the response's last token; a value inside the normal return range pays PPO to abstain.
+    empty_penalty: Annotated[float | None, Field(description=(
+        "the return of an empty response (null: −10·max(w_h, 1), the paper's h = −10: below every real answer)"))
+    ] = None
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -81,7 +93,7 @@ class CombineConfig:
 
     @property
     def empty_return(self) -> float:
-        """The return of an empty response: ``empty_penalty``, or w_h·(−10) when it is not set."""
+        """The return of an empty response: ``empty_penalty``, or −10·max(w_h, 1) when it is not set."""
         if self.empty_penalty is not None:
             return float(self.empty_penalty)
         return -10.0 * max(float(self.holistic_weight), 1.0)
@@ -123,7 +135,7 @@ def hierarchy_warnings(config: CombineConfig, aspects: Sequence[str], nonnegativ
             f"empty_penalty {config.empty_return:g} is above the return of a real answer with "
             f"h < {config.empty_return / max(config.holistic_weight, 1e-12):.2f} (w_h·h with w_h = "
             f"{config.holistic_weight:g}): PPO is paid to answer nothing on hard prompts; leave it unset "
-            f"(w_h·(−10) = {floor:g}) or set it ≤ {floor:g}"
+            f"(−10·max(w_h, 1) = {floor:g}) or set it ≤ {floor:g}"
         )
     if config.mode != "hierarchical":
         return reasons

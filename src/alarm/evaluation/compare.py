@@ -102,10 +102,15 @@ def mean_ci(values: Sequence[float | None], method: str = "t", confidence: float
         return MeanCI(mean, mean - half, mean + half, n, missing, method, confidence)
     if clusters is None:
         means = x[_resample(n, n_boot, seed)].mean(axis=1)
-    else:  # resample over every unit, a missing value weighing nothing
+    else:  # resample over every unit, a missing value weighing nothing; a draw of only missing values has no
+        # mean and is left out (it would make every quantile NaN)
         full = np.array([np.nan if v is None else float(v) for v in values], dtype=float)
-        idx = _resample(len(full), n_boot, seed, clusters)
-        means = np.nanmean(full[idx], axis=1)
+        drawn = full[_resample(len(full), n_boot, seed, clusters)]
+        held = ~np.isnan(drawn)
+        counts = held.sum(axis=1)
+        means = np.where(held, drawn, 0.0).sum(axis=1)[counts > 0] / counts[counts > 0]
+        if not len(means):
+            return MeanCI(mean, None, None, n, missing, method, confidence)
     alpha = (1 - confidence) / 2
     low, high = np.quantile(means, [alpha, 1 - alpha])
     return MeanCI(mean, float(low), float(high), n, missing, method, confidence)
