@@ -5,7 +5,9 @@ with no network and no downloaded weights —
 2. the device-sensitive tests (``tests/test_device.py``) on the device;
 3. one quickstart-sized alarm PPO run in bf16 (12 steps, 8 prompts, 40 new tokens, LoRA on the top 10 of
    30 layers, a reward model on the GPU);
-4. one step of alarm PPO vs TRL's GRPOTrainer on the same work and the same GPU, bf16 weights in both
+4. `make demo`'s GPU budget (``alarm.recipes.ppo.demo_budget``: 4× the steps and prompts per step, bf16
+   autocast) on the same shape, timed against the CPU demo's training time;
+5. one step of alarm PPO vs TRL's GRPOTrainer on the same work and the same GPU, bf16 weights in both
    (skipped without trl).
 
 The policy is a randomly initialised model of SmolLM2-135M's shape (Llama: hidden 576, 30 layers, 9 heads,
@@ -227,10 +229,10 @@ def reward_set(tokenizer, device: str, records: list[dict]):
     return rs, holistic_kind
 
 
-def _accelerator(device: str):
+def _accelerator(device: str, mixed_precision: str = "no"):
     from accelerate import Accelerator
 
-    return Accelerator(cpu=device == "cpu")
+    return Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision)
 
 
 def _sync(device: str):
@@ -240,21 +242,26 @@ def _sync(device: str):
         torch.cuda.synchronize()
 
 
-def ppo_run(device: str, steps: int, new_tokens: int, rollout: int = 8, mini: int = 4, epochs: int = 2) -> dict:
+def ppo_run(device: str, steps: int, new_tokens: int, rollout: int = 8, mini: int = 4, epochs: int = 2,
+            autocast: bool = False) -> dict:
+    """bf16 weights, or (``autocast``) fp32 weights under accelerate's bf16 autocast, as `make demo` runs on a GPU."""
     import torch
 
     from alarm.trainers.ppo import PPOConfig, PPOTrainer
 
     tok = synthetic_tokenizer()
     records = quickstart_records()
-    model = smollm2_shaped(tok).to(torch.bfloat16)
+    model = smollm2_shaped(tok)
+    if not autocast:
+        model = model.to(torch.bfloat16)
     rs, holistic_kind = reward_set(tok, device, records)
     cfg = PPOConfig(steps=steps, rollout_batch_size=rollout, mini_batch_size=mini, grad_accum_steps=1, ppo_epochs=epochs,
                     max_new_tokens=new_tokens, learning_rate=5e-4, lora_layers=list(range(20, 30)), seed=0)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as out:
-        tr = PPOTrainer(cfg, model, tok, rs, records, out, accelerator=_accelerator(device))
+        tr = PPOTrainer(cfg, model, tok, rs, records, out,
+                        accelerator=_accelerator(device, "bf16" if autocast else "no"))
         _sync(device)
         t0 = time.perf_counter()
         metrics = tr.train(progress=False)
@@ -265,7 +272,7 @@ def ppo_run(device: str, steps: int, new_tokens: int, rollout: int = 8, mini: in
     tokens = sum(m["length/tokens"] * rollout for m in metrics)
     result = {
         "status": "ok" if finite else "failed", "steps": steps, "new_tokens": new_tokens, "prompts_per_step": rollout,
-        "mini_batch": mini, "ppo_epochs": epochs, "dtype": dtypes,
+        "mini_batch": mini, "ppo_epochs": epochs, "dtype": dtypes, "bf16_autocast": autocast,
         "holistic_reward": holistic_kind, "device": str(tr.accelerator.device), "wall_s": round(wall, 2),
         "step_s_median": median([m["time/step"] for m in metrics[1:] or metrics]),
         "phases_s_median": {k: median([m[k] for m in metrics[1:] or metrics])
@@ -278,6 +285,23 @@ def ppo_run(device: str, steps: int, new_tokens: int, rollout: int = 8, mini: in
     if device.startswith("cuda"):
         result["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return result
+
+
+CPU_DEMO_TRAIN_S = 240  # the CPU demo's PPO part on 2 quiet cores, about (docs: the demo's measured time)
+
+
+def demo_gpu(device: str, cpu: bool) -> dict:
+    """`make demo`'s GPU budget (alarm.recipes.ppo.demo_budget: its steps and prompts per step, bf16 autocast) on
+    the quickstart policy's shape: does it take about the CPU demo's time? (--cpu: 2 short steps, a check only)."""
+    from alarm.recipes.ppo import demo_budget
+
+    overrides, line = demo_budget(cuda=True, bf16=True)
+    kv = dict(o.split("=", 1) for o in overrides)
+    steps, rollout, mini = int(kv["ppo.steps"]), int(kv["ppo.rollout_batch_size"]), int(kv["ppo.mini_batch_size"])
+    if cpu:
+        steps, rollout, mini = 2, 4, 2
+    result = ppo_run(device, steps=steps, new_tokens=40 if not cpu else 8, rollout=rollout, mini=mini, autocast=True)
+    return {**result, "budget_line": line, "cpu_demo_train_s": CPU_DEMO_TRAIN_S}
 
 
 def step_time_vs_trl(device: str, new_tokens: int, warmup: int, measured: int, prompts: int = 4, mini: int = 4,
@@ -382,6 +406,7 @@ def markdown(res: dict) -> str:
     lines += ["Found: " + ", ".join(f"{k} {v}" for k, v in env["found"].items()), "",
               "| section | status | result |", "|---|---|---|"]
     for key, title in (("device_tests", "device-sensitive tests"), ("ppo_bf16", "quickstart-sized PPO, bf16"),
+                       ("demo_gpu", "the GPU demo's budget, bf16 autocast"),
                        ("step_time", "step time vs TRL GRPO")):
         s = res.get(key)
         if s is None:
@@ -393,7 +418,7 @@ def markdown(res: dict) -> str:
         if key == "device_tests":
             c = s["counts"]
             detail = f"{c['passed']} passed, {c['failed'] + c['error']} failed, {c['skipped']} skipped in {s['wall_s']} s"
-        elif key == "ppo_bf16":
+        elif key in ("ppo_bf16", "demo_gpu"):
             detail = (f"{s['steps']} steps × {s['prompts_per_step']} prompts × {s['new_tokens']} tokens in {s['wall_s']} s; median step "
                       f"{s['step_s_median']} s (generate {s['phases_s_median']['time/generate']}, update "
                       f"{s['phases_s_median']['time/update']}); {s['generated_tokens_per_s']} generated tokens/s; "
@@ -423,7 +448,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cpu", action="store_true", help="run every section on the CPU, shortened")
     p.add_argument("--name", help="result file name (default: cpu-fallback, or cuda-<gpu name>)")
-    p.add_argument("--skip", nargs="*", default=[], choices=["tests", "ppo", "trl"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["tests", "ppo", "demo", "trl"])
     args = p.parse_args(argv)
     t_start = time.perf_counter()
     device = "cpu"
@@ -453,6 +478,7 @@ def main(argv=None) -> int:
         # the quickstart's PPO settings on a GPU; on a CPU, small enough to finish in a few minutes
         ("ppo_bf16", "ppo", lambda: ppo_run(device, steps=12, new_tokens=40) if not args.cpu else
          ppo_run(device, steps=2, new_tokens=8, rollout=4, mini=2, epochs=1)),
+        ("demo_gpu", "demo", lambda: demo_gpu(device, args.cpu)),
         ("step_time", "trl", lambda: step_time_vs_trl(device, new_tokens=64, warmup=1, measured=4) if not args.cpu else
          step_time_vs_trl(device, new_tokens=8, warmup=0, measured=1, prompts=2, mini=2, epochs=1)),
     ]
