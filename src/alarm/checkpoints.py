@@ -48,7 +48,9 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, model
     accelerator.wait_for_everyone()
     if model_state_dict is not None:  # FSDP: each rank holds its own shard of the optimizer state
         torch.save(optimizer.state_dict(), tmp / f"optimizer_{accelerator.process_index}.pt")
-    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    name, keys, pos, has_gauss, cached = np.random.get_state()  # plain values: read back with weights_only
+    rng = {"python": random.getstate(), "numpy": (name, keys.tolist(), int(pos), int(has_gauss), float(cached)),
+           "torch": torch.get_rng_state()}
     torch.save(rng, tmp / f"rng_{accelerator.process_index}.pt")  # every rank keeps its own RNG stream
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -138,6 +140,24 @@ def read_state(ckpt: Path) -> dict:
     return json.loads((ckpt / "trainer_state.json").read_text())
 
 
+def load_tensors(path: Path):
+    """``torch.load`` of a file a checkpoint or a samples directory holds, with ``weights_only``: tensors,
+    numbers, strings and containers only (and numpy arrays of RNG states written by older alarm versions),
+    so a file from an untrusted source cannot run code. Anything else is a one-line error."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    allowed = [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:  # noqa: BLE001 (UnpicklingError, RuntimeError, EOFError …: all mean "not loadable")
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise AlarmError(f"{path} cannot be loaded safely ({type(e).__name__}: {first}); it holds something other "
+                         "than tensors and numbers, or is damaged: use another checkpoint or delete it") from None
+
+
 def load_checkpoint(ckpt: Path, model, optimizer, lora: bool, rank: int) -> None:
     """Restore model weights (adapter or full), optimizer state and this rank's RNG streams."""
     from safetensors.torch import load_file
@@ -152,12 +172,14 @@ def load_checkpoint(ckpt: Path, model, optimizer, lora: bool, rank: int) -> None
     if not (ckpt / "optimizer.pt").exists() and (ckpt / f"optimizer_{rank}.pt").exists():
         raise AlarmError(f"{ckpt} was written under FSDP (one optimizer shard per rank); resuming an FSDP run is "
                          "not supported yet: start a new run, or train without FSDP to resume")
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
+    optimizer.load_state_dict(load_tensors(ckpt / "optimizer.pt"))
     rng_file = ckpt / f"rng_{rank}.pt"
     if rng_file.exists():
-        rng = torch.load(rng_file, weights_only=False)
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
+        rng = load_tensors(rng_file)
+        version, state, gauss = rng["python"]
+        random.setstate((version, tuple(state), gauss))
+        name, keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
         torch.set_rng_state(rng["torch"])
 
 

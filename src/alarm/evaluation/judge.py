@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from alarm.errors import AlarmError
+from alarm.errors import AlarmError, redact_url
 from alarm.progress import Progress
 
 log = logging.getLogger("alarm.judge")
@@ -80,7 +80,7 @@ class JudgeConfig:
 
     def __post_init__(self):
         if not self.base_url.startswith(("http://", "https://")):
-            raise AlarmError(f"judge URL {self.base_url!r} must start with http:// or https:// (e.g. http://127.0.0.1:8080/v1)")
+            raise AlarmError(f"judge URL {redact_url(self.base_url)!r} must start with http:// or https:// (e.g. http://127.0.0.1:8080/v1)")
         if not self.model:
             raise AlarmError("give the judge's model name (the name the endpoint serves)")
         if self.concurrency < 1 or self.max_retries < 0 or self.parse_retries < 0:
@@ -351,13 +351,13 @@ class Judge:
                 continue
             if resp.status_code in (401, 403):
                 raise AlarmError(
-                    f"judge endpoint {self.url} refused the request (HTTP {resp.status_code}); put a valid API key "
+                    f"judge endpoint {redact_url(self.url)} refused the request (HTTP {resp.status_code}); put a valid API key "
                     f"in the environment variable {cfg.api_key_env} (or name another with --judge-api-key-env)"
                 )
             if resp.status_code >= 400:
                 detail = resp.text[:200].replace("\n", " ")
                 raise AlarmError(
-                    f"judge endpoint {self.url} rejected the request (HTTP {resp.status_code}: {detail}); "
+                    f"judge endpoint {redact_url(self.url)} rejected the request (HTTP {resp.status_code}: {detail}); "
                     f"check the base URL and that it serves the model {cfg.model!r}"
                 )
             try:
@@ -373,7 +373,7 @@ class Judge:
             fns = [c.get("function") or {} for c in calls if isinstance(c, dict)]
             return " ".join(f"{f.get('name', '')}({f.get('arguments', '')})" for f in fns) or ""
         raise AlarmError(
-            f"judge endpoint {self.url} failed {cfg.max_retries + 1} times (last: {last}); check that the server "
+            f"judge endpoint {redact_url(self.url)} failed {cfg.max_retries + 1} times (last: {last}); check that the server "
             "is running and the URL ends in /v1 (finished judgments are cached: rerun to resume)"
         )
 
@@ -466,5 +466,5 @@ class Judge:
     def stats(self) -> dict[str, Any]:
         """Requests made, unparsed replies, cache size and the settings (the key's variable name, never the key)."""
         return {"requests": self.requests_made, "unparsed": self.unparsed, "cached_entries": len(self.cache),
-                **asdict(self.config)}
+                **asdict(self.config), "base_url": redact_url(self.config.base_url)}
 

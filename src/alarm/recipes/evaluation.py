@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from alarm.config import build_reward_set, load_recipe, parse_overrides, read_settings, validate_recipe
-from alarm.errors import AlarmError
+from alarm.errors import AlarmError, redact_url
 from alarm.evaluation.compare import compare_scored, summary_markdown
 from alarm.evaluation.judge import Judge, JudgeConfig
 from alarm.evaluation.scoring import (
@@ -374,7 +374,7 @@ def compare(args: argparse.Namespace) -> int:
         judge = Judge(judge_config_from_args(args, out))
         if not os.environ.get(args.judge_api_key_env):
             _info(f"compare: ${args.judge_api_key_env} is not set; calling the judge without an API key")
-        _info(f"compare: judge {args.judge_model} at {args.judge_url}; {len(judge.cache)} verdicts already cached")
+        _info(f"compare: judge {args.judge_model} at {redact_url(args.judge_url)}; {len(judge.cache)} verdicts already cached")
     result, judge_result, plots = compare_scored(
         systems, directions, out, metrics=_csv(args.metrics) or None, method=args.ci, confidence=args.confidence,
         tie_tol=args.tie_tol, n_boot=args.n_boot, seed=args.seed, sample=args.sample,

@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from alarm.errors import AlarmError
+from alarm.errors import AlarmError, redact_url
 from alarm.rewards.base import Dense, check_batch
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class LanguageToolClient:
                  backoff: float = 0.5, disabled_rules: Sequence[str] = (), disabled_categories: Sequence[str] = (),
                  level: str = "default"):
         if not url or not str(url).startswith(("http://", "https://")):
-            raise AlarmError(f"LanguageTool url must start with http:// or https://, got {url!r}")
+            raise AlarmError(f"LanguageTool url must start with http:// or https://, got {redact_url(url)!r}")
         if timeout <= 0 or retries < 0 or backoff < 0:
             raise AlarmError("LanguageTool timeout must be > 0, retries and backoff ≥ 0")
         if level not in ("default", "picky"):
@@ -156,7 +156,7 @@ class LanguageToolClient:
             if attempt + 1 < attempts:
                 time.sleep(self.backoff * 2**attempt)
         raise AlarmError(
-            f"LanguageTool server {self.url} failed after {attempts} attempts: {problem}. Start the server "
+            f"LanguageTool server {redact_url(self.url)} failed after {attempts} attempts: {problem}. Start the server "
             f"(or raise `timeout`), or remove `url` (and {URL_ENV}) to use the offline spelling checker"
         )
 
@@ -261,7 +261,7 @@ class GrammarReward:
         if checker == "languagetool" or (checker == "auto" and url):
             self.backend = LanguageToolClient(url, language, timeout, retries, backoff, disabled_rules,
                                               disabled_categories, level)
-            self.checker = f"languagetool ({self.backend.url}, {language})"
+            self.checker = f"languagetool ({redact_url(self.backend.url)}, {language})"
         else:
             lang = language.split("-")[0].lower()
             self.backend = SpellingChecker(lang, extra_words, word_files, check_capitalized)

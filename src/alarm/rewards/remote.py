@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from alarm.errors import AlarmError
+from alarm.errors import AlarmError, redact_url
 from alarm.rewards.base import check_batch
 
 APIS = {"plain": "", "openrlhf": "/get_reward", "vllm_pooling": "/pooling", "vllm_classify": "/classify",
@@ -67,16 +67,16 @@ def post_json(session, endpoint: str, body: dict, timeout: float, retries: int, 
             if resp.status_code == 429 or resp.status_code >= 500:
                 problem = f"HTTP {resp.status_code} {_first_line(resp.text, 120)}".rstrip()
             elif resp.status_code >= 400:
-                raise AlarmError(f"{who}: {endpoint} rejected the request: HTTP {resp.status_code} "
+                raise AlarmError(f"{who}: {redact_url(endpoint)} rejected the request: HTTP {resp.status_code} "
                                  f"{_first_line(resp.text)}")
             else:
                 try:
                     return resp.json()
                 except ValueError:
-                    raise AlarmError(f"{who}: {endpoint} answered with invalid JSON: {resp.text[:120]!r}") from None
+                    raise AlarmError(f"{who}: {redact_url(endpoint)} answered with invalid JSON: {resp.text[:120]!r}") from None
         if attempt + 1 < attempts:
             time.sleep(backoff * 2**attempt)
-    raise AlarmError(f"{who}: server {endpoint} failed after {attempts} attempts ({problem}); start it or fix "
+    raise AlarmError(f"{who}: server {redact_url(endpoint)} failed after {attempts} attempts ({problem}); start it or fix "
                      "the url (or raise the timeout)")
 
 
@@ -95,7 +95,7 @@ class RemoteReward:
             raise AlarmError(f"reward {name!r}: api {api!r} is unknown; use one of {', '.join(APIS)}")
         parts = urlsplit(str(url or ""))
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise AlarmError(f"reward {name!r}: url must look like http://host:port[/path], got {url!r}")
+            raise AlarmError(f"reward {name!r}: url must look like http://host:port[/path], got {redact_url(url)!r}")
         if api == "plain" and parts.path in ("", "/"):
             raise AlarmError(f"reward {name!r}: api 'plain' needs the full endpoint in url (e.g. http://host:8000/score)")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -123,7 +123,7 @@ class RemoteReward:
         self.requests_sent = 0  # for logs and tests: how many HTTP requests the batches took
 
     def __repr__(self) -> str:  # never show the session headers (the key)
-        return f"RemoteReward(name={self.name!r}, api={self.api!r}, endpoint={self.endpoint!r})"
+        return f"RemoteReward(name={self.name!r}, api={self.api!r}, endpoint={redact_url(self.endpoint)!r})"
 
     # -- HTTP -----------------------------------------------------------------------------------------
 
@@ -140,7 +140,7 @@ class RemoteReward:
         return head.replace("{prompt}", prompt) + completion + tail.replace("{prompt}", prompt)
 
     def _bad(self, what: str) -> AlarmError:
-        return AlarmError(f"reward {self.name!r}: {self.endpoint} ({self.api}) answered {what}")
+        return AlarmError(f"reward {self.name!r}: {redact_url(self.endpoint)} ({self.api}) answered {what}")
 
     def _pick(self, row) -> float:
         """One number from a pooling output: a scalar, a vector (label_index), or per-token rows (the last)."""

@@ -421,8 +421,12 @@ class VCBTrainer:
         key = [len(p) + 1000003 * len(r) for p, r in self.encoded]
         cache = self.reference_cache
         if cache is not None and cache.exists():
-            saved = torch.load(cache, weights_only=False)
-            if saved.get("key") == key:
+            try:
+                saved = checkpoints.load_tensors(cache)
+            except AlarmError as e:
+                warnings.warn(f"{e}; computing the reference log-probs again", stacklevel=2)
+                saved = {}
+            if isinstance(saved, dict) and saved.get("key") == key:
                 self.ref_logps = saved["logps"]
                 return self.ref_logps
         self.ref_logps = self.logprobs(list(range(len(self.rows))), reference=True)
