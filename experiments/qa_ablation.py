@@ -16,7 +16,7 @@ Stages (every one resumable):
    win rate (the statistics Table 5 is set beside); the normalisers and ε every run below shares.
 2. **train** — the jobs (seed-major: every aspect of seed 1, then seed 2, …) split over ``--lanes`` processes;
    lane i takes jobs i, i + lanes, …; checkpoints every 5 steps, so a killed lane resumes its run.
-3. **eval** — greedy answers of the initial policy and of every trained run to the 80 validation questions,
+3. **eval** — (each lane evaluates its runs as they finish; ``--stage collect`` saves the answers so far) greedy answers of the initial policy and of every trained run to the 80 validation questions,
    scored with every reward; the paper's Table 5 layout: each variant's average win rate against the other
    variants by the holistic model and by the factuality rate (and by a judge with ``--judge-url``), with 95 %
    bootstrap intervals over questions (each drawn with all its seeds); mean holistic reward, factuality rate and
@@ -88,11 +88,34 @@ def train_one(args, root: Path, seed: int, aspect: str) -> None:
 
 
 def stage_train(args, root: Path) -> None:
+    """Each lane trains its jobs and evaluates each trained policy at once (its scored answers cached in
+    root/eval), so `--stage collect` can save the answers of every finished run before the last one ends."""
     todo = jobs(args)
     lanes = range(args.lanes) if args.lane is None else [args.lane]
     for lane in lanes:
         for seed, aspect in todo[lane:: args.lanes]:
             train_one(args, root, seed, aspect)
+            name = system(aspect, seed)
+            qc.eval_scored(args, root, "", name, str(qc._checkpoints(root / name)), seed, [])
+
+
+def collect(args, root: Path) -> list[str]:
+    """The answers file from every evaluated system so far (and the systems it already holds), written atomically:
+    what a session that ends before the last run can commit, and a later one restores from."""
+    path = Path(args.out) / ANSWERS
+    saved = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    by_system = {}
+    for a in saved:
+        by_system.setdefault(a["system"], []).append(a)
+    for f in sorted((root / "eval").glob("*.scored.jsonl")):
+        name = f.name.removesuffix(".scored.jsonl")
+        rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+        steps = None if name == "initial" else int(json.loads(
+            (qc._checkpoints(root / name) / "trainer_state.json").read_text())["step"])
+        by_system[name] = qc.answers_only(rows, steps)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(path, [a for name in sorted(by_system) for a in by_system[name]])
+    return sorted(by_system)
 
 
 def stage_eval(args, root: Path) -> dict:
@@ -202,7 +225,7 @@ def write_results(args, root: Path, selection: dict, evaluated: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage", choices=("selection", "train", "eval", "all"), default="train")
+    ap.add_argument("--stage", choices=("selection", "train", "collect", "eval", "all"), default="train")
     ap.add_argument("--lane", type=int, default=None, help="train only this lane's jobs (one process per core)")
     ap.add_argument("--lanes", type=int, default=2)
     ap.add_argument("--aspects", nargs="+", default=list(ASPECTS), choices=ASPECTS)
@@ -229,7 +252,9 @@ def main() -> None:
         raise SystemExit(f"--lane {args.lane} must be in 0..{args.lanes - 1}")
     root = Path(args.run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    budget = {k: v for k, v in vars(args).items() if k not in ("stage", "lane", "judge_url", "judge_prompts", "out")}
+    # the seeds are not part of a run's settings: a later start may add seeds, or evaluate the ones done
+    budget = {k: v for k, v in vars(args).items()
+              if k not in ("stage", "lane", "judge_url", "judge_prompts", "out", "seeds")}
     saved = root / "ablation_args.yaml"
     if saved.exists() and yaml.safe_load(saved.read_text()) != budget:
         old = yaml.safe_load(saved.read_text())
@@ -240,6 +265,8 @@ def main() -> None:
     selection = qc.stage_selection(args, root)  # the lanes wait on each other through its files: run it alone first
     if args.stage in ("train", "all"):
         stage_train(args, root)
+    if args.stage == "collect":
+        print("answers saved for: " + ", ".join(collect(args, root)))
     if args.stage in ("eval", "all"):
         write_results(args, root, selection, stage_eval(args, root))
     print(f"stage(s) done in {time.perf_counter() - t0:.0f} s")
