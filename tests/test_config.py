@@ -83,9 +83,61 @@ def test_numbers_in_exponent_form_work_in_overrides_and_recipes(tmp_path):
     assert r.name == "1e3x"  # not a number: stays a string
 
 
-def test_the_renamed_kl_settings_still_read_their_old_names():
-    r = load_recipe(None, ["ppo.target_kl=0.3", "ppo.kl_target=2"])  # recipes written before the rename
-    assert (r.ppo.early_stop_kl, r.ppo.adaptive_kl_target) == (0.3, 2.0)
+@pytest.mark.parametrize("old", ["ppo.target_kl=0.3", "ppo.kl_target=2", "ppo.early_stop_kl_factor=1.5"])
+def test_the_removed_spellings_of_the_kl_settings_are_refused(old):
+    """One name per setting: the early stop is one threshold (early_stop_kl, the paper's 1.5 × 0.1 = 0.15)."""
+    with pytest.raises(AlarmError, match="unknown setting") as e:
+        load_recipe(None, [old])
+    assert "early_stop_kl" in str(e.value) and "adaptive_kl_target" in str(e.value)
+    assert load_recipe(None, []).ppo.early_stop_kl == pytest.approx(1.5 * 0.1)
+
+
+@pytest.mark.parametrize(("override", "closest", "valid"), [
+    ("ppo.learnig_rate=1e-4", "did you mean ppo.learning_rate?", "valid in ppo: lora, lora_r"),
+    ("data.pth=x", "did you mean data.path?", "valid in data: task, path, train_split"),
+    ("selection.max_conflct=0.3", "did you mean selection.max_conflict?", "valid in selection: enabled"),
+    ("combine.mod=hierarchical", "did you mean combine.mode?", "valid in combine: aspect_scales"),
+    ("rewards.aspects.g={type: grounding, treshold: 0.5}", "did you mean rewards.aspects.g.threshold?",
+     "valid in rewards.aspects.g: column, name, threshold, value"),
+    ("sede=3", "did you mean seed?", "valid: name, output_dir, seed"),
+])
+def test_an_unknown_key_names_the_closest_one_and_the_sections_valid_keys(override, closest, valid):
+    with pytest.raises(AlarmError) as e:
+        load_recipe(None, [override])
+    msg = str(e.value)
+    assert closest in msg and valid in msg and "\n" not in msg
+
+
+def _settings_models():
+    """Every pydantic model in the package, and the dataclass sections a recipe keeps as mappings."""
+    import importlib
+    import pkgutil
+
+    import pydantic
+
+    import alarm
+    from alarm.config import SECTION_MODELS
+
+    for info in pkgutil.walk_packages(alarm.__path__, "alarm."):
+        importlib.import_module(info.name)
+    found, todo = set(), [pydantic.BaseModel]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            todo.append(sub)
+            if sub.__module__.startswith("alarm."):
+                found.add(sub)
+    return sorted(found, key=lambda c: c.__qualname__) + list(SECTION_MODELS.values())
+
+
+def test_every_setting_of_every_settings_model_has_a_description():
+    from alarm.config import settings_of
+
+    models = _settings_models()
+    names = {m.__name__ for m in models}
+    assert {"Recipe", "VCBRecipe", "PPOConfig", "VCBConfig", "RMTrainConfig", "SFTConfig", "CombineConfig",
+            "DataSpec", "VCBSampleSpec"} <= names
+    missing = [f"{m.__name__}.{s.name}" for m in models for s in settings_of(m) if not (s.description or "").strip()]
+    assert not missing, f"settings without a description: {missing}"
 
 
 def test_the_run_seed_seeds_the_trainer_unless_its_section_sets_one(tmp_path):

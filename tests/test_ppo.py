@@ -692,7 +692,7 @@ def _diverged_experience(tr):
 
 @pytest.mark.parametrize("threshold", [10.0, None])
 def test_mini_batches_with_a_runaway_ratio_are_skipped_and_counted(tmp_path, threshold):
-    tr = ppo(tmp_path, tiny.causal_lm(), ppo_epochs=1, ratio_threshold=threshold, early_stop_kl_factor=1e9)
+    tr = ppo(tmp_path, tiny.causal_lm(), ppo_epochs=1, ratio_threshold=threshold, early_stop_kl=1e9)
     nonzero_adapters(tr)
     exp = _diverged_experience(tr)
     before = [p.detach().clone() for p in tr.unwrapped.parameters() if p.requires_grad]

@@ -13,13 +13,13 @@ import sys
 from alarm.errors import AlarmError
 from alarm.integrations import serve
 from alarm.models import quiet_transformers
-from alarm.recipes import evaluation, ppo, qa_feedback, reward_models, sft, vcb
+from alarm.recipes import evaluation, ppo, qa_feedback, reward_models, settings, sft, vcb
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alarm", description="Align language models with hierarchical rewards.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for recipe in (ppo, evaluation, sft, vcb, reward_models, qa_feedback, serve):
+    for recipe in (ppo, evaluation, sft, vcb, reward_models, qa_feedback, serve, settings):
         recipe.add_commands(sub)
     return parser
 

@@ -6,13 +6,16 @@ Unknown keys and wrong types fail with one line naming the key (``ppo.learnig_ra
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 from alarm.combine import CombineConfig, RewardSet
 from alarm.errors import AlarmError
@@ -22,85 +25,109 @@ _STRICT = ConfigDict(extra="forbid")
 
 
 class ModelSpec(BaseModel):
+    """The policy to train."""
+
     model_config = _STRICT
-    name: str = "smollm2-135m-instruct"  # alias for the offline SmolLM2, a local path, or a hub id
-    trust_remote_code: bool = False
+    name: str = Field("smollm2-135m-instruct", description=(
+        "the policy: an alias (smollm2-135m-instruct, the offline SmolLM2), a local path, a hub id, a run "
+        "directory or a checkpoint; the paper: T5-large (QA), mT5-base (MT)"))
+    trust_remote_code: bool = Field(False, description="allow the model's own code from the hub (transformers' "
+                                    "trust_remote_code); only for models you trust")
 
 
 class DataSpec(BaseModel):
+    """The prompts: which task's data, where it lies, which splits."""
+
     model_config = _STRICT
-    # qa: QA JSONL (alarm.data.qa); qa_feedback: QA-Feedback prompt files, every passage, the paper's inputs
-    # (alarm.data.qa_feedback.paper_records); mt: parallel pairs (alarm.data.mt); hh / tldr: the VCB paper's
-    # Anthropic HH dialogues and TL;DR posts (alarm.data.hh, alarm.data.tldr)
-    task: Literal["qa", "qa_feedback", "mt", "hh", "tldr"] = "qa"
-    # qa: None = the packaged quickstart set; qa_feedback: a prompt file or URL ({split} in it: one file per
-    # split); mt: a JSONL/TSV file or "europarl"; hh / tldr: a hub id (Anthropic/hh-rlhf, trl-lib/tldr), a local
-    # JSONL ({split} in it: one file per split) or None = the packaged offline stand-in
-    path: str | None = None
-    train_split: str = "train"
-    test_split: str = "test"
-    max_train_prompts: int | None = Field(None, ge=1)
-    system_prompt: str | None = None
-    # the policy input's budget. qa_feedback: passages cut (None: 1024); hh: earliest exchanges dropped; tldr:
-    # the post cut
-    max_prompt_tokens: int | None = Field(None, ge=16)
-    # qa_feedback with one prompt file: the seed of its 80/20 split by question. A property of the data, not of
-    # the run: the reward models' `alarm rm train` split uses 42 too, so a run with another seed still trains
-    # and evaluates on the questions the reward models saw / held out. hh / tldr: the order a hub split is read
-    # in, and the 90/10 split of a local file without 'split' fields.
-    split_seed: int = 42
+    task: Literal["qa", "qa_feedback", "mt", "hh", "tldr"] = Field("qa", description=(
+        "qa: QA JSONL (alarm.data.qa); qa_feedback: QA-Feedback prompt files with every passage, the paper's "
+        "inputs; mt: parallel pairs (alarm.data.mt); hh / tldr: the VCB paper's Anthropic HH dialogues and "
+        "TL;DR posts"))
+    path: str | None = Field(None, description=(
+        "qa: a QA JSONL (null: the packaged quickstart set); qa_feedback: a prompt file or URL ({split} in it: "
+        "one file per split); mt: a JSONL/TSV file or europarl; hh / tldr: a hub id (Anthropic/hh-rlhf, "
+        "trl-lib/tldr), a local JSONL, or null for the packaged offline stand-in"))
+    train_split: str = Field("train", description="the split the policy trains on")
+    test_split: str = Field("test", description="the split the evaluation (and VCB's held-out diagnostics) use")
+    max_train_prompts: int | None = Field(None, ge=1, description="use at most this many training prompts "
+                                          "(null: all)")
+    system_prompt: str | None = Field(None, description="a system message put before every prompt in the "
+                                      "chat template (null: none)")
+    max_prompt_tokens: int | None = Field(None, ge=16, description=(
+        "the policy input's token budget: qa_feedback cuts the passages (null: 1024, the paper's), hh drops "
+        "the earliest exchanges, tldr cuts the post"))
+    split_seed: int = Field(42, description=(
+        "qa_feedback with one prompt file: the seed of its 80/20 split by question (the reward models' split "
+        "uses 42 too); hh / tldr: the order a hub split is read in and the 90/10 split of a local file"))
 
 
 class RewardsSpec(BaseModel):
     """Rewards by type; each entry is ``{type: <kind>, <constructor settings>...}``."""
 
     model_config = _STRICT
-    encoder: str | None = None  # sentence-transformers model for embedding rewards; None = packaged MiniLM
-    holistic: dict[str, Any] | None = None
-    aspects: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    normalize: list[str] = Field(default_factory=lambda: ["holistic"])
+    encoder: str | None = Field(None, description="the sentence-transformers model of the embedding rewards "
+                                "(null: the packaged all-MiniLM-L6-v2)")
+    holistic: dict[str, Any] | None = Field(None, description=(
+        "the holistic reward, {type: <reward type>, <its settings>} (the paper: UltraRM-13b); null: none"))
+    aspects: dict[str, dict[str, Any]] = Field(default_factory=dict, description=(
+        "the aspect rewards by name, each {type: <reward type>, <its settings>} (the paper's QA: factuality, "
+        "relevance, completeness; MT: grammar, readability, language confidence)"))
+    normalize: list[str] = Field(default_factory=lambda: ["holistic"], description=(
+        "the rewards z-normalised with the initial policy's samples (holistic and sequence-level aspects)"))
 
 
 class SelectionSpec(BaseModel):
+    """Reward selection: which aspect rewards agree with the holistic one (docs/method.md §2.3)."""
+
     model_config = _STRICT
-    enabled: bool = True
-    max_conflict: float | None = Field(0.4, ge=0, le=1)
-    top_k: int | None = Field(None, ge=1)
-    min_decisive: float = Field(0.0, ge=0, le=1)
-    apply: bool = True  # train only on the kept aspects
-    # the paper's pairs: the initial policy's greedy output vs a pure sample (T 1, top-p 1, top-k 0) per prompt;
-    # two_samples: the first two of sample.samples_per_prompt
-    pairs: Literal["greedy_vs_sample", "two_samples"] = "greedy_vs_sample"
+    enabled: bool = Field(True, description="run reward selection before training")
+    max_conflict: float | None = Field(0.4, ge=0, le=1, description=(
+        "keep the aspects whose conflict rate with the holistic reward is at most this (null: no threshold)"))
+    top_k: int | None = Field(None, ge=1, description="keep at most the k least conflicting aspects (null: no "
+                              "limit)")
+    min_decisive: float = Field(0.0, ge=0, le=1, description=(
+        "drop an aspect that is decisive (not tied) on fewer than this share of pairs: the conflict rate "
+        "alone favours tie-heavy aspects"))
+    apply: bool = Field(True, description="train only on the kept aspects (false: report the selection, train "
+                        "on every aspect)")
+    pairs: Literal["greedy_vs_sample", "two_samples"] = Field("greedy_vs_sample", description=(
+        "the paper's pairs: the initial policy's greedy output vs a pure sample (T 1, top-p 1, top-k 0) per "
+        "prompt; two_samples: the first two of sample.samples_per_prompt"))
 
 
 class SampleSpec(BaseModel):
     """Sampling from the initial policy to fit normalisation (and to pair responses for selection)."""
 
     model_config = _STRICT
-    prompts: int = Field(16, ge=1)
-    samples_per_prompt: int = Field(2, ge=2)
-    max_new_tokens: int = Field(64, ge=1)
-    batch_size: int = Field(16, ge=1)
+    prompts: int = Field(16, ge=1, description="training prompts sampled")
+    samples_per_prompt: int = Field(2, ge=2, description="samples per prompt")
+    max_new_tokens: int = Field(64, ge=1, description="the longest sample, in tokens")
+    batch_size: int = Field(16, ge=1, description="sequences per generate() call")
 
 
 class EvalSpec(BaseModel):
+    """The evaluation after training: greedy answers of the initial and the trained policy to the test prompts."""
+
     model_config = _STRICT
-    max_new_tokens: int = Field(64, ge=1)
-    batch_size: int = Field(16, ge=1)
-    max_prompts: int | None = Field(None, ge=1)
+    max_new_tokens: int = Field(64, ge=1, description="the longest greedy answer, in tokens")
+    batch_size: int = Field(16, ge=1, description="sequences per generate() call")
+    max_prompts: int | None = Field(None, ge=1, description="evaluate on at most this many test prompts (null: "
+                                    "all)")
 
 
 class RunSpec(BaseModel):
     """The sections every run shares (PPO and VCB recipes extend it): what to train, on what, with which rewards."""
 
     model_config = _STRICT
-    name: str = "run"
-    output_dir: str | None = None  # default runs/<name>
-    seed: int = 42
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    data: DataSpec = Field(default_factory=DataSpec)
-    rewards: RewardsSpec = Field(default_factory=RewardsSpec)
-    combine: dict[str, Any] = Field(default_factory=dict)  # CombineConfig settings
+    name: str = Field("run", description="the run's name (its default directory is runs/<name>)")
+    output_dir: str | None = Field(None, description="the run directory (null: runs/<name>)")
+    seed: int = Field(42, description="the run's seed: sampling, selection, evaluation, and the trainer unless "
+                      "its section sets its own")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="the policy")
+    data: DataSpec = Field(default_factory=DataSpec, description="the prompts")
+    rewards: RewardsSpec = Field(default_factory=RewardsSpec, description="the holistic and aspect rewards")
+    combine: dict[str, Any] = Field(default_factory=dict, description=(
+        "how the rewards combine (alarm.combine.CombineConfig: mode, holistic_weight, epsilon, ...)"))
 
     @model_validator(mode="after")
     def _the_run_seed_seeds_the_trainer(self):
@@ -121,10 +148,58 @@ class RunSpec(BaseModel):
 class Recipe(RunSpec):
     """A PPO run (`alarm run / train / quickstart`)."""
 
-    sample: SampleSpec = Field(default_factory=SampleSpec)
-    selection: SelectionSpec = Field(default_factory=SelectionSpec)
-    ppo: PPOConfig = Field(default_factory=PPOConfig)
-    eval: EvalSpec = Field(default_factory=EvalSpec)
+    sample: SampleSpec = Field(default_factory=SampleSpec, description="the initial policy's samples")
+    selection: SelectionSpec = Field(default_factory=SelectionSpec, description="reward selection")
+    ppo: PPOConfig = Field(default_factory=PPOConfig, description="PPO training")
+    eval: EvalSpec = Field(default_factory=EvalSpec, description="the evaluation")
+
+
+# ------------------------------------------------------------------------------------- describing settings
+
+# The model of a section that a run keeps as a mapping and builds when it needs it.
+SECTION_MODELS: dict[str, type] = {"combine": CombineConfig}
+REQUIRED = object()  # the default of a setting that has none
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One setting of a settings model, as the references and ``alarm config show`` print it."""
+
+    name: str
+    type: str
+    default: Any  # REQUIRED when the setting must be given
+    description: str | None
+    section: type | None = None  # the settings model of a nested section (ppo, data, combine, ...)
+
+
+def type_name(tp) -> str:
+    """``int``, ``float | None``, ``Literal['qa', 'mt']``: a type as a reader writes it."""
+    if isinstance(tp, type) and not typing.get_args(tp):
+        return tp.__name__
+    return str(tp).replace("typing.", "").replace("NoneType", "None")
+
+
+def settings_of(cls) -> list[Setting]:
+    """The settings of a pydantic model or of a dataclass section (``Field(description=...)`` in
+    ``Annotated``), in the order they are declared."""
+    out = []
+    if isinstance(cls, type) and issubclass(cls, BaseModel):
+        for name, f in cls.model_fields.items():
+            section = f.annotation if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel) else None
+            if section is None and issubclass(cls, RunSpec):
+                section = SECTION_MODELS.get(name)
+            default = REQUIRED if f.is_required() else f.get_default(call_default_factory=True)
+            out.append(Setting(name, type_name(f.annotation), default, f.description, section))
+        return out
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        infos = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, FieldInfo)]
+        tp = typing.get_args(hint)[0] if infos else hint
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else (
+            REQUIRED if f.default is dataclasses.MISSING else f.default)
+        out.append(Setting(f.name, type_name(tp), default, infos[0].description if infos else None))
+    return out
 
 
 def build_dataclass(cls, settings: dict, where: str):
@@ -135,7 +210,7 @@ def build_dataclass(cls, settings: dict, where: str):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(settings) - names)
     if unknown:
-        raise AlarmError(f"{where}.{unknown[0]}: unknown setting (valid: {', '.join(sorted(names))})")
+        raise AlarmError(unknown_setting(f"{where}.{unknown[0]}", sorted(names)))
     try:
         return TypeAdapter(cls).validate_python(settings)
     except ValidationError as e:
@@ -144,12 +219,32 @@ def build_dataclass(cls, settings: dict, where: str):
         raise AlarmError(f"{loc}: {err['msg']} (got {err.get('input')!r})") from None
 
 
+def unknown_setting(key: str, valid: list[str], what: str = "setting") -> str:
+    """One line for a key that is not a setting: the closest valid one, then all the valid ones of its section."""
+    name, section = key.rsplit(".", 1)[-1], key.rpartition(".")[0]
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    hint = f"; did you mean {section + '.' if section else ''}{close[0]}?" if close else ""
+    return f"{key}: unknown {what}{hint} (valid{' in ' + section if section else ''}: {', '.join(valid)})"
+
+
+def section_model(model_cls, path) -> type[BaseModel] | None:
+    """The settings model at ``path`` (e.g. ``("ppo",)``) below ``model_cls``, or None where there is none."""
+    for part in path:
+        field = model_cls.model_fields.get(str(part)) if isinstance(model_cls, type) else None
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model_cls = annotation
+    return model_cls
+
+
 def _format_validation_error(e: ValidationError, model_cls=None) -> str:
     err = e.errors()[0]
     loc = ".".join(str(x) for x in err["loc"]) or "config"
     if err["type"] == "extra_forbidden":
-        if model_cls is not None and len(err["loc"]) == 1:
-            return f"{loc}: unknown setting (valid: {', '.join(model_cls.model_fields)})"
+        section = section_model(model_cls, err["loc"][:-1]) if model_cls is not None else None
+        if section is not None:
+            return unknown_setting(loc, list(section.model_fields))
         return f"{loc}: unknown setting; check its spelling against the documented keys"
     if not err["loc"]:  # a check across settings: the whole config is not worth echoing
         return err["msg"].removeprefix("Value error, ")
@@ -284,7 +379,7 @@ def _check_reward_spec(where: str, spec: dict) -> None:
         allowed.add("prompt_with_passages")
     for key in spec:
         if key != "type" and key not in allowed:
-            raise AlarmError(f"{where}.{key}: unknown setting for {kind} (valid: {', '.join(sorted(allowed))})")
+            raise AlarmError(unknown_setting(f"{where}.{key}", sorted(allowed), f"setting for {kind}"))
 
 
 def build_reward(where: str, spec: dict, encoder_name: str | None, default_name: str):

@@ -35,24 +35,27 @@ _STRICT = ConfigDict(extra="forbid")
 
 
 class VCBSampleSpec(BaseModel):
+    """The candidates VCB trains on: N samples per prompt from the initial policy, each scored."""
+
     model_config = _STRICT
-    n: int = Field(4, ge=2)  # candidates per prompt
-    eval_prompts: int | None = Field(16, ge=0)  # held-out (test split) prompts also sampled; None: all
-    max_new_tokens: int = Field(64, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)
-    prompts_per_shard: int = Field(8, ge=1)  # the unit of resumption
-    batch_size: int = Field(16, ge=1)  # sequences per generate() call
+    n: int = Field(4, ge=2, description="candidates per prompt (the VCB paper: 4)")
+    eval_prompts: int | None = Field(16, ge=0, description="held-out (test split) prompts sampled too, for the "
+                                     "diagnostics (null: all)")
+    max_new_tokens: int = Field(64, ge=1, description="the longest candidate, in tokens")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling (1: off)")
+    top_k: int = Field(0, ge=0, description="top-k sampling (0: off)")
+    prompts_per_shard: int = Field(8, ge=1, description="prompts per shard written, the unit of resumption")
+    batch_size: int = Field(16, ge=1, description="sequences per generate() call")
 
 
 class VCBRecipe(RunSpec):
     """A VCB run: the shared sections of every run (alarm.config.RunSpec), sampling, training."""
 
-    name: str = "vcb"
-    sample: VCBSampleSpec = Field(default_factory=VCBSampleSpec)
-    vcb: VCBConfig = Field(default_factory=VCBConfig)
-    train_dir: str | None = None  # default <run>/train-<loss>
+    name: str = Field("vcb", description="the run's name (its default directory is runs/<name>)")
+    sample: VCBSampleSpec = Field(default_factory=VCBSampleSpec, description="the scored candidates")
+    vcb: VCBConfig = Field(default_factory=VCBConfig, description="training on pairs of candidates")
+    train_dir: str | None = Field(None, description="where training writes (null: <run directory>/train-<loss>)")
 
     def samples_dir(self) -> Path:
         return self.run_dir() / "samples"

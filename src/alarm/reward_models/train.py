@@ -59,29 +59,43 @@ class RMTrainConfig(BaseModel):
     """Settings of one reward-model training run (YAML, unknown keys rejected)."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["holistic", "factuality", "relevance", "completeness"]
-    # holistic only: "cross_encoder" fine-tunes the backbone as a sequence classifier; "grounding_features" fits
-    # Bradley–Terry on grounding features of the frozen backbone (alarm.reward_models.grounding_bt)
-    # "evidence_features" (holistic, factuality, relevance): linear models on what the frozen backbone sees in
-    # every passage sentence (alarm.reward_models.evidence)
-    architecture: Literal["cross_encoder", "grounding_features", "evidence_features"] = "cross_encoder"
-    max_evidence: int = Field(80, ge=1)  # grounding / evidence features: passage sentences read per question
-    grounded_at: float = Field(0.8, ge=-1, le=1)  # grounding_features: cosine at which a sentence counts as grounded
-    data: str = f"{DEFAULT_DIR}/feedback.json"  # feedback file: path or http(s) URL
-    backbone: str | None = None  # None = the packaged all-MiniLM-L6-v2; else an HF encoder name or directory
-    epochs: float = Field(2.0, gt=0)
-    learning_rate: float = Field(5e-5, gt=0)
-    batch_size: int = Field(8, ge=1)  # holistic: questions per step (4 responses each); others: responses
-    max_length: int = Field(256, ge=16)  # prompt (question + passages) is cut to fit; the response never is
-    weight_decay: float = Field(0.01, ge=0)  # grounding_features: the L2 coefficient λ on w
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    error_weight: float | None = Field(None, gt=0)  # span kinds: loss weight of the error class; None = balanced
-    validation_fraction: float = Field(0.2, gt=0, lt=1)
-    max_train_questions: int | None = Field(None, ge=1)
-    seed: int = 42
-    train_layers: int | None = Field(None, ge=0)  # train only the top N encoder layers + head; None = all
-    threads: int | None = Field(None, ge=1)  # torch CPU threads; None = torch's default
-    output_dir: str | None = None  # default runs/rm/<kind>
+    kind: Literal["holistic", "factuality", "relevance", "completeness"] = Field(description=(
+        "which reward model: holistic (preferences), factuality / relevance (per-sentence errors), "
+        "completeness (missing information)"))
+    architecture: Literal["cross_encoder", "grounding_features", "evidence_features"] = Field(
+        "cross_encoder", description=(
+            "cross_encoder: fine-tune the backbone; grounding_features (holistic): Bradley–Terry on grounding "
+            "features of the frozen backbone; evidence_features (holistic, factuality, relevance): linear models "
+            "on what the frozen backbone sees in every passage sentence"))
+    max_evidence: int = Field(80, ge=1, description="grounding / evidence features: passage sentences read per "
+                              "question")
+    grounded_at: float = Field(0.8, ge=-1, le=1, description="grounding_features: the cosine at which a "
+                               "sentence counts as grounded")
+    data: str = Field(f"{DEFAULT_DIR}/feedback.json", description="the QA-Feedback feedback file: a path or an "
+                      "http(s) URL")
+    backbone: str | None = Field(None, description="the encoder: an HF name or directory (null: the packaged "
+                                 "all-MiniLM-L6-v2; the paper: Longformer-base)")
+    epochs: float = Field(2.0, gt=0, description="cross_encoder: passes over the training data")
+    learning_rate: float = Field(5e-5, gt=0, description="cross_encoder: the optimizer's learning rate")
+    batch_size: int = Field(8, ge=1, description="holistic: questions per step (4 responses each); others: "
+                            "responses")
+    max_length: int = Field(256, ge=16, description="tokens per input; the prompt (question + passages) is cut "
+                            "to fit, the response never is")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay; grounding_features: the L2 "
+                                "coefficient λ on w")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="cross_encoder: share of the steps with a linear "
+                                "learning-rate warm-up")
+    error_weight: float | None = Field(None, gt=0, description="factuality / relevance: the loss weight of the "
+                                       "error class (null: balanced by class frequency)")
+    validation_fraction: float = Field(0.2, gt=0, lt=1, description="share of the questions held out for "
+                                       "validation (split by question)")
+    max_train_questions: int | None = Field(None, ge=1, description="train on at most this many questions "
+                                            "(null: all)")
+    seed: int = Field(42, description="the seed of the split and of training")
+    train_layers: int | None = Field(None, ge=0, description="train only the top N encoder layers and the head "
+                                     "(null: all)")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (null: torch's default)")
+    output_dir: str | None = Field(None, description="where the model goes (null: runs/rm/<kind>)")
 
     def out_dir(self) -> Path:
         return Path(self.output_dir or f"runs/rm/{self.kind}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import (
-    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -20,20 +19,26 @@ from pydantic_core import PydanticCustomError
 class LoRASettings(BaseModel):
     """How the policy is adapted; PPOConfig and VCBConfig embed these (one set of defaults, docs/method.md §2.4)."""
 
-    lora: bool = True  # false: full fine-tuning, the reference is a frozen copy
-    lora_r: int = Field(16, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)  # acts only with disable_dropout: false
-    lora_target_modules: list[str] | None = None  # None: the attention projections found in the model
-    lora_layers: list[int] | None = None  # only these layer indices get adapters (a cheaper backward on CPU)
-    # Dropout off in the policy (LoRA's included): two passes of the same weights then agree, so PPO's ratio
-    # starts at 1 and VCB's Δρ at 0 (TRL does the same). false keeps dropout on in the training passes.
-    disable_dropout: bool = True
-    # LoRA on the top layers only (lora_layers): the frozen bottom layers' output is computed once and replayed
-    # instead of recomputed — PPO keeps it from sampling for the reference and update passes, VCB keeps each
-    # candidate's from its first pass. The same numbers, less work (causal LMs, dropout off, not under FSDP
-    # or DeepSpeed).
-    reuse_frozen_layers: bool = True
+    lora: bool = Field(True, description="train LoRA adapters, the reference being the same network with "
+                       "adapters off (the paper's); false: full fine-tuning against a frozen copy")
+    lora_r: int = Field(16, ge=1, description="LoRA rank (the paper: 16)")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling α (the paper: 32)")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description=(
+        "LoRA dropout (the paper: 0.05); acts only with disable_dropout: false"))
+    lora_target_modules: list[str] | None = Field(None, description=(
+        "the modules that get adapters (null: the attention projections found in the model)"))
+    lora_layers: list[int] | None = Field(None, description=(
+        "only these layer indices get adapters (null: every layer); the top layers only make the backward "
+        "cheaper and let reuse_frozen_layers replay the rest"))
+    # TRL switches dropout off too: two passes of the same weights then agree.
+    disable_dropout: bool = Field(True, description=(
+        "dropout off in the policy (LoRA's included), so PPO's ratio starts at 1 and VCB's Δρ at 0; false "
+        "keeps it on in the training passes (the paper kept T5's)"))
+    # The frozen bottom layers' output is computed once and replayed instead of recomputed: PPO keeps it from
+    # sampling for the reference and update passes, VCB keeps each candidate's from its first pass.
+    reuse_frozen_layers: bool = Field(True, description=(
+        "with LoRA on the top layers only, replay the frozen bottom layers' output instead of recomputing it: "
+        "the same numbers, less work (causal LMs, dropout off, not under FSDP or DeepSpeed)"))
 
 
 class PPOConfig(LoRASettings):
@@ -43,52 +48,66 @@ class PPOConfig(LoRASettings):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # sampling (training); evaluation is greedy elsewhere
-    max_new_tokens: int = Field(200, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)
+    max_new_tokens: int = Field(200, ge=1, description="the longest training sample, in tokens (the paper: QA "
+                                "200, MT 128)")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature in training (the paper: 1)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling in training (the paper: 1, off)")
+    top_k: int = Field(0, ge=0, description="top-k sampling in training (the paper: 0, off)")
     # optimisation
-    learning_rate: float = Field(2e-4, gt=0)
-    rollout_batch_size: int = Field(8, ge=1)  # responses per step, per process
-    # Responses per prompt in a step (rollout_batch_size / samples_per_prompt prompts, each sampled this often).
-    samples_per_prompt: int = Field(1, ge=1)
-    # RLOO's baseline (Ahmadian et al. 2024): a response's return is reduced by the mean score of its prompt's
-    # other responses, so the update compares answers to the same question instead of easy questions to hard
-    # ones — the noise a fresh critic cannot remove in a short run. Needs samples_per_prompt ≥ 2.
-    group_baseline: bool = False
-    mini_batch_size: int = Field(4, ge=1)
-    grad_accum_steps: int = Field(2, ge=1)
-    ppo_epochs: int = Field(4, ge=1)
-    max_grad_norm: float | None = Field(None, gt=0)
-    # AdamW with weight_decay 0 is plain Adam, which the paper's trainer used (torch's AdamW default is 0.01).
-    weight_decay: float = Field(0.0, ge=0)
-    # The paper's trainer skipped a mini-batch whose mean ratio π/π_old exceeded 10 (a diverged batch); its
-    # loss is zeroed (so every process still runs the same backward) and counted in ppo/skipped_minibatches.
-    ratio_threshold: float | None = Field(10.0, gt=1)
+    learning_rate: float = Field(2e-4, gt=0, description="Adam learning rate (the paper: QA 2e-4, MT 5e-4)")
+    rollout_batch_size: int = Field(8, ge=1, description="responses per step, per process (the paper: QA 8, "
+                                    "MT 32)")
+    samples_per_prompt: int = Field(1, ge=1, description=(
+        "responses per prompt in a step: rollout_batch_size / samples_per_prompt prompts, each sampled this "
+        "often"))
+    # RLOO's baseline (Ahmadian et al. 2024): the update compares answers to the same question instead of easy
+    # questions to hard ones — the noise a fresh critic cannot remove in a short run.
+    group_baseline: bool = Field(False, description=(
+        "subtract from a response's return the mean score of its prompt's other responses (RLOO's "
+        "leave-one-out baseline; needs samples_per_prompt ≥ 2; not the paper's)"))
+    mini_batch_size: int = Field(4, ge=1, description="responses per PPO update (the paper: QA 4, MT 16)")
+    grad_accum_steps: int = Field(2, ge=1, description="mini-batches accumulated per optimizer step (the "
+                                  "paper: 2)")
+    ppo_epochs: int = Field(4, ge=1, description="passes over each rollout (the paper: 4)")
+    max_grad_norm: float | None = Field(None, gt=0, description="clip the gradient norm to this (null: no "
+                                        "clipping, the paper's)")
+    weight_decay: float = Field(0.0, ge=0, description=(
+        "AdamW weight decay; 0 is plain Adam, which the paper's trainer used (torch's AdamW default is 0.01)"))
+    # A skipped mini-batch's loss is zeroed (so every process still runs the same backward) and counted in
+    # ppo/skipped_minibatches.
+    ratio_threshold: float | None = Field(10.0, gt=1, description=(
+        "skip a mini-batch whose mean ratio π/π_old exceeds this, a diverged batch (the paper's trainer: 10; "
+        "null: never)"))
     # advantage estimation and losses
-    gamma: float = Field(1.0, ge=0, le=1)
-    lam: float = Field(0.95, ge=0, le=1)
-    whiten_advantages: bool = True
-    cliprange: float = Field(0.2, gt=0)
-    cliprange_value: float = Field(0.2, gt=0)
-    vf_coef: float = Field(0.1, ge=0)
-    # The critic's first values: "normal" (std 1/√(hidden+1)) or "zeros". A random critic puts noise into every
-    # token's GAE advantage (δ_t = V_{t+1} − V_t, summed with weights λ^k: std ≈ σ_V·√(2/(1−λ²)) ≈ 4.5·σ_V at λ 0.95)
-    # until it has learnt; zeros start from advantages that carry only the reward.
-    value_head_init: Literal["normal", "zeros"] = "normal"
-    # early-stop a rollout's epochs when approx KL > factor × early_stop_kl (was `target_kl`: still read)
-    early_stop_kl: float = Field(0.1, gt=0, validation_alias=AliasChoices("early_stop_kl", "target_kl"))
-    early_stop_kl_factor: float = Field(1.5, gt=0)
+    gamma: float = Field(1.0, ge=0, le=1, description="GAE discount γ (the paper: 1)")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE λ (the paper: 0.95)")
+    whiten_advantages: bool = Field(True, description="whiten the advantages over the batch (the paper's)")
+    cliprange: float = Field(0.2, gt=0, description="policy ratio clip (the paper: 0.2)")
+    cliprange_value: float = Field(0.2, gt=0, description="value clip (the paper: 0.2)")
+    vf_coef: float = Field(0.1, ge=0, description="value-loss weight (the paper: 0.1)")
+    # A random critic puts noise into every token's GAE advantage (δ_t = V_{t+1} − V_t, summed with weights
+    # λ^k: std ≈ σ_V·√(2/(1−λ²)) ≈ 4.5·σ_V at λ 0.95) until it has learnt.
+    value_head_init: Literal["normal", "zeros"] = Field("normal", description=(
+        "the critic's first values: normal (std 1/√(hidden+1)) or zeros (the first advantages carry only the "
+        "reward)"))
+    early_stop_kl: float = Field(0.15, gt=0, description=(
+        "stop a rollout's PPO epochs once the approximate KL to the sampling policy exceeds this (the paper: "
+        "1.5 × 0.1)"))
     # KL penalty against the reference policy
-    kl_coef: float = Field(0.2, ge=0)
-    adaptive_kl: bool = True
-    adaptive_kl_target: float = Field(6.0, gt=0, validation_alias=AliasChoices("adaptive_kl_target", "kl_target"))
-    kl_horizon: int = Field(10_000, ge=1)
+    kl_coef: float = Field(0.2, ge=0, description="the KL penalty's β, or its start when adaptive (the paper: "
+                           "0.2)")
+    adaptive_kl: bool = Field(True, description="adapt β towards adaptive_kl_target (the paper's); false: β "
+                              "stays kl_coef")
+    adaptive_kl_target: float = Field(6.0, gt=0, description="the KL to the reference that adaptive β aims at "
+                                      "(the paper: 6)")
+    kl_horizon: int = Field(10_000, ge=1, description="adaptive β's horizon, in responses (the paper: 10 000)")
     # run
-    steps: int = Field(100, ge=1)
-    seed: int = 42
-    save_every: int = Field(0, ge=0)  # 0: only at the end
-    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = "none"
+    steps: int = Field(100, ge=1, description="PPO steps (one rollout and its updates each)")
+    seed: int = Field(42, description="the trainer's seed (default: the run's seed)")
+    save_every: int = Field(0, ge=0, description="write a checkpoint every this many steps (0: only at the "
+                            "end)")
+    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = Field("none", description=(
+        "also send the metrics there (metrics.jsonl is always written)"))
 
     @model_validator(mode="after")
     def _check(self):
@@ -119,37 +138,53 @@ class VCBConfig(LoRASettings):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    loss: LossName = "vcb"
-    beta: float = Field(0.1, gt=0)  # vcb/vcb_hinge/dpo/ipo; for slic/rrhf it only scales the logged β·Δρ
-    sigma: Literal["global", "prompt"] = "global"  # reward std used to normalise the value gaps
-    pairs: Literal["all", "best_vs_rest"] = "all"
-    tie_tolerance: float = Field(1e-6, ge=0)  # pairs with |r_i − r_j| ≤ this are dropped
-    # slic only: the margin δ on log π(y⁺) − log π(y⁻) (None: 1.0)
-    slic_margin: float | None = Field(None, gt=0)
-    # slic and rrhf: weight of −log π(best candidate of the prompt) (None: slic 0.5, rrhf 1.0)
-    sft_weight: float | None = Field(None, ge=0)
+    loss: LossName = Field("vcb", description=(
+        "vcb (squared, our reconstruction of the paper's loss), vcb_hinge, dpo, ipo, or the reference-free "
+        "baselines slic (SLiC-HF) and rrhf"))
+    beta: float = Field(0.1, gt=0, description=(
+        "β of vcb, vcb_hinge, dpo and ipo (the VCB paper: 0.1); for slic and rrhf it only scales the logged "
+        "β·Δρ"))
+    sigma: Literal["global", "prompt"] = Field("global", description=(
+        "the reward standard deviation that normalises the value gaps: over all candidates, or per prompt"))
+    pairs: Literal["all", "best_vs_rest"] = Field("all", description=(
+        "the training pairs of a prompt's candidates: all pairs, or its best candidate against each other"))
+    tie_tolerance: float = Field(1e-6, ge=0, description="drop the pairs with |r_i − r_j| at most this")
+    slic_margin: float | None = Field(None, gt=0, description=(
+        "slic only: the margin δ on log π(y⁺) − log π(y⁻) (null: 1.0)"))
+    sft_weight: float | None = Field(None, ge=0, description=(
+        "slic and rrhf: the weight of −log π(the prompt's best candidate) (null: slic 0.5, rrhf 1.0)"))
     # optimisation
-    learning_rate: float = Field(5e-5, gt=0)
-    batch_size: int = Field(8, ge=1)  # pairs per optimizer step (all processes together)
-    micro_batch_size: int = Field(4, ge=1)  # pairs per forward pass (gradient accumulation below batch_size)
-    epochs: int = Field(1, ge=1)
-    max_steps: int | None = Field(None, ge=1)  # overrides epochs
-    max_grad_norm: float | None = Field(1.0, gt=0)
-    weight_decay: float = Field(0.0, ge=0)  # AdamW with 0 is plain Adam (torch's AdamW default would be 0.01)
-    max_response_tokens: int | None = Field(None, ge=1)  # truncate long candidates (None: keep whole)
-    # reuse_frozen_layers: at most this much (GB of CPU memory, per process) of kept states; candidates beyond
-    # it run whole
-    frozen_layers_max_gb: float = Field(2.0, ge=0)
+    learning_rate: float = Field(5e-5, gt=0, description="Adam learning rate")
+    batch_size: int = Field(8, ge=1, description="pairs per optimizer step (all processes together)")
+    micro_batch_size: int = Field(4, ge=1, description="pairs per forward pass (gradient accumulation up to "
+                                  "batch_size)")
+    epochs: int = Field(1, ge=1, description="passes over the pairs")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides "
+                                  "epochs; null: epochs decide)")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="clip the gradient norm to this (null: no "
+                                        "clipping)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay; 0 is plain Adam (torch's AdamW "
+                                "default would be 0.01)")
+    max_response_tokens: int | None = Field(None, ge=1, description="cut candidates to this many tokens "
+                                            "(null: keep them whole)")
+    frozen_layers_max_gb: float = Field(2.0, ge=0, description=(
+        "reuse_frozen_layers: keep at most this many GB (CPU memory, per process) of frozen-layer states; "
+        "candidates beyond it run whole"))
     # diagnostics
-    eval_every: int = Field(0, ge=0)  # 0: before training and at the end only
-    eval_at_start: bool = True  # diagnostics of the initial policy (step 0)
-    eval_greedy: bool = True  # mean reward of greedy outputs on held-out prompts (needs a reward set)
-    eval_max_new_tokens: int = Field(64, ge=1)
-    eval_batch_size: int = Field(16, ge=1)
+    eval_every: int = Field(0, ge=0, description="held-out diagnostics every this many steps (0: before "
+                            "training and at the end only)")
+    eval_at_start: bool = Field(True, description="diagnostics of the initial policy (step 0) too")
+    eval_greedy: bool = Field(True, description="the mean reward of greedy answers to the held-out prompts "
+                              "(needs the recipe's rewards)")
+    eval_max_new_tokens: int = Field(64, ge=1, description="the longest greedy answer of the diagnostics, in "
+                                     "tokens")
+    eval_batch_size: int = Field(16, ge=1, description="sequences per generate() call in the diagnostics")
     # run
-    seed: int = 42
-    save_every: int = Field(0, ge=0)  # 0: only at the end
-    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = "none"
+    seed: int = Field(42, description="the trainer's seed (default: the run's seed)")
+    save_every: int = Field(0, ge=0, description="write a checkpoint every this many steps (0: only at the "
+                            "end)")
+    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = Field("none", description=(
+        "also send the metrics there (metrics.jsonl is always written)"))
 
     @field_validator("slic_margin", "sft_weight")
     @classmethod

@@ -566,7 +566,7 @@ class PPOTrainer:
                 epoch_kl.append(float(approx_kl))
             epochs_run += 1
             # Every rank must take the same decision, or the next collective op deadlocks.
-            if self._reduce_mean(float(np.mean(epoch_kl))) > c.early_stop_kl_factor * c.early_stop_kl:
+            if self._reduce_mean(float(np.mean(epoch_kl))) > c.early_stop_kl:
                 stopped_early = True
                 break
         out = {f"ppo/{k}": float(np.mean(v)) for k, v in stats.items()}

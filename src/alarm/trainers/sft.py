@@ -36,30 +36,38 @@ class SFTConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = "smollm2-135m-instruct"  # alias, local path or hub id; seq2seq vs causal is read from its config
-    data: str = "europarl"
-    source_lang: str = "es"
-    target_lang: str = "en"
-    n_pairs: int | None = Field(None, ge=3)  # None: all pairs of a file, the paper's 100 000 for Europarl
-    output_dir: str = "runs/mt_sft"
-    epochs: float = Field(3.0, gt=0)
-    learning_rate: float = Field(5e-4, gt=0)
-    batch_size: int = Field(8, ge=1)
-    eval_batch_size: int = Field(16, ge=1)
-    grad_accum_steps: int = Field(1, ge=1)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    max_source_length: int = Field(256, ge=8)
-    max_target_length: int = Field(256, ge=8)
-    max_new_tokens: int = Field(128, ge=1)  # for the BLEU/chrF translations
-    eval_split: Literal["validation", "test"] = "validation"
-    max_eval_pairs: int | None = Field(None, ge=1)  # cap the evaluation set (loss and BLEU)
-    bleu_before: bool = False  # also translate with the initial model (BLEU/chrF before training)
-    seed: int = 42
-    logging_steps: int = Field(10, ge=1)
-    bf16: bool = False
-    trust_remote_code: bool = False
-    progress: bool = True
+    model: str = Field("smollm2-135m-instruct", description=(
+        "the model to fine-tune: an alias, a local path or a hub id; seq2seq or causal is read from its config "
+        "(the paper: mT5-base)"))
+    data: str = Field("europarl", description="europarl (the paper's split, through datasets) or a JSONL/TSV "
+                      "file of parallel pairs")
+    source_lang: str = Field("es", description="the source language (the paper: Spanish)")
+    target_lang: str = Field("en", description="the target language (the paper: English)")
+    n_pairs: int | None = Field(None, ge=3, description="use the first this many pairs (null: all of a file; "
+                                "the paper's 100 000 for Europarl)")
+    output_dir: str = Field("runs/mt_sft", description="where the fine-tuned model and its metrics go")
+    epochs: float = Field(3.0, gt=0, description="passes over the training pairs")
+    learning_rate: float = Field(5e-4, gt=0, description="the optimizer's learning rate")
+    batch_size: int = Field(8, ge=1, description="training pairs per device batch")
+    eval_batch_size: int = Field(16, ge=1, description="pairs per batch in evaluation and translation")
+    grad_accum_steps: int = Field(1, ge=1, description="batches accumulated per optimizer step")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of the steps with a linear learning-rate "
+                                "warm-up")
+    max_source_length: int = Field(256, ge=8, description="cut the prompt (source) to this many tokens")
+    max_target_length: int = Field(256, ge=8, description="cut the translation (target) to this many tokens")
+    max_new_tokens: int = Field(128, ge=1, description="the longest translation generated for BLEU/chrF")
+    eval_split: Literal["validation", "test"] = Field("validation", description="the split evaluated")
+    max_eval_pairs: int | None = Field(None, ge=1, description="evaluate on at most this many pairs, loss and "
+                                       "BLEU (null: all)")
+    bleu_before: bool = Field(False, description="translate with the initial model too (BLEU/chrF before "
+                              "training)")
+    seed: int = Field(42, description="the seed of the split and of training")
+    logging_steps: int = Field(10, ge=1, description="log the training loss every this many steps")
+    bf16: bool = Field(False, description="train in bfloat16 mixed precision (needs a GPU that has it)")
+    trust_remote_code: bool = Field(False, description="allow the model's own code from the hub; only for "
+                                    "models you trust")
+    progress: bool = Field(True, description="show progress bars")
 
 
 # ----------------------------------------------------------------------------------------------- features
