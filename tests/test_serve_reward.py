@@ -86,7 +86,7 @@ def test_bad_bodies_get_400_with_one_line_and_the_server_keeps_serving(server):
         ({"query": "abc", "prompts": ["a"]}, None, "'query' must be a list of strings"),
         ({"query": ["a", 3], "prompts": ["a", "b"]}, None, "'query' must be a list of strings"),
         ({"query": ["ab"], "prompts": ["a", "b"]}, None, "'prompts' has 2 entries for 1 queries"),
-        ({"query": ["hello"], "prompts": ["bye"]}, None, "query 0 does not start with prompt 0"),
+        ({"query": ["hello"], "prompts": ["bye"]}, None, "query 0 starts neither with prompt 0 nor with an end"),
         ({"query": ["ab"], "prompts": ["a"], "labels": ["x", "y"]}, None, "one entry per query"),
         ({"query": ["ab"]}, None, "'prompts' is missing"),
         ({"query": []}, None, "is empty"),

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from alarm.combine import RewardSet
+from alarm.combine import RewardSet, ScoredSequences
 from alarm.errors import AlarmError
 
 # ------------------------------------------------------------------------------- a served recipe's rewards
@@ -58,3 +60,67 @@ def fitted_reward_set(config: str | None = None, state: str | None = None, run: 
             reward_set.epsilon = reward_set.config.epsilon  # a quantile was resolved on the initial policy
     reward_set.check_fitted()
     return reward_set
+
+
+# ------------------------------------------------------------------- what leaves alarm towards an engine
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _fallback_rows(n: int, fallback: float, aspects) -> ScoredSequences:
+    return ScoredSequences(returns=[float(fallback)] * n, holistic_part=[float(fallback)] * n, aspect_part=[None] * n,
+                           gate_open=[False] * n, holistic_z=[None] * n, aspects={k: [None] * n for k in aspects},
+                           stats={})
+
+
+def _join(parts: list[ScoredSequences]) -> ScoredSequences:
+    first = next((p for p in parts if p.stats), parts[0])
+    return ScoredSequences(
+        returns=[x for p in parts for x in p.returns], holistic_part=[x for p in parts for x in p.holistic_part],
+        aspect_part=[x for p in parts for x in p.aspect_part], gate_open=[x for p in parts for x in p.gate_open],
+        holistic_z=[x for p in parts for x in p.holistic_z],
+        aspects={k: [x for p in parts for x in p.aspects[k]] for k in first.aspects}, stats=first.stats)
+
+
+def score_for_engine(reward_set: RewardSet, prompts: Sequence[str], completions: Sequence[str],
+                     columns: dict | None = None, fallback: float | None = None, who: str = "alarm",
+                     log=None) -> tuple[ScoredSequences, list[bool]]:
+    """Score a batch for a trainer: every return a finite float, never ``None`` or NaN.
+
+    Without ``fallback`` a response that cannot be scored is an :class:`AlarmError` naming it. With
+    ``fallback`` a failing batch is scored response by response, and each response that still fails (or
+    whose return is not finite) gets ``fallback``, logged with its index and the reason. Returns the scores
+    and, per response, whether it got the fallback.
+    """
+    columns = columns or {}
+    n = len(completions)
+    log = log or (lambda msg: warnings.warn(msg, stacklevel=3))
+    use_fallback = fallback is not None
+    if use_fallback and not _finite(fallback):
+        raise AlarmError(f"{who}: the fallback reward must be a finite number, got {fallback!r}")
+    try:
+        result = reward_set.score_sequences(list(prompts), list(completions), **columns)
+    except AlarmError as e:
+        if not use_fallback:
+            raise
+        if n == 1:
+            log(f"{who}: a response cannot be scored ({str(e).splitlines()[0]}); it gets the fallback {fallback}")
+            return _fallback_rows(1, fallback, reward_set.aspects), [True]
+        parts, used = [], []
+        for i in range(n):  # find the responses at fault; the others keep their rewards
+            part, fb = score_for_engine(reward_set, [prompts[i]], [completions[i]],
+                                        {k: [v[i]] for k, v in columns.items()}, fallback, f"{who} (response {i})",
+                                        log)
+            parts.append(part)
+            used += fb
+        return _join(parts), used
+    bad = [i for i, r in enumerate(result.returns) if not _finite(r)]
+    if bad and not use_fallback:
+        raise AlarmError(f"{who}: response {bad[0]} has no finite reward ({result.returns[bad[0]]}); fix the reward, "
+                         "or set a fallback reward for responses that cannot be scored")
+    for i in bad:
+        log(f"{who}: response {i} has no finite reward ({result.returns[i]}); it gets the fallback {fallback}")
+        result.returns[i] = float(fallback)
+    return result, [i in bad for i in range(n)]

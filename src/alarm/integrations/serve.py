@@ -4,22 +4,33 @@
     # OpenRLHF:  --reward.remote_url http://127.0.0.1:5000/get_reward   (its remote_rm_url)
 
 POST ``/get_reward`` with ``{"query": [prompt + response, ...], "prompts": [...], "labels": [...]}`` (the body
-OpenRLHF sends; ``query`` must start with its prompt, or send the responses themselves as ``"responses"``)
-and get ``{"rewards": [R, ...], "scores": [R, ...], "extra_logs": {"gate_open": [...], "holistic_z": [...],
-...}}``. A label that is a string fills the column ``--label-column`` (default ``reference``); a label that
-is an object gives its keys as columns (``question`` replaces the prompt the rewards read, as in our PPO).
-``GET /health`` says what is served.
+OpenRLHF sends) and get ``{"rewards": [R, ...], "scores": [R, ...], "extra_logs": {"gate_open": [...],
+"holistic_z": [...], ...}}``. The response is what follows the prompt in the query. A client that cut an
+over-long prompt from the left (OpenRLHF does) sends a query that starts with the prompt's end only: the
+response then follows the longest end of the prompt the query starts with (``extra_logs["prompt_truncated"]``
+says so). Or send the responses themselves as ``"responses"``. The policy's end-of-turn / end-of-sequence
+tokens at the end of a response (``<|im_end|>``, ``</s>``, ...: OpenRLHF decodes with them) are removed
+before scoring (``--end-tokens``), so a response scores as it does in ``alarm score``. A label that is a
+string fills the column ``--label-column`` (default ``reference``); a label that is an object gives its
+keys as columns (``question`` replaces the prompt the rewards read, as in our PPO). ``GET /health`` says
+what is served and counts requests.
 
 Why a server: one copy of the reward models (on the GPU you choose) serves every rank of every trainer,
 instead of one copy per process. Concurrent requests are merged into one scoring pass (up to
-``--max-batch`` responses, waiting at most ``--max-wait-ms`` for company); at most ``--max-queue`` requests
+``--max-batch`` responses, waiting at most ``--max-wait-ms`` for company), so clients that send one sample
+per request (OpenRLHF, verl's ``naive`` manager) are scored in batches; at most ``--max-queue`` requests
 wait, later ones get HTTP 503 (OpenRLHF retries). A malformed body gets HTTP 400 with a one-line message and
-nothing else is affected. The server binds 127.0.0.1 unless ``--host`` says otherwise; it has no
-authentication, so expose it only on a trusted network.
+nothing else is affected; bodies over ``--max-body-mb`` get 413; a client that stalls for
+``--socket-timeout`` seconds is disconnected; a response longer than ``--max-response-chars`` is scored on
+its first that many characters (``extra_logs["response_clipped"]``), so one huge response cannot hold up
+the others. No reward leaves as ``null`` or NaN: a response that cannot be scored is an HTTP 400 naming it,
+or, with ``--fallback-reward X``, gets X (logged, ``extra_logs["fallback"]``). The server binds 127.0.0.1
+unless ``--host`` says otherwise; it has no authentication, so expose it only on a trusted network.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import queue
@@ -32,7 +43,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from alarm.combine import RewardSet, ScoredSequences
 from alarm.errors import AlarmError
-from alarm.integrations.run_rewards import fitted_reward_set
+from alarm.integrations.run_rewards import fitted_reward_set, score_for_engine
 
 
 class BadRequest(Exception):
@@ -44,6 +55,8 @@ class Job:
     prompts: list[str]  # what the rewards read as the prompt
     completions: list[str]
     columns: list[dict]  # one dict per response
+    truncated: list[bool] = field(default_factory=list)  # the query held only the end of its prompt
+    clipped: list[bool] = field(default_factory=list)  # scored on its first max_response_chars characters
     done: threading.Event = field(default_factory=threading.Event)
     result: dict | None = None
     error: tuple[int, str] | None = None
@@ -58,7 +71,59 @@ def _strings(body: dict, key: str, n: int | None = None) -> list[str]:
     return v
 
 
-def parse_request(body, label_column: str = "reference") -> Job:
+# The end-of-turn / end-of-sequence tokens of common chat templates (Qwen, SmolLM2, Llama 3, Mistral, Gemma,
+# Phi, gpt-oss). A client that decodes with special tokens (OpenRLHF) leaves one at the end of a response.
+END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<|eom_id|>", "</s>",
+              "<end_of_turn>", "<eos>", "<|end|>", "<|return|>")
+
+
+def strip_end_tokens(text: str, tokens=END_TOKENS) -> str:
+    """``text`` without the end tokens (and the whitespace between them) at its end; other text unchanged."""
+    while tokens:
+        rest = text.rstrip()
+        tok = next((t for t in tokens if t and rest.endswith(t)), None)
+        if tok is None:
+            return text
+        text = rest[:-len(tok)]
+    return text
+
+
+def suffix_overlap(prompt: str, query: str) -> int:
+    """The length of the longest end of ``prompt`` that ``query`` starts with (linear time: KMP)."""
+    pat = query[:len(prompt)]
+    if not pat:
+        return 0
+    fail, k = [0] * len(pat), 0
+    for i in range(1, len(pat)):
+        while k and pat[i] != pat[k]:
+            k = fail[k - 1]
+        if pat[i] == pat[k]:
+            k += 1
+        fail[i] = k
+    k = 0
+    for ch in prompt:
+        while k and (k == len(pat) or ch != pat[k]):
+            k = fail[k - 1]
+        if k < len(pat) and ch == pat[k]:
+            k += 1
+    return k
+
+
+def split_query(query: str, prompt: str) -> tuple[str, bool]:
+    """The response in ``query`` and whether the prompt had been cut from the left (by a client that keeps
+    the end of an over-long prompt); ``None`` when the query starts with no end of the prompt."""
+    if query.startswith(prompt):
+        return query[len(prompt):], False
+    # A cut through a multi-byte character decodes as U+FFFD at the start of the query.
+    lead = len(query) - len(query.lstrip("\ufffd"))
+    k = suffix_overlap(prompt, query[lead:])
+    if k == 0:
+        return None, False
+    return query[lead + k:], True
+
+
+def parse_request(body, label_column: str = "reference", end_tokens=END_TOKENS,
+                  max_chars: int | None = None) -> Job:
     """A :class:`Job` from an OpenRLHF-style body, or :class:`BadRequest` naming the first problem."""
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object with 'query' (and 'prompts', 'labels')")
@@ -70,6 +135,7 @@ def parse_request(body, label_column: str = "reference") -> Job:
     if n == 0:
         raise BadRequest("'query' is empty; send at least one response")
     prompts = _strings(body, "prompts", n) if body.get("prompts") is not None else None
+    truncated = [False] * n
     if "responses" in body:
         completions = _strings(body, "responses", n)
     elif prompts is None:
@@ -78,9 +144,16 @@ def parse_request(body, label_column: str = "reference") -> Job:
     else:
         completions = []
         for i, (q, p) in enumerate(zip(queries, prompts)):
-            if not q.startswith(p):
-                raise BadRequest(f"query {i} does not start with prompt {i}; send the responses as 'responses'")
-            completions.append(q[len(p):])
+            response, truncated[i] = split_query(q, p)
+            if response is None:
+                raise BadRequest(f"query {i} starts neither with prompt {i} nor with an end of it; send the "
+                                 "responses as 'responses'")
+            completions.append(response)
+    if end_tokens:
+        completions = [strip_end_tokens(c, end_tokens) for c in completions]
+    clipped = [bool(max_chars) and len(c) > max_chars for c in completions]
+    if any(clipped):
+        completions = [c[:max_chars] if cut else c for c, cut in zip(completions, clipped)]
     labels = body.get("labels")
     if labels is None:
         labels = [None] * n
@@ -100,7 +173,7 @@ def parse_request(body, label_column: str = "reference") -> Job:
             raise BadRequest(f"label {i}: 'question' must be a string")
         reward_prompts.append(question if question is not None else base)
         columns.append(cols)
-    return Job(reward_prompts, completions, columns)
+    return Job(reward_prompts, completions, columns, truncated, clipped)
 
 
 def _finite(xs) -> list[float]:
@@ -108,9 +181,18 @@ def _finite(xs) -> list[float]:
     return [0.0 if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x) for x in xs]
 
 
-def response_body(result: ScoredSequences) -> dict:
+def log_keys(reward_set: RewardSet) -> list[str]:
+    """The extra_logs keys of every answer: the same for every response (OpenRLHF stacks them)."""
+    return ["return", "gate_open", "holistic_part", "aspect_part", "holistic_z",
+            *(f"aspect/{k}" for k in reward_set.aspects), "prompt_truncated", "response_clipped", "fallback"]
+
+
+def response_body(result: ScoredSequences, keys: list[str] | None = None, flags: dict | None = None) -> dict:
+    n = len(result.returns)
+    logs = {**result.per_sample(), **(flags or {})}
+    keys = keys or list(logs)
     return {"rewards": list(result.returns), "scores": list(result.returns),
-            "extra_logs": {k: _finite(v) for k, v in result.per_sample().items()}}
+            "extra_logs": {k: _finite(logs.get(k, [0.0] * n)) for k in keys}}
 
 
 class RewardServer:
@@ -119,16 +201,28 @@ class RewardServer:
 
     def __init__(self, reward_set: RewardSet, host: str = "127.0.0.1", port: int = 5000, max_batch: int = 64,
                  max_wait_ms: float = 10.0, max_queue: int = 64, label_column: str = "reference",
-                 max_body_mb: float = 64.0, request_timeout: float = 600.0, log=None):
+                 max_body_mb: float = 4.0, request_timeout: float = 600.0, socket_timeout: float = 30.0,
+                 end_tokens=END_TOKENS, max_response_chars: int | None = 65536, fallback: float | None = None,
+                 log=None):
         if max_batch < 1 or max_queue < 1 or max_wait_ms < 0 or request_timeout <= 0:
             raise AlarmError("serve-reward: --max-batch and --max-queue must be ≥ 1, --max-wait-ms ≥ 0")
+        if max_body_mb <= 0 or socket_timeout <= 0 or (max_response_chars is not None and max_response_chars < 0):
+            raise AlarmError("serve-reward: --max-body-mb and --socket-timeout must be > 0, --max-response-chars ≥ 0")
+        if fallback is not None and not math.isfinite(float(fallback)):
+            raise AlarmError(f"serve-reward: --fallback-reward must be a finite number, got {fallback}")
         self.reward_set = reward_set
         self.max_batch, self.max_wait = int(max_batch), float(max_wait_ms) / 1000.0
         self.label_column = label_column
         self.max_body = int(max_body_mb * 2**20)
         self.request_timeout = float(request_timeout)
+        self.socket_timeout = float(socket_timeout)
+        self.end_tokens = tuple(end_tokens or ())
+        self.max_chars = int(max_response_chars) if max_response_chars else None
+        self.fallback = None if fallback is None else float(fallback)
+        self.keys = log_keys(reward_set)
         self.queue: queue.Queue[Job] = queue.Queue(maxsize=int(max_queue))
-        self.stats = {"requests": 0, "responses": 0, "batches": 0, "rejected_busy": 0, "bad_requests": 0}
+        self.stats = {"requests": 0, "responses": 0, "batches": 0, "rejected_busy": 0, "bad_requests": 0,
+                      "truncated_prompts": 0, "clipped_responses": 0, "fallbacks": 0}
         self._stats_lock = threading.Lock()
         self.log = log or (lambda msg: print(f"[alarm serve-reward] {msg}", file=sys.stderr, flush=True))
         self._stop = threading.Event()
@@ -193,9 +287,11 @@ class RewardServer:
         rows = [row for j in jobs for row in j.columns]
         keys = sorted({k for row in rows for k in row})
         columns = {k: [row.get(k) for row in rows] for k in keys}
-        result = self.reward_set.score_sequences(prompts, completions, **columns)
+        result, fell_back = score_for_engine(self.reward_set, prompts, completions, columns, fallback=self.fallback,
+                                             who="serve-reward", log=self.log)
         self.count("batches")
         self.count("responses", len(completions))
+        self.count("fallbacks", sum(fell_back))
         start = 0
         for job in jobs:
             sl = slice(start, start + len(job.completions))
@@ -203,7 +299,10 @@ class RewardServer:
             part = ScoredSequences(result.returns[sl], result.holistic_part[sl], result.aspect_part[sl],
                           result.gate_open[sl], result.holistic_z[sl], {k: v[sl] for k, v in result.aspects.items()},
                           result.stats)
-            job.result = response_body(part)
+            flags = {"prompt_truncated": [float(x) for x in job.truncated],
+                     "response_clipped": [float(x) for x in job.clipped],
+                     "fallback": [float(x) for x in fell_back[sl]]}
+            job.result = response_body(part, self.keys, flags)
 
     # -- HTTP -----------------------------------------------------------------------------------------
 
@@ -213,6 +312,7 @@ class RewardServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             server_version = "alarm-serve-reward"
+            timeout = server.socket_timeout  # every read and write on the connection; a stalled client is dropped
 
             def log_message(self, *args):  # one line per batch is logged instead, not per request
                 pass
@@ -240,24 +340,50 @@ class RewardServer:
                 self._error(404, f"no GET {self.path}; POST /get_reward or GET /health")
 
             def do_POST(self):
+                try:
+                    self._post()
+                except (TimeoutError, ConnectionError):
+                    self.close_connection = True  # the client stalled or left: drop it, serve the others
+                except Exception as e:  # a bug: answer 500 with one line instead of dropping the connection
+                    traceback.print_exc(file=sys.stderr)
+                    self.close_connection = True
+                    with contextlib.suppress(OSError):
+                        self._error(500, f"internal error: {type(e).__name__}")
+
+            def _post(self):
                 if self.path.rstrip("/") != "/get_reward":
                     return self._error(404, f"no POST {self.path}; the reward is at /get_reward")
                 try:
                     length = int(self.headers.get("Content-Length", ""))
                 except ValueError:
+                    self.close_connection = True
                     return self._error(411, "send a Content-Length header")
-                if length > server.max_body:
-                    return self._error(413, f"body of {length} bytes is over the limit of {server.max_body}")
+                if length < 0 or length > server.max_body:
+                    self.close_connection = True  # the body is not read: this connection cannot carry another
+                    return self._error(413, f"body of {length} bytes is over the limit of {server.max_body} "
+                                            "(--max-body-mb); send fewer responses per request")
                 raw = self.rfile.read(length)
+                if len(raw) < length:
+                    self.close_connection = True
+                    return
                 server.count("requests")
                 try:
                     body = json.loads(raw)
+                except RecursionError:
+                    return self._error(400, "the body is nested too deeply to be a reward request")
                 except (ValueError, UnicodeDecodeError) as e:
                     return self._error(400, f"the body is not valid JSON ({str(e).splitlines()[0]})")
                 try:
-                    job = parse_request(body, server.label_column)
+                    job = parse_request(body, server.label_column, server.end_tokens, server.max_chars)
                 except BadRequest as e:
                     return self._error(400, str(e))
+                except RecursionError:
+                    return self._error(400, "a label is nested too deeply")
+                server.count("truncated_prompts", sum(job.truncated))
+                if any(job.clipped):
+                    server.count("clipped_responses", sum(job.clipped))
+                    server.log(f"{sum(job.clipped)} response(s) over {server.max_chars} characters scored on their "
+                               "first --max-response-chars characters")
                 try:
                     server.queue.put_nowait(job)
                 except queue.Full:
@@ -304,9 +430,14 @@ class RewardServer:
 
 
 def make_server(args) -> RewardServer:
+    if not 0 <= args.port <= 65535:
+        raise AlarmError(f"--port must be between 0 and 65535 (0: any free port), got {args.port}")
     reward_set = fitted_reward_set(config=args.config, state=args.state, run=args.run, overrides=args.overrides)
+    end_tokens = tuple(t for t in args.end_tokens.split(",") if t) if args.end_tokens is not None else END_TOKENS
     return RewardServer(reward_set, host=args.host, port=args.port, max_batch=args.max_batch,
-                        max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, label_column=args.label_column)
+                        max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, label_column=args.label_column,
+                        max_body_mb=args.max_body_mb, socket_timeout=args.socket_timeout, end_tokens=end_tokens,
+                        max_response_chars=args.max_response_chars, fallback=args.fallback_reward)
 
 
 def cmd_serve_reward(args) -> int:
@@ -336,8 +467,19 @@ def add_commands(sub) -> None:
     p.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a request waits for others to merge")
     p.add_argument("--max-queue", type=int, default=64, help="requests that may wait; more get HTTP 503")
     p.add_argument("--label-column", default="reference", help="the column a string label fills")
+    p.add_argument("--end-tokens", default=None, metavar="TOK,TOK",
+                   help="end-of-turn tokens removed from the end of a response before scoring (default: "
+                        f"{','.join(END_TOKENS)}); '' keeps them")
+    p.add_argument("--max-body-mb", type=float, default=4.0, help="larger request bodies get HTTP 413 (default 4)")
+    p.add_argument("--socket-timeout", type=float, default=30.0,
+                   help="seconds a client may stall while sending or receiving before it is disconnected")
+    p.add_argument("--max-response-chars", type=int, default=65536,
+                   help="a longer response is scored on its first this many characters (0: no cap)")
+    p.add_argument("--fallback-reward", type=float, default=None,
+                   help="the reward of a response that cannot be scored (logged); default: HTTP 400 naming it")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. combine.epsilon=0.5")
     p.set_defaults(handler=cmd_serve_reward)
 
 
-__all__ = ["BadRequest", "RewardServer", "add_commands", "cmd_serve_reward", "make_server", "parse_request"]
+__all__ = ["END_TOKENS", "BadRequest", "RewardServer", "add_commands", "cmd_serve_reward", "make_server",
+           "parse_request", "split_query", "strip_end_tokens"]
