@@ -24,7 +24,7 @@ def tiny_model_dir(tmp_path_factory):
     return d
 
 
-def test_recipe_runs_end_to_end(tmp_path, tiny_model_dir, minilm):
+def test_recipe_runs_end_to_end(tmp_path, tiny_model_dir, minilm, capsys):
     recipe = load_recipe(None, [
         f"model.name={tiny_model_dir}", f"output_dir={tmp_path}", "name=tiny",
         "rewards.holistic={type: reference_similarity}",
@@ -35,7 +35,8 @@ def test_recipe_runs_end_to_end(tmp_path, tiny_model_dir, minilm):
     ])
     result = run(recipe)
     for name in ("config.yaml", "initial_samples.jsonl", "reward_state.json", "selection.json", "selection.png",
-                 "metrics.jsonl", "training.png", "eval.json", "before_after.png", "report.md"):
+                 "metrics.jsonl", "training.png", "eval.json", "paired_differences.png", "report.md",
+                 "eval/win_rates.png"):
         assert (tmp_path / name).exists(), name
     samples = [json.loads(x) for x in (tmp_path / "initial_samples.jsonl").read_text().splitlines()]
     assert len(samples) == 8 and {"holistic", "relevance", "words"} <= set(samples[0])
@@ -50,6 +51,25 @@ def test_recipe_runs_end_to_end(tmp_path, tiny_model_dir, minilm):
     assert ci["n"] == 4 and ci["low"] <= saved["means"]["trained"]["holistic"] <= ci["high"]
     report = (tmp_path / "report.md").read_text()
     assert "Reward selection" in report and "win rate" in report
+    # what a reader looks at: the result in words, the paired-difference plot, answers side by side, smoothed curves
+    head = saved["headline"]
+    assert head["metric"] == "holistic.z" and head["n_prompts"] == 4
+    for key in ("paired_difference", "length_change", "length_controlled"):
+        assert {"mean", "low", "high"} <= set(head[key])
+    assert {"pct", "low", "high", "wins", "losses", "ties"} <= set(head["win_rate"])
+    assert head["paired_difference"]["mean"] == pytest.approx(saved["win_rates"]["holistic.z"]["mean_diff"])
+    assert report.index("## Result") < report.index("## Every metric")
+    assert "![paired differences](paired_differences.png)" in report and "![training curves](training.png)" in report
+    assert "moving average" in report and "## Example answers" in report
+    ex = saved["examples"][0]
+    assert f"| {' '.join(ex['initial']['completion'].split()) or '(empty)'} | " in report.replace("\\|", "|")
+    compared = json.loads((tmp_path / "eval" / "compare.json").read_text())
+    assert list(compared["pairs"]) == ["trained vs initial"]  # read as the question a reader asks
+    printed = capsys.readouterr().out
+    lead = printed[printed.index("Result on 4 test questions"):]
+    assert all(len(line) <= 80 for line in lead.splitlines()) and "| metric |" not in lead
+    assert "Length control" in lead and ("Largest gain" in lead or "At random" in lead)
+    assert lead.rstrip().endswith("report.md")
 
     # Running again with --overwrite starts afresh: one record per step, not the old ones appended.
     recipe.ppo.steps = 1

@@ -395,8 +395,21 @@ def test_report_and_figure_follow_the_papers_layout(tmp_path):
     assert heights == [round(100 * stats[n].conflict, 6) for n in order] + [wins[n]["win_rate_pct"] for n in order]
     dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
     assert len(dashed) == 1 and dashed[0].get_ydata()[0] == pytest.approx(60.0)  # the holistic reference line
-    assert "holistic win rate 60.0" in [t.get_text() for t in ax.get_legend().get_texts()]
+    (legend,) = fig.legends
+    assert "holistic win rate 60.0" in [t.get_text() for t in legend.get_texts()]
     assert plot_selection(stats, sel, tmp_path / "s.png", wins).read_bytes()[:4] == b"\x89PNG"
+    # laid out (as saved): the legend sits outside the axes, so it covers no bar, and the title is not cut off
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)
+    axes_box, legend_box = ax.get_window_extent(renderer), legend.get_window_extent(renderer)
+    assert not axes_box.overlaps(legend_box)
+    title_box, figure_box = ax.title.get_window_extent(renderer), fig.bbox
+    assert figure_box.x0 <= title_box.x0 and title_box.x1 <= figure_box.x1 and title_box.y1 <= figure_box.y1
+    long_rule = select_aspects(stats, max_conflict=0.4, min_decisive=0.25)  # the longest rule text
+    fig = selection_figure(stats, long_rule, wins, ("greedy output of the initial policy", "pure sample"))
+    fig.draw(fig.canvas.get_renderer())
+    title_box = fig.axes[0].title.get_window_extent(fig.canvas.get_renderer())
+    assert fig.bbox.x0 <= title_box.x0 and title_box.x1 <= fig.bbox.x1 and title_box.y1 <= fig.bbox.y1
 
 
 @pytest.fixture(scope="module")

@@ -519,6 +519,9 @@ def test_sample_then_train_end_to_end(tmp_path, monkeypatch):
 
     monkeypatch.setattr(vc, "build_reward_set", lambda r: _reward_set())
     lora0 = {n: p.detach().clone() for n, p in tiny.causal_lm().named_parameters()}
+    import alarm.recipes.report as report_module
+
+    monkeypatch.setattr(report_module, "generate_texts", lambda *a, **k: pytest.fail("generated again"))
     final = run_train(recipe, model=model, tokenizer=tok, progress=False)
     out = recipe.training_dir()
     assert out.name == "train-vcb"
@@ -528,12 +531,45 @@ def test_sample_then_train_end_to_end(tmp_path, monkeypatch):
     assert json.loads((out / "summary.json").read_text())["steps"] == 2
     greedy = [json.loads(x) for x in (out / "greedy-step-000002.jsonl").read_text().splitlines()]
     assert [g["prompt_id"] for g in greedy] == ["q2"]  # the held-out prompt, with what it scored
+    # it ends like `alarm run`: initial vs trained on the held-out prompts, a report with plots and answers
+    result = json.loads((out / "eval.json").read_text())
+    assert result["headline"]["metric"] == "holistic.z" and result["headline"]["n_prompts"] == 1
+    assert {"mean", "low", "high"} <= set(result["headline"]["paired_difference"])
+    answers = {s: [json.loads(x)["completion"] for x in (out / "eval" / f"{s}.jsonl").read_text().splitlines()]
+               for s in ("initial", "trained")}
+    assert answers["trained"] == [g["completion"] for g in greedy]  # the diagnostics' answers, not generated again
+    first = [json.loads(x) for x in (out / "greedy-step-000000.jsonl").read_text().splitlines()]
+    assert answers["initial"] == [g["completion"] for g in first]
+    report = (out / "report.md").read_text()
+    for part in ("## Result", "![paired differences](paired_differences.png)", "## Example answers",
+                 "ranking_accuracy", "corr", "greedy_reward_mean", "![training curves](training.png)"):
+        assert part in report, part
+    assert (out / "paired_differences.png").exists() and (out / "training.png").exists()
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and any(float(p.detach().abs().sum()) > 0 for p in lora_b)  # adapters moved off zero
     assert all(torch.equal(p, lora0[n.replace("base_model.model.", "").replace(".base_layer", "")])
                for n, p in model.named_parameters() if "lora_" not in n)  # base weights untouched
     with pytest.raises(AlarmError, match="--resume"):
         run_train(recipe, model=tiny.causal_lm(), tokenizer=tok, progress=False)
+
+
+def test_train_without_greedy_diagnostics_generates_its_evaluation(tmp_path, monkeypatch):
+    import alarm.recipes.vcb as vc
+    from alarm.generation import generate_texts
+
+    recipe = _recipe(tmp_path, "vcb.eval_greedy=false", "vcb.max_steps=1")
+    model, tok = tiny.causal_lm(), tiny.tokenizer()
+    run_sample(recipe, model=model, tokenizer=tok, reward_set=_reward_set(), progress=False)
+    monkeypatch.setattr(vc, "build_reward_set", lambda r: _reward_set())
+    run_train(recipe, model=model, tokenizer=tok, progress=False)
+    out = recipe.training_dir()
+    assert not list(out.glob("greedy-step-*.jsonl"))  # no diagnostics' answers to reuse
+    rows = {s: [json.loads(x) for x in (out / "eval" / f"{s}.scored.jsonl").read_text().splitlines()]
+            for s in ("initial", "trained")}
+    assert [r["prompt_id"] for r in rows["initial"]] == ["q2"] == [r["prompt_id"] for r in rows["trained"]]
+    fresh = generate_texts(tiny.causal_lm(), tok, [rows["initial"][0]["prompt"]], max_new_tokens=4)
+    assert rows["initial"][0]["completion"] == fresh[0][0]  # the initial policy: adapters off
+    assert "## Example answers" in (out / "report.md").read_text()
 
 
 def test_changed_sampling_settings_refuse_to_mix(tmp_path):

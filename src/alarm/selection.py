@@ -17,6 +17,7 @@ own being the reference line of its Figures 3–4 (:func:`win_rates`, :func:`plo
 from __future__ import annotations
 
 import math
+import textwrap
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -534,7 +535,7 @@ def selection_figure(stats: Mapping[str, AspectStats], selection: Selection, win
     else:
         second, second_label = [100 * (stats[n].tie_rate or 0.0) for n in names], "tie rate"
 
-    fig = Figure(figsize=(max(4.5, 1.3 * len(names) + 2.5), 3.6))
+    fig = Figure(figsize=(max(5.5, 1.3 * len(names) + 2.5), 4.6), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     width = 0.38
@@ -562,7 +563,8 @@ def selection_figure(stats: Mapping[str, AspectStats], selection: Selection, win
             label.set_fontweight("bold")
     ax.set_ylim(0, 105)
     ax.set_ylabel("%")
-    ax.set_title(f"Reward selection on {sides[0]}-vs-{sides[1]} pairs (kept in bold): {selection.rule}", fontsize=9)
-    ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
+    # the title wrapped to the figure's width, the legend below the axes: neither is cut off or covers a bar
+    title = f"Reward selection on {sides[0]}-vs-{sides[1]} pairs (kept in bold): {selection.rule}"
+    ax.set_title("\n".join(textwrap.wrap(title, width=int(fig.get_figwidth() * 13))), fontsize=9)
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="outside lower center", ncols=2, frameon=False)
     return fig

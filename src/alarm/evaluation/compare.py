@@ -29,6 +29,7 @@ from scipy import stats as sps
 
 from alarm.errors import AlarmError
 from alarm.evaluation.judge import OUTCOME_SIGN, summarize_outcomes
+from alarm.evaluation.plots import plot_win_rate_heatmaps
 from alarm.io import write_json_atomic
 
 __all__ = ["compare_scored", "other_side", "MeanCI", "WinCounts", "Alignment", "mean_ci", "wilson_interval", "paper_win_rate", "win_rate_interval", "paired_difference", "format_difference",
@@ -621,43 +622,10 @@ def plot_means(result: Mapping[str, Any], path: str | Path) -> Path:
 
 
 def plot_win_rates(result: Mapping[str, Any], path: str | Path, judge: Mapping[str, Any] | None = None) -> Path:
-    """One panel per pair of systems: the first system's win rate (%) by each metric (and the judge), 50 marked."""
-    pairs = list(result["pairs"])
-    fig = _figure(6.0, max(2.2, 0.35 * (len(result["metrics"]) + 2)) * len(pairs))
-    for k, label in enumerate(pairs):
-        ax = fig.add_subplot(len(pairs), 1, k + 1)
-        names, rates, lows, highs = [], [], [], []
-        for m in result["metrics"]:
-            w = result["pairs"][label]["metrics"][m]
-            names.append(m)
-            rates.append(w["win_rate_pct"])
-            lows.append(w["pct_low"])
-            highs.append(w["pct_high"])
-        if judge and label in judge["pairs"]:
-            j = judge["pairs"][label]
-            names.append("LLM judge")
-            rates.append(j["win_rate_pct"])
-            lows.append(j["pct_low"])
-            highs.append(j["pct_high"])
-        y = np.arange(len(names))
-        for i, (r, lo, hi) in enumerate(zip(rates, lows, highs)):
-            if lo is None:
-                ax.text(50, i, "no decisive pair", ha="center", va="center", fontsize=7)
-                continue
-            ax.barh(i, r, xerr=[[max(0.0, r - lo)], [max(0.0, hi - r)]], capsize=3, color="tab:blue" if names[i] != "LLM judge" else "tab:orange")
-        ax.axvline(50, color="black", linestyle="--", linewidth=1)
-        ax.invert_yaxis()  # first metric on top, as in the table
-        ax.set_yticks(y)
-        ax.set_yticklabels(names, fontsize=8)
-        ax.set_xlim(0, 100)
-        ax.set_title(f"win rate of {result['pairs'][label]['x']} over {result['pairs'][label]['y']} "
-                     f"(%, ties excluded, bootstrap {result['ci']['confidence']:.0%} CI)",
-                     fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=100)
-    return path
+    """The win-rate matrices as heatmaps, one per reward (and the judge): each cell the row system's win rate
+    over the column system, with its interval (:func:`alarm.evaluation.plots.plot_win_rate_heatmaps`)."""
+    matrices = [(short, mx) for short, _, mx in _matrices(result, judge)]
+    return Path(plot_win_rate_heatmaps(matrices, path, result["ci"]["confidence"])["path"])
 
 
 def compare_scored(systems: Mapping[str, Sequence[Mapping[str, Any]]], directions: Mapping[str, bool],

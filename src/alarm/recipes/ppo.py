@@ -7,21 +7,19 @@ packaged offline demo recipe. Each step writes its outputs into the run director
 from __future__ import annotations
 
 import json
-import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import yaml
 from rich.console import Console
-from rich.table import Table
 
 from alarm.combine import RewardSet
 from alarm.config import Recipe, build_reward_set, load_recipe
 from alarm.data.prompts import prompt_records, reward_inputs
 from alarm.errors import AlarmError
-from alarm.evaluation.compare import compare_scored, format_difference, other_side, win_counts
-from alarm.evaluation.scoring import generation_rows, meta_path, normalize_scores, score_records
+from alarm.evaluation.compare import win_counts
+from alarm.evaluation.plots import PPO_PANELS
 from alarm.generation import generate_texts
 from alarm.io import (
     check_writable_dir,
@@ -31,6 +29,7 @@ from alarm.io import (
     write_text_atomic,
 )
 from alarm.models import load_policy
+from alarm.recipes.report import evaluate_systems, evaluation_markdown, print_result, training_markdown
 from alarm.rewards.base import summarize
 from alarm.selection import (
     compute_stats,
@@ -181,38 +180,11 @@ def evaluate_step(recipe: Recipe, tokenizer, reward_set: RewardSet, records: lis
 
     e = recipe.eval
     chosen = records[: e.max_prompts] if e.max_prompts else records
-    out = run_dir / "eval"
-    scored: dict[str, list[dict]] = {}
-    described: dict[str, dict] = {}
-    for name, (model, ctx) in systems.items():
-        with ctx():
-            texts = generate_texts(model, tokenizer, [r["prompt"] for r in chosen], max_new_tokens=e.max_new_tokens,
-                                   batch_size=e.batch_size, progress=f"evaluating {name}")
-        rows = generation_rows(chosen, texts)
-        generations = write_jsonl_atomic(out / f"{name}.jsonl", rows)
-        write_json_atomic(meta_path(generations), {"policy": f"{name} policy of run {run_dir}", "do_sample": False,
-                                                   "num_samples": 1, "max_new_tokens": e.max_new_tokens})
-        scores, described = score_records(reward_set, rows, batch_size=e.batch_size)
-        described = normalize_scores(scores, described, reward_set.normalizers)
-        for row, s in zip(rows, scores):
-            s["length_words"] = float(len(row["completion"].split()))
-        described["length_words"] = {"reward": "length_words", "kind": "raw", "higher_is_better": True}
-        scored[name] = [{**row, "scores": s} for row, s in zip(rows, scores)]
-        target = write_jsonl_atomic(out / f"{name}.scored.jsonl", scored[name])
-        write_json_atomic(meta_path(target), {"source": str(generations), "rewards_config": str(run_dir / "config.yaml"),
-                                              "normalizers": str(run_dir / "reward_state.json"), "metrics": described})
-    directions = {k: v["higher_is_better"] for k, v in described.items()}
-    compared, _, _ = compare_scored(scored, directions, out, seed=recipe.seed)
-    names = list(systems)
-    metrics = compared["metrics"]
-    result = {"n_prompts": len(chosen), "metrics": metrics, "higher_is_better": directions,
-              "means": {s: {m: compared["means"][s][m]["mean"] for m in metrics} for s in names},
-              "mean_ci": {s: {m: {k: compared["means"][s][m][k] for k in ("low", "high", "n")} for m in metrics}
-                          for s in names},
-              "win_rates": {}}
-    if len(names) > 1:  # the comparison counted initial vs trained; the report reads it from the trained side
-        pair = compared["pairs"][f"{names[0]} vs {names[-1]}"]["metrics"]
-        result["win_rates"] = {m: other_side(pair[m]) for m in metrics}
+    result = evaluate_systems(tokenizer, reward_set, chosen, run_dir / "eval", systems,
+                              max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, seed=recipe.seed,
+                              run_label=f"run {run_dir}", rewards_config=str(run_dir / "config.yaml"),
+                              normalizers=str(run_dir / "reward_state.json"),
+                              rewards_spec=recipe.rewards)
     write_json_atomic(run_dir / "eval.json", result)
     return result
 
@@ -251,102 +223,29 @@ def win_rate(a: list, b: list, higher_is_better: bool = True, n_boot: int = 2000
 
 def write_report(recipe: Recipe, run_dir: Path, history: list[dict], result: dict | None, kept: list[str] | None,
                  timings: dict) -> Path:
-    """report.md with plots of training curves and a before/after chart. Every mean and win rate carries its
-    bootstrap 95 % interval over the test prompts (from :func:`evaluate_step`'s comparison, ``eval/``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """report.md: the result in words with the paired-difference plot, example answers side by side, every
+    metric's table, the reward selection and the training curves. Every mean, difference and win rate carries
+    its bootstrap 95 % interval over the test prompts (from :func:`evaluate_step`'s comparison, ``eval/``)."""
     lines = [f"# {recipe.name}: ALaRM run report", ""]
     lines += [f"- policy: `{recipe.model.name}`, mode `{recipe.combine_config().mode}`, "
               f"{len(history)} PPO steps × {recipe.ppo.rollout_batch_size} responses "
               f"({recipe.ppo.samples_per_prompt} per prompt)", ""]
+    if result:
+        lines += evaluation_markdown(result, run_dir)
+    lines += training_markdown(history, run_dir, PPO_PANELS)
     if kept is not None:
         lines += ["## Reward selection", "", (run_dir / "selection.md").read_text(), "",
                   "![selection](selection.png)", ""]
-    if history:
-        steps = [m["step"] for m in history]
-        panels = [("rewards", [k for k in history[0] if k.startswith("rewards/") and k.endswith("/mean")]),
-                  ("gate-open rate", ["gate_open_rate"]), ("KL to reference", ["kl"]),
-                  ("response length (tokens)", ["length/tokens"])]
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2))
-        for ax, (title, keys) in zip(axes, panels):
-            for k in keys:
-                ax.plot(steps, [m.get(k, math.nan) for m in history], label=k.removeprefix("rewards/"))
-            ax.set_title(title)
-            ax.set_xlabel("step")
-            if len(keys) > 1:
-                ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(run_dir / "training.png", dpi=110)
-        plt.close(fig)
-        lines += ["## Training", "", "![training curves](training.png)", ""]
-    if result:
-        systems = list(result["means"])
-        metrics = list(result["means"][systems[0]])
-        cis = result["mean_ci"]
-        lines += ["## Evaluation (greedy, test prompts)", "",
-                  f"{result['n_prompts']} test prompts. Means with a 95 % percentile bootstrap interval over prompts. "
-                  "Win rate: 100·wins / (wins + losses) (ties excluded, 50 when no pair is decisive), its 95 % "
-                  "bootstrap interval over prompts, and the decisive pairs (wins–losses, ties). Mean difference: "
-                  "trained − initial question by question, with its bootstrap interval over the same draws.", "",
-                  "| metric | " + " | ".join(systems) + " | win rate (trained vs initial) | mean difference |",
-                  "|---|" + "---|" * len(systems) + "---|---|"]
-        for k in metrics:
-            vals = " | ".join(_fmt_mean(result["means"][s][k], cis.get(s, {}).get(k)) for s in systems)
-            w = result["win_rates"].get(k)
-            win, diff = (_fmt_win(w), format_difference(w)) if w else ("—", "—")
-            lines.append(f"| {k} | {vals} | {win} | {diff} |")
-        fig, ax = plt.subplots(figsize=(6, 3.2))
-        width = 0.8 / len(systems)
-        for j, s in enumerate(systems):
-            ax.bar([i + j * width for i in range(len(metrics))],
-                   [result["means"][s][k] or 0.0 for k in metrics], width, label=s)
-        ax.set_xticks([i + width * (len(systems) - 1) / 2 for i in range(len(metrics))], metrics, rotation=20,
-                      fontsize=8)
-        ax.legend()
-        ax.set_title("before / after (means)")
-        fig.tight_layout()
-        fig.savefig(run_dir / "before_after.png", dpi=110)
-        plt.close(fig)
-        lines += ["", "![before/after](before_after.png)", ""]
     lines += ["## Timings", "", *[f"- {k}: {v:.0f} s" for k, v in timings.items()], ""]
     path = run_dir / "report.md"
     write_text_atomic(path, "\n".join(lines))
     return path
 
 
-def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
-
-
-def _fmt_mean(mean, ci: dict | None) -> str:
-    if ci is None or ci["low"] is None:
-        return _fmt(mean)
-    return f"{_fmt(mean)} [{ci['low']:.3f}, {ci['high']:.3f}]"
-
-
-def _fmt_win(w: dict) -> str:
-    """The paper's win rate with its interval and the decisive pairs: '63.6 [36.4, 90.9] (11: 7–4, 5 ties)'."""
-    interval = "–" if w.get("pct_low") is None else f"{w['pct_low']:.1f}, {w['pct_high']:.1f}"
-    return (f"{w['win_rate_pct']:.1f} [{interval}] ({w['wins'] + w['losses']}: {w['wins']}–{w['losses']}, "
-            f"{w['ties']} ties)")
-
-
-def print_summary(result: dict) -> None:
-    systems = list(result["means"])
-    cis = result.get("mean_ci", {})
-    table = Table(title=f"Evaluation on {result['n_prompts']} test prompts (greedy; 95 % bootstrap intervals)")
-    table.add_column("metric")
-    for s in systems:
-        table.add_column(s, justify="right")
-    table.add_column("win rate (trained vs initial)", justify="right")
-    table.add_column("mean difference", justify="right")
-    for k in result["means"][systems[0]]:
-        table.add_row(k, *[_fmt_mean(result["means"][s][k], cis.get(s, {}).get(k)) for s in systems],
-                      _fmt_win(result["win_rates"][k]), format_difference(result["win_rates"][k]))
-    console.print(table)
+def print_summary(result: dict, report: Path | str | None = None) -> None:
+    """The result in plain words, three example answers side by side, then where the full report is (80
+    columns; the table of every metric is in report.md)."""
+    print_result(result, report)
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -415,8 +314,9 @@ def run(recipe: Recipe, steps: tuple[str, ...] = ("sample", "select", "train", "
         timings["eval"] = time.perf_counter() - t0
     report = write_report(recipe, run_dir, history, result, kept, timings)
     if result and "trained" in result["means"]:
-        print_summary(result)
-    console.print(f"report: {report}")
+        print_summary(result, report)
+    else:
+        console.print(f"report: {report}")
     return result or {}
 
 

@@ -15,8 +15,10 @@ the paper's — see alarm.trainers.vcb), VCB-hinge, DPO or IPO, writing to ``<ru
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import textwrap
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,10 +26,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from alarm.config import RunSpec, build_reward_set, read_settings, validate_recipe
 from alarm.data.prompts import prompt_records, reward_inputs
 from alarm.errors import AlarmError
+from alarm.evaluation.plots import VCB_PANELS
 from alarm.generation import generate_texts
 from alarm.io import check_writable_dir, claim_run_dir, write_text_atomic
 from alarm.models import is_encoder_decoder, load_policy
-from alarm.recipes.ppo import RESUME_HELP, resume_arg
+from alarm.recipes.ppo import RESUME_HELP, initial_and_trained, resume_arg
+from alarm.recipes.report import evaluate_systems, evaluation_markdown, print_result, training_markdown
 from alarm.rewards.base import summarize
 from alarm.trainers.vcb import VCBConfig, VCBTrainer
 
@@ -189,14 +193,13 @@ def run_train(recipe: VCBRecipe, resume: bool | str = False, model=None, tokeniz
     out = check_writable_dir(recipe.training_dir(), "training directory")
     samples = load_samples(recipe)
     meta = json.loads((recipe.samples_dir() / "meta.json").read_text())
-    reward_set = None
-    if recipe.vcb.eval_greedy:
-        reward_set = build_reward_set(recipe)
-        reward_set.load_state(json.loads((recipe.samples_dir() / "reward_state.json").read_text()))
+    reward_set = build_reward_set(recipe)  # the greedy diagnostics (vcb.eval_greedy) and the final evaluation
+    reward_set.load_state(json.loads((recipe.samples_dir() / "reward_state.json").read_text()))
     if model is None or tokenizer is None:
         model, tokenizer = load_policy(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code)
     claim_run_dir(out, bool(resume), overwrite, what="training directory")
-    trainer = VCBTrainer(recipe.vcb, model, tokenizer, samples, out, reward_set=reward_set,
+    trainer = VCBTrainer(recipe.vcb, model, tokenizer, samples, out,
+                         reward_set=reward_set if recipe.vcb.eval_greedy else None,
                          max_new_tokens=meta["max_new_tokens"],
                          reference_cache=recipe.samples_dir() / f"reference_logprobs-{_slug(recipe.model.name)}.pt")
     if resume and not trainer.resume(resume if isinstance(resume, str) else None):
@@ -206,10 +209,108 @@ def run_train(recipe: VCBRecipe, resume: bool | str = False, model=None, tokeniz
     if trainer.accelerator.is_main_process:
         summary = {"loss": recipe.vcb.loss, "pairs": len(trainer.pairs), "steps": trainer.step_idx, **final}
         write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
-        shown = {k: final.get(k) for k in ("eval/greedy_reward_mean", "eval/ranking_accuracy", "eval/corr")}
-        print(f"{recipe.vcb.loss}: {trainer.step_idx} steps on {len(trainer.pairs)} pairs → {out}; "
-              + ", ".join(f"{k[5:]} {v:.3f}" for k, v in shown.items() if v is not None))
+        result = evaluate_vcb(recipe, trainer, reward_set, tokenizer, out)
+        report = write_vcb_report(recipe, out, _read_metrics(out), result, summary)
+        print_result(result, None)
+        print()
+        print("\n".join(calibration_lines(_read_metrics(out))))
+        print()
+        print(f"{recipe.vcb.loss}: {trainer.step_idx} steps on {len(trainer.pairs)} pairs → {out}")
+        print(f"Full report (plots, {len(result.get('examples') or [])} example answers, every metric):\n  {report}")
     return final
+
+
+def _read_metrics(out: Path) -> list[dict]:
+    """Every record of the training run's metrics.jsonl (a resumed run's earlier steps included)."""
+    path = out / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
+def _greedy_file(out: Path, step: int, ids: list[str]) -> list[str] | None:
+    """The greedy answers the trainer's diagnostics wrote at ``step``, if they cover exactly ``ids``."""
+    path = out / f"greedy-step-{step:06d}.jsonl"
+    if not path.exists():
+        return None
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return [r["completion"] for r in rows] if [str(r["prompt_id"]) for r in rows] == ids else None
+
+
+def evaluate_vcb(recipe: VCBRecipe, trainer: VCBTrainer, reward_set, tokenizer, out: Path) -> dict:
+    """The initial vs the trained policy on the held-out prompts, as `alarm run` evaluates (``out/eval/``,
+    ``out/eval.json``): greedy answers (those the trainer's diagnostics already wrote at step 0 and at the
+    last step when there are; else generated here), scored with the run's rewards and normalisers, paired
+    differences, win rates, the length control and example answers. Empty without held-out prompts."""
+    keep = ("prompt_id", "prompt", "split", "candidate", "candidate_index", "reward")
+    records = [{"id": str(r["prompt_id"]), "prompt": r["prompt"],
+                **{k: v for k, v in r.items() if k not in keep and not k.startswith("raw_")}}
+               for r in trainer.eval_prompts]
+    if not records:
+        return {}
+    ids = [r["id"] for r in records]
+    texts = {"initial": _greedy_file(out, 0, ids), "trained": _greedy_file(out, trainer.step_idx, ids)}
+    texts = {k: v for k, v in texts.items() if v is not None}
+    if len(texts) < 2 and trainer.accelerator.num_processes > 1:
+        print("the initial-vs-trained evaluation needs the greedy diagnostics (vcb.eval_greedy, eval_at_start) "
+              "when training on several processes; skipped")
+        return {}
+    c = recipe.vcb
+    result = evaluate_systems(tokenizer, reward_set, records, out / "eval",
+                              initial_and_trained(trainer.unwrapped.model, trainer),
+                              max_new_tokens=c.eval_max_new_tokens, batch_size=c.eval_batch_size, seed=recipe.seed,
+                              run_label=f"VCB training run {out}", normalizers=str(recipe.samples_dir() /
+                                                                                    "reward_state.json"),
+                              texts=texts, rewards_spec=recipe.rewards)
+    write_text_atomic(out / "eval.json", json.dumps(result, indent=2, default=str))
+    return result
+
+
+CALIBRATION = (
+    ("eval/greedy_reward_mean", "mean combined reward (what training aims at) of greedy answers to the held-out "
+                                "prompts"),
+    ("eval/ranking_accuracy", "share of held-out candidate pairs that the policy's log-ratio to the reference "
+                              "(Δρ) orders as the reward does"),
+    ("eval/corr", "correlation of β·Δρ with the reward gap of held-out pairs (VCB's aim: log-ratios that track the "
+                  "reward values; undefined before training, when Δρ is 0)"),
+)
+
+
+def calibration_lines(history: list[dict], width: int = 80) -> list[str]:
+    """The held-out diagnostics, initial (step 0) → trained (last evaluation), each with a line on its meaning."""
+    evals = [m for m in history if any(k.startswith("eval/") for k in m)]
+    if not evals:
+        return []
+    first = next((m for m in evals if m.get("step") == 0), None)
+    last = evals[-1]
+
+    def num(m, k):
+        v = None if m is None else m.get(k)
+        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+    lines = [f"Held-out diagnostics, initial (step 0) → trained (step {last.get('step')}):"]
+    for key, meaning in CALIBRATION:
+        if key in last:
+            lines += textwrap.wrap(f"- {key[5:]} {num(first, key)} → {num(last, key)}: {meaning}.", width=width,
+                                   subsequent_indent="  ")
+    return lines
+
+
+def write_vcb_report(recipe: VCBRecipe, out: Path, history: list[dict], result: dict, summary: dict) -> Path:
+    """``out/report.md``: the result in words with the paired-difference plot, example answers side by side,
+    every metric, the held-out calibration numbers and the training curves (as `alarm run`'s report)."""
+    c = recipe.vcb
+    lines = [f"# {recipe.name}: offline training report ({c.loss})", "",
+             f"- policy: `{recipe.model.name}`, loss `{c.loss}`, β {c.beta}, learning rate {c.learning_rate:g}, "
+             f"{summary['steps']} steps on {summary['pairs']} pairs of scored candidates "
+             f"(`{recipe.samples_dir() / 'dataset'}`)", ""]
+    if result:
+        lines += evaluation_markdown(result, out, heading="Result (greedy answers, held-out prompts)")
+    calibration = calibration_lines(history, width=10_000)
+    if calibration:
+        lines += ["## Calibration on held-out candidate pairs", "", *calibration, ""]
+    lines += training_markdown([m for m in history if "loss" in m], out, VCB_PANELS)
+    path = out / "report.md"
+    write_text_atomic(path, "\n".join(lines))
+    return path
 
 
 # ----------------------------------------------------------------------------------------------------------
