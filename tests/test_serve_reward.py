@@ -10,6 +10,8 @@ import time
 import pytest
 import requests
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alarm.combine import CombineConfig, RewardSet
 from alarm.errors import AlarmError
@@ -241,3 +243,110 @@ def test_verl_compute_score_local_batch_and_through_the_server(run_dir):
     assert remote[0]["gate_open"] == batch[0]["gate_open"]
     with pytest.raises(AlarmError, match="needs run=RUN_DIR"):
         verl.compute_score("qa", "x", None, {})
+
+
+# ------------------------------------------------------------------------------------------ hardening
+
+
+def test_deeply_nested_json_is_a_400_not_a_dropped_connection(server):
+    raw = "[" * 100_000 + "]" * 100_000
+    resp = post(server, None, raw)
+    assert resp.status_code == 400 and "nested too deeply" in resp.json()["error"]
+    label = '{"a": ' * 5000 + '"x"' + "}" * 5000  # deep, but within what the parser takes: a label like any
+    resp = post(server, None, '{"query": ["p a"], "prompts": ["p "], "labels": [' + label + "]}")
+    assert resp.status_code in (200, 400)  # an answer either way, and the server keeps serving
+    assert post(server, {"query": ["p a"], "prompts": ["p "]}).status_code == 200
+
+
+def test_body_limit_and_stalled_clients():
+    import socket
+
+    with RewardServer(reward_set(), port=0, max_body_mb=0.01, socket_timeout=0.5) as srv:
+        big = {"query": ["p " + "a" * 20_000], "prompts": ["p "]}
+        resp = post(srv, big)
+        assert resp.status_code == 413 and "--max-body-mb" in resp.json()["error"]
+        # a client that announces a body and stalls is disconnected after the socket timeout ...
+        host, port = srv.httpd.server_address[:2]
+        stalled = socket.create_connection((host, port))
+        stalled.sendall(b"POST /get_reward HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{\"query\"")
+        t0 = time.monotonic()
+        # ... while the others are served meanwhile
+        assert post(srv, {"query": ["p a"], "prompts": ["p "]}).status_code == 200
+        stalled.settimeout(5)
+        assert stalled.recv(100) == b""  # closed by the server
+        assert time.monotonic() - t0 < 3
+        stalled.close()
+
+
+def test_one_huge_response_does_not_hold_up_the_others():
+    def slow_on_length(prompts, completions, **kw):  # a reward whose cost grows with the text
+        time.sleep(sum(len(c) for c in completions) / 1e6)
+        return [float(len(c.split())) for c in completions]
+
+    rs = RewardSet(CombineConfig(mode="holistic_only"), holistic=FunctionReward(slow_on_length, name="slow"),
+                   normalize=())
+    with RewardServer(rs, port=0, max_wait_ms=50, max_response_chars=10_000) as srv:
+        huge = "word " * 600_000  # 3 MB: 3 s of scoring uncapped
+        out = {}
+
+        def client(key, response):
+            t0 = time.monotonic()
+            r = requests.post(srv.url + "/get_reward", timeout=30, json={"query": ["p " + response], "prompts": ["p "]})
+            out[key] = (r, time.monotonic() - t0)
+
+        ts = [threading.Thread(target=client, args=("huge", huge))]
+        ts += [threading.Thread(target=client, args=(i, "a short answer")) for i in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert all(out[i][0].status_code == 200 and out[i][1] < 1.5 for i in range(4)), out
+        r = out["huge"][0]
+        assert r.status_code == 200 and r.json()["extra_logs"]["response_clipped"] == [1.0]
+        assert r.json()["rewards"] == rs.sequence_rewards(["p "], [huge[:10_000]])[0]  # its first 10 000 characters
+        assert srv.stats["clipped_responses"] == 1
+
+
+def test_end_tokens_are_stripped_and_truncated_prompts_matched():
+    from alarm.integrations.serve import split_query, strip_end_tokens, suffix_overlap
+
+    assert strip_end_tokens("answer<|im_end|>") == "answer"
+    assert strip_end_tokens("answer <|im_end|>\n<|endoftext|>") == "answer "  # the text before them is kept
+    assert strip_end_tokens("answer\n") == "answer\n" and strip_end_tokens("a <|im_end|> b") == "a <|im_end|> b"
+    assert strip_end_tokens("answer<|im_end|>", ()) == "answer<|im_end|>"
+    assert split_query("PROMPT: hi. ANSWER", "PROMPT: hi. ") == ("ANSWER", False)
+    assert split_query("hi. ANSWER", "PROMPT: hi. ") == ("ANSWER", True)  # cut from the left
+    assert split_query("\ufffdhi. ANSWER", "PROMPT: hi. ") == ("ANSWER", True)  # cut inside a character
+    assert split_query("zzz", "PROMPT: hi. ") == (None, False)
+    assert suffix_overlap("aaab", "aabX") == 3 and suffix_overlap("abab", "ababab") == 4
+
+
+@given(st.text(alphabet="ab ", max_size=30), st.text(alphabet="ab ", max_size=30), st.integers(0, 30))
+@settings(max_examples=300, deadline=None)
+def test_suffix_overlap_is_the_longest_prompt_end_the_query_starts_with(prompt, response, cut):
+    from alarm.integrations.serve import suffix_overlap
+
+    query = prompt[min(cut, len(prompt)):] + response
+    k = suffix_overlap(prompt, query)
+    brute = max(i for i in range(len(prompt) + 1) if query.startswith(prompt[len(prompt) - i:]))
+    assert k == brute
+
+
+def test_fallback_reward_or_an_error_naming_the_response():
+    def strict(prompts, completions, **kw):
+        return [float("nan") if "bad" in c else 1.0 for c in completions]
+
+    rs = RewardSet(CombineConfig(mode="holistic_only"), holistic=FunctionReward(strict, name="strict"), normalize=())
+    body = {"query": ["p good", "p bad"], "prompts": ["p ", "p "]}
+    with RewardServer(rs, port=0) as srv:
+        resp = post(srv, body)
+        assert resp.status_code == 400 and "completion 1" in resp.json()["error"]
+    logged = []
+    with RewardServer(rs, port=0, fallback=-5.0, log=logged.append) as srv:
+        resp = post(srv, body)
+        assert resp.status_code == 200
+        out = resp.json()
+        good = rs.sequence_rewards(["p "], ["good"])[0][0]
+        assert out["rewards"] == [good, -5.0] and out["extra_logs"]["fallback"] == [0.0, 1.0]
+        assert any("response 1" in m and "-5.0" in m for m in logged) and srv.stats["fallbacks"] == 1
+        assert set(out["extra_logs"]) == set(srv.keys)  # the same keys in every answer
