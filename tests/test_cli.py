@@ -1,4 +1,5 @@
-"""The command line: every command README.md shows exists, with the options it shows (the real parser)."""
+"""The command line: every command README.md and the docs pages show exists, with the options it shows (the real
+parser)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import pytest
 
 from alarm.cli import build_parser
 
-README = Path(__file__).parents[1] / "README.md"
+ROOT = Path(__file__).parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def readme_commands() -> list[str]:
-    """Every `alarm …` line inside the README's code blocks (continuation lines joined)."""
-    lines, out, in_block = README.read_text().splitlines(), [], False
+    """Every `alarm …` line inside the code blocks of the README and the docs pages (continuation lines joined)."""
+    lines, out, in_block = [line for page in PAGES for line in page.read_text().splitlines()], [], False
     buf = ""
     for line in lines:
         if line.startswith("```"):
