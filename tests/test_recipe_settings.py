@@ -90,3 +90,27 @@ def test_the_settings_reference_lists_every_setting_of_every_section():
                     row = next((r for r in body.splitlines() if r.startswith(f"| `{s.name}` |")), None)
                     assert row is not None, f"{kind} {prefix or 'top level'}.{s.name} missing"
                     assert s.description.split()[0] in row
+
+
+def test_the_settings_reference_lists_every_reward_type_and_its_settings():
+    from alarm.config import reward_settings, reward_types
+
+    part = settings_markdown().split("## Reward types", 1)[1]
+    for kind in reward_types():
+        row = next((r for r in part.splitlines() if r.startswith(f"| `{kind}` |")), None)
+        assert row is not None, kind
+        settings = reward_settings(kind)
+        assert settings is not None, f"{kind}: its settings cannot be read (a recipe typo would pass unchecked)"
+        for name in settings:
+            assert f"`{name}`" in row, f"{kind}.{name}"
+
+
+def test_a_reward_models_settings_are_checked_before_it_loads():
+    """sequence_classifier / span_model build through from_pretrained(**kw): their constructor's settings count."""
+    from alarm.config import load_recipe
+    from alarm.errors import AlarmError
+
+    with pytest.raises(AlarmError, match=r"rewards.holistic.batchsize: unknown setting for sequence_classifier; "
+                                         r"did you mean rewards.holistic.batch_size\?"):
+        load_recipe(None, ["rewards.holistic={type: sequence_classifier, path: x, batchsize: 4}"])
+    load_recipe(None, ["rewards.holistic={type: sequence_classifier, path: x, batch_size: 4, template: '{prompt}'}"])

@@ -366,17 +366,40 @@ def _reward_specs(spec: RewardsSpec):
         yield f"rewards.aspects.{k}", v
 
 
+def reward_types() -> dict[str, Any]:
+    """The reward types a recipe's ``rewards`` section can name (``type: grounding``), each with what builds it."""
+    return _reward_classes()
+
+
+def reward_settings(kind: str) -> dict[str, Any] | None:
+    """A reward type's settings with their defaults (REQUIRED where there is none), read from what builds it;
+    None when it takes any keyword."""
+    build = _reward_classes()[kind]
+    params = dict(inspect.signature(build).parameters)
+    owner = getattr(build, "__self__", None)
+    if isinstance(owner, type) and any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        # from_pretrained(path, ..., **kw): the keywords go to the class's constructor, after model and tokenizer
+        params = {n: p for n, p in params.items() if p.kind != p.VAR_KEYWORD}
+        init = inspect.signature(owner.__init__).parameters
+        params.update({n: p for n, p in init.items() if n not in ("self", "model", "tokenizer")})
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return None
+    out = {n: REQUIRED if p.default is p.empty else p.default for n, p in params.items() if n not in ("self", "encoder")}
+    if kind in ("sequence_classifier", "span_model"):
+        out["prompt_with_passages"] = False  # {prompt} = question + passages (QA-Feedback reward models)
+    return out
+
+
 def _check_reward_spec(where: str, spec: dict) -> None:
     classes = _reward_classes()
     kind = spec.get("type")
     if kind not in classes:
-        raise AlarmError(f"{where}.type: {kind!r} is not a reward type (valid: {', '.join(classes)})")
-    params = inspect.signature(classes[kind]).parameters
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        close = difflib.get_close_matches(str(kind), list(classes), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise AlarmError(f"{where}.type: {kind!r} is not a reward type{hint} (valid: {', '.join(classes)})")
+    allowed = reward_settings(kind)
+    if allowed is None:
         return
-    allowed = set(params) - {"self", "encoder"}
-    if kind in ("sequence_classifier", "span_model"):
-        allowed.add("prompt_with_passages")
     for key in spec:
         if key != "type" and key not in allowed:
             raise AlarmError(unknown_setting(f"{where}.{key}", sorted(allowed), f"setting for {kind}"))

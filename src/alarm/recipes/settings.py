@@ -16,6 +16,8 @@ from alarm.config import (
     REQUIRED,
     Recipe,
     read_settings,
+    reward_settings,
+    reward_types,
     settings_of,
     validate_recipe,
     validate_settings,
@@ -182,6 +184,18 @@ def settings_markdown() -> str:
             out += [f"| {_code(s.name)} | {_code(s.type)} | {_md_default(s.default)} | {_cell(s.description or '')} |"
                     for s in rows]
             out.append("")
+    out += ["## Reward types", "",
+            "An entry of `rewards.holistic` or `rewards.aspects.<name>` is `{type: <reward type>, <its settings>}`; a "
+            "setting a type does not take is refused with the type's valid settings. `name` defaults to the "
+            "aspect's key.", "", "| type | settings (default) | what it scores |", "|---|---|---|"]
+    for kind, build in reward_types().items():
+        settings = reward_settings(kind)
+        shown = "any" if settings is None else ", ".join(
+            f"`{k}`" if v is REQUIRED else f"`{k}` ({_cell(_show(v))})" for k, v in settings.items())
+        owner = getattr(build, "__self__", build)
+        doc = " ".join((owner.__doc__ or "").strip().split("\n\n")[0].split())
+        out.append(f"| `{kind}` | {shown} | {_cell(doc)} |")
+    out.append("")
     return "\n".join(out)
 
 
