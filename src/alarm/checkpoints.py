@@ -15,6 +15,8 @@ import json
 import os
 import random
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +62,48 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, model
         write_text_atomic(root / "latest", final.name)
     accelerator.wait_for_everyone()
     return final
+
+
+# A crash costs at most the step in progress: the newest step is saved whenever the last save took at most
+# FREE_SAVE_SECONDS or at most MAX_SAVE_OVERHEAD of the training time since it (a LoRA checkpoint: every step;
+# a large fully trained model: as often as a tenth of the time allows).
+MAX_SAVE_OVERHEAD = 0.1
+FREE_SAVE_SECONDS = 2.0
+ROLLING_KEPT = 2  # newest checkpoints kept besides the save_every ones (one more than needed: one may be damaged)
+
+
+class Saver:
+    """When a trainer saves and which checkpoints it keeps.
+
+    Kept for good: every ``save_every``-th step (0: none) and the last. In between, a rolling checkpoint after
+    every step where saving is cheap (the last save took at most :data:`FREE_SAVE_SECONDS`, or at most
+    :data:`MAX_SAVE_OVERHEAD` of the training time since it), of which the newest :data:`ROLLING_KEPT` stay. ``agree`` makes every process take the same
+    decision (saving is a collective): it gets this process's wish and returns whether any process wants to.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, save_every: int, total: int, main: bool = True,
+                 agree: Callable[[bool], bool] = lambda wish: wish, clock: Callable[[], float] = time.perf_counter):
+        self.root, self.save_every, self.total, self.main, self.agree = Path(output_dir), save_every, total, main, agree
+        self.clock = clock
+        self.cost, self.since = 0.0, clock()
+
+    def kept(self, step: int) -> bool:
+        return step == self.total or bool(self.save_every and step % self.save_every == 0)
+
+    def after_step(self, step: int, save: Callable[[], Path]) -> Path | None:
+        """Save (``save()``) if due after ``step``; then drop rolling checkpoints beyond the newest few."""
+        cheap = self.cost <= max(FREE_SAVE_SECONDS, MAX_SAVE_OVERHEAD * (self.clock() - self.since))
+        if not self.agree(self.kept(step) or cheap):
+            return None
+        t0 = self.clock()
+        path = save()
+        self.since = self.clock()
+        self.cost = self.since - t0
+        if self.main:
+            rolling = [p for p in checkpoints_newest_first(self.root) if not self.kept(int(p.name.removeprefix("step-")))]
+            for old in rolling[ROLLING_KEPT:]:
+                shutil.rmtree(old, ignore_errors=True)
+        return path
 
 
 def _sha256(path: Path) -> str:
@@ -129,6 +173,14 @@ def pick_checkpoint(output_dir: str | os.PathLike, path: str | os.PathLike | Non
     return None
 
 
+def check_resume_path(path: str | os.PathLike) -> Path:
+    """A checkpoint named with ``--resume PATH``, checked before any work: there, intact (or, without a
+    manifest, with a readable trainer state). Raises a one-line :class:`AlarmError` otherwise."""
+    ckpt = pick_checkpoint(Path(path).parent, path, say=lambda _: None)
+    read_state(ckpt)
+    return ckpt
+
+
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     """The newest intact checkpoint of ``output_dir`` (None when there is none)."""
     return pick_checkpoint(output_dir, say=lambda _: None)
@@ -137,7 +189,39 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
 def read_state(ckpt: Path) -> dict:
     if not (ckpt / "trainer_state.json").exists():
         raise AlarmError(f"{ckpt} is not a finished checkpoint (no trainer_state.json); pick another")
-    return json.loads((ckpt / "trainer_state.json").read_text())
+    try:
+        state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise AlarmError(f"checkpoint {ckpt} is damaged (trainer_state.json is unreadable: {type(e).__name__}); "
+                         "pick another with --resume PATH") from None
+    missing = [k for k in ("step", "lora") if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise AlarmError(f"checkpoint {ckpt} is damaged (trainer_state.json has no {missing[0]!r}); pick another "
+                         "with --resume PATH")
+    return state
+
+
+# Settings that decide which parameters are trained: a checkpoint's weights and optimizer state only fit the
+# same ones (a changed layout would load nothing into the new adapters and restart them at zero).
+TRAINABLE_SETTINGS = ("lora", "lora_r", "lora_alpha", "lora_target_modules", "lora_layers")
+# Optimizer settings a resumed run takes from its config (the checkpoint's optimizer state would keep its own).
+OPTIMIZER_SETTINGS = {"learning_rate": "lr", "weight_decay": "weight_decay"}
+
+
+def _adapter_layout_check(ckpt: Path, model, saved: dict) -> None:
+    """The saved adapter's tensors must be exactly the model's adapter tensors (names and shapes)."""
+    from peft import get_peft_model_state_dict
+
+    want = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+    got = {k: tuple(v.shape) for k, v in saved.items()}
+    if want != got:
+        extra, lacking = sorted(set(got) - set(want)), sorted(set(want) - set(got))
+        shape = sorted(k for k in set(got) & set(want) if got[k] != want[k])
+        detail = (f"{len(extra)} saved tensors this model has no place for, e.g. {extra[0]}" if extra else
+                  f"{len(lacking)} adapter tensors the checkpoint lacks, e.g. {lacking[0]}" if lacking else
+                  f"{shape[0]} is {got[shape[0]]} there, {want[shape[0]]} here")
+        raise AlarmError(f"checkpoint {ckpt} holds another adapter layout ({detail}); resume with the settings it "
+                         "was trained with (lora_r, lora_target_modules, lora_layers) or start a new run")
 
 
 def load_tensors(path: Path):
@@ -162,17 +246,36 @@ def load_checkpoint(ckpt: Path, model, optimizer, lora: bool, rank: int) -> None
     """Restore model weights (adapter or full), optimizer state and this rank's RNG streams."""
     from safetensors.torch import load_file
 
-    if lora:
-        from peft import set_peft_model_state_dict
-        from peft.utils import load_peft_weights
+    try:
+        if lora:
+            from peft import set_peft_model_state_dict
+            from peft.utils import load_peft_weights
 
-        set_peft_model_state_dict(model, load_peft_weights(str(ckpt / "model")))
+            saved = load_peft_weights(str(ckpt / "model"), device="cpu")
+        else:
+            saved = load_file(str(ckpt / "model" / "model.safetensors"))
+    except Exception as e:  # noqa: BLE001 (missing, truncated or foreign weight files: one line, not a traceback)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise AlarmError(f"checkpoint {ckpt} is damaged (its model weights cannot be read: {first}); pick another "
+                         "with --resume PATH") from None
+    if lora:
+        _adapter_layout_check(ckpt, model, saved)
+        set_peft_model_state_dict(model, saved)
     else:
-        model.load_state_dict(load_file(str(ckpt / "model" / "model.safetensors")), strict=False)
+        own = model.state_dict()
+        wrong = sorted(k for k, v in saved.items() if k not in own or tuple(own[k].shape) != tuple(v.shape))
+        if wrong:
+            raise AlarmError(f"checkpoint {ckpt} does not fit this model ({wrong[0]}); resume with the model it was "
+                             "trained from or start a new run")
+        model.load_state_dict(saved, strict=False)
     if not (ckpt / "optimizer.pt").exists() and (ckpt / f"optimizer_{rank}.pt").exists():
         raise AlarmError(f"{ckpt} was written under FSDP (one optimizer shard per rank); resuming an FSDP run is "
                          "not supported yet: start a new run, or train without FSDP to resume")
-    optimizer.load_state_dict(load_tensors(ckpt / "optimizer.pt"))
+    try:
+        optimizer.load_state_dict(load_tensors(ckpt / "optimizer.pt"))
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise AlarmError(f"checkpoint {ckpt}: its optimizer state does not fit the trained parameters ({e}); "
+                         "resume with the settings it was trained with or start a new run") from None
     rng_file = ckpt / f"rng_{rank}.pt"
     if rng_file.exists():
         rng = load_tensors(rng_file)
@@ -184,9 +287,13 @@ def load_checkpoint(ckpt: Path, model, optimizer, lora: bool, rank: int) -> None
 
 
 def restore(output_dir: str | os.PathLike, path: str | os.PathLike | None, model, optimizer, rank: int,
-            expected: dict) -> dict | None:
+            expected: dict, config: dict | None = None, say=print) -> dict | None:
     """Load the given (or the newest intact) checkpoint of ``output_dir`` into ``model`` and ``optimizer``;
-    returns its trainer state, or None when there is none. ``expected`` settings (e.g. ``lora``) must match."""
+    returns its trainer state, or None when there is none. ``expected`` settings (e.g. ``lora``) must match.
+
+    ``config`` (the resumed run's settings): every :data:`TRAINABLE_SETTINGS` entry must equal the
+    checkpoint's (refused in one line otherwise), and the :data:`OPTIMIZER_SETTINGS` are applied to the
+    restored optimizer, with a line saying so where they changed: what ``config.yaml`` records is what trains."""
     ckpt = pick_checkpoint(output_dir, path)
     if ckpt is None:
         return None
@@ -195,8 +302,21 @@ def restore(output_dir: str | os.PathLike, path: str | os.PathLike | None, model
         print(f"resuming from {ckpt.name}, the newest intact checkpoint")
     state = read_state(ckpt)
     differ = {k: state.get(k) for k, v in expected.items() if state.get(k) != v}
+    saved = state.get("config") if isinstance(state.get("config"), dict) else {}
+    if config is not None:
+        differ.update({k: saved[k] for k in TRAINABLE_SETTINGS if k in saved and saved[k] != config.get(k)})
     if differ:
-        raise AlarmError(f"checkpoint {ckpt} was trained with {', '.join(f'{k}={v}' for k, v in differ.items())}; "
-                         "use the same settings or a new output directory")
+        now = {**expected, **(config or {})}
+        raise AlarmError(f"checkpoint {ckpt} was trained with "
+                         f"{', '.join(f'{k}={v}, not {now.get(k)}' for k, v in differ.items())}; these decide the "
+                         "trained parameters: resume with the same settings or start a new run (another --out)")
     load_checkpoint(ckpt, model, optimizer, bool(state["lora"]), rank)
+    for key, group_key in OPTIMIZER_SETTINGS.items():
+        if config is None or key not in config:
+            continue
+        old = optimizer.param_groups[0][group_key]
+        if old != config[key]:
+            for group in optimizer.param_groups:
+                group[group_key] = config[key]
+            say(f"resuming with {key} {config[key]:g} from the settings (the checkpoint trained with {old:g})")
     return {**state, "path": str(ckpt)}

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
+from alarm import checkpoints
 from alarm.combine import RewardSet
 from alarm.config import Recipe, build_reward_set, load_recipe
 from alarm.data.prompts import prompt_records, reward_inputs
@@ -326,6 +327,8 @@ def resume_arg(args) -> None:
     if isinstance(value, str) and "=" in value and not Path(value).exists():
         args.overrides.insert(0, value)
         args.resume = True
+    elif isinstance(value, str):  # a checkpoint that is not there (or is damaged) is found before any work
+        checkpoints.check_resume_path(value)
 
 
 def _recipe_from_args(args) -> Recipe:

@@ -625,6 +625,8 @@ class PPOTrainer:
         history = []
         from alarm.progress import Progress
 
+        saver = checkpoints.Saver(self.output_dir, self.config.save_every, total, main,
+                                  agree=lambda wish: self._reduce_mean(float(wish)) > 0)
         with Progress("PPO", total, completed=self.step_idx, enabled=progress and main, transient=False) as bar:
             while self.step_idx < total:
                 m = self.step()
@@ -635,9 +637,7 @@ class PPOTrainer:
                 bar.update(completed=self.step_idx, info=info)
                 if on_step is not None:
                     on_step(m)
-                every = self.config.save_every
-                if (every and self.step_idx % every == 0) or self.step_idx == total:
-                    self.save_checkpoint()
+                saver.after_step(self.step_idx, self.save_checkpoint)
         if self.config.report_to != "none":
             acc.end_training()
         return history
@@ -667,14 +667,25 @@ class PPOTrainer:
     def resume(self, path: str | os.PathLike | None = None) -> int:
         """Load the latest (or given) checkpoint; returns the step it continues from (0 if none)."""
         state = checkpoints.restore(self.output_dir, path, self.unwrapped.model, self.optimizer,
-                                    self.accelerator.process_index, {"lora": self.config.lora})
+                                    self.accelerator.process_index, {"lora": self.config.lora},
+                                    config=self.config.model_dump(),
+                                    say=print if self.accelerator.is_main_process else lambda _: None)
         if self.accelerator.is_main_process:  # the log must end where the checkpoint does
             cut_metrics(self.output_dir, int(state["step"]) if state else 0)
         if state is None:
             return 0
         from safetensors.torch import load_file
 
-        self.unwrapped.value_head.load_state_dict(load_file(str(Path(state["path"]) / "value_head.safetensors")))
+        try:
+            head = load_file(str(Path(state["path"]) / "value_head.safetensors"))
+            self.unwrapped.value_head.load_state_dict(head)
+        except (OSError, RuntimeError, ValueError) as e:
+            raise AlarmError(f"checkpoint {state['path']}: its value head cannot be loaded "
+                             f"({(str(e).splitlines() or [type(e).__name__])[0][:160]}); pick another with "
+                             "--resume PATH") from None
+        if "beta" not in state or "rewards" not in state:
+            raise AlarmError(f"checkpoint {state['path']} is damaged (trainer_state.json has no β or reward "
+                             "state); pick another with --resume PATH")
         self.kl.value = float(state["beta"])
         self.reward_set.load_state(state["rewards"])
         self.step_idx = int(state["step"])

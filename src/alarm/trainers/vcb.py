@@ -589,6 +589,8 @@ class VCBTrainer:
 
         if self.step_idx == 0 and c.eval_at_start:
             log(self.evaluate())
+        saver = checkpoints.Saver(self.output_dir, c.save_every, total, main,
+                                  agree=lambda wish: float(self._sum_over_processes(torch.tensor([float(wish)]))) > 0)
         with Progress(c.loss.upper(), total, completed=self.step_idx, enabled=progress and main,
                       transient=False) as bar:
             while self.step_idx < total:
@@ -600,8 +602,7 @@ class VCBTrainer:
                 last = self.step_idx == total
                 if (c.eval_every and self.step_idx % c.eval_every == 0) or last:
                     log(self.evaluate())
-                if (c.save_every and self.step_idx % c.save_every == 0) or last:
-                    self.save_checkpoint()
+                saver.after_step(self.step_idx, self.save_checkpoint)
         if c.report_to != "none":
             acc.end_training()
         return history
@@ -619,7 +620,9 @@ class VCBTrainer:
     def resume(self, path: str | os.PathLike | None = None) -> int:
         """Load the latest (or given) checkpoint; returns the step training continues from (0 if none)."""
         state = checkpoints.restore(self.output_dir, path, self.unwrapped.model, self.optimizer,
-                                    self.accelerator.process_index, {"lora": self.config.lora, "loss": self.config.loss})
+                                    self.accelerator.process_index, {"lora": self.config.lora, "loss": self.config.loss},
+                                    config=self.config.model_dump(),
+                                    say=print if self.accelerator.is_main_process else lambda _: None)
         if self.accelerator.is_main_process:  # the log must end where the checkpoint does
             cut_metrics(self.output_dir, int(state["step"]) if state else -1)
         if state is None:
