@@ -1,8 +1,13 @@
-"""Shared pieces of the benchmarks: the machine, a quiet-machine gate, the workload, result files.
+"""Shared pieces of the benchmarks: the machine, a quiet-machine gate, the workload, result files, smoke mode.
 
 Every benchmark records the machine (CPU model, cores, torch threads) and the 1-minute load average before
 and after it ran: numbers taken on a busy machine are worthless, so ``wait_until_quiet`` blocks until the
 load average drops below a limit (or gives up after a while and records that it did).
+
+Smoke mode (``--smoke`` on every benchmark, ``smoke(True)`` here): the policy is a tiny random Llama with the
+tests' byte-level tokenizer (``tests/tiny.py``), nothing waits for a quiet machine and every loop runs once, so
+the whole script runs in seconds and the test suite runs it (``tests/test_benchmarks.py``): a function that
+moved breaks a test, not the next measurement. Its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +28,41 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 RESULTS = Path(__file__).resolve().parent / "results"
 THREADS = 2
+SMOKE = False  # tiny random models instead of SmolLM2 (set by each script's --smoke)
+
+
+def smoke(on: bool) -> bool:
+    global SMOKE
+    SMOKE = on
+    return on
+
+
+def tests_on_path() -> None:
+    """tests/ importable: the fault-injection harness (faults.py) and the smoke mode's tiny models (tiny.py)."""
+    tests = str(Path(__file__).resolve().parents[1] / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+
+
+def common_args(p, name: str, threads: int = THREADS):
+    """The options every benchmark takes: --smoke, --out, --name, --threads, --max-load, --max-wait."""
+    p.add_argument("--smoke", action="store_true", help="tiny random models, seconds: that the script runs")
+    p.add_argument("--out", default=str(RESULTS), help="folder of the results files (default benchmarks/results)")
+    p.add_argument("--name", default=name, help="results file stem")
+    p.add_argument("--threads", type=int, default=threads, help="torch threads")
+    p.add_argument("--max-load", type=float, default=1.5, help="wait until the 1-minute load average is below this")
+    p.add_argument("--max-wait", type=float, default=1800, help="seconds to wait for a quiet machine, then run anyway")
+    return p
+
+
+def start(args) -> dict:
+    """Smoke mode on or off, torch threads set, and the load at the start (after waiting for quiet, unless
+    smoke or ``--max-wait 0``)."""
+    smoke(args.smoke)
+    set_threads(args.threads)
+    if args.smoke or args.max_wait <= 0:
+        return {"load1_at_start": round(load1(), 2), "waited_s": 0, "busiest_at_start": top_processes(5)}
+    return wait_until_quiet(args.max_load, args.max_wait)
 
 
 def set_threads(n: int = THREADS) -> int:
@@ -92,10 +132,12 @@ def summary(xs: list[float]) -> dict:
             "all": [sig(x) for x in xs]}
 
 
-def write_results(name: str, data: dict, markdown: str) -> tuple[Path, Path]:
-    """results/<name>.json and .md, and the tables printed."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    j, m = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
+def write_results(name: str, data: dict, markdown: str, out: str | Path = RESULTS) -> tuple[Path, Path]:
+    """<out>/<name>.json and .md (out: benchmarks/results unless a script's --out says otherwise), and the
+    tables printed."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    j, m = out / f"{name}.json", out / f"{name}.md"
     j.write_text(json.dumps(data, indent=2, default=str) + "\n")
     m.write_text(markdown.rstrip() + "\n")
     print(markdown)
@@ -122,10 +164,48 @@ def quickstart_records(tokenizer, split: str = "train") -> list[dict]:
 
 
 def load_policy(name: str = "smollm2-135m-instruct"):
+    """The policy and its tokenizer: SmolLM2-135M-Instruct, or in smoke mode a tiny random 4-layer Llama."""
+    if SMOKE:
+        tests_on_path()
+        import tiny
+
+        model = tiny.causal_lm(0, layers=4)
+        model.config.max_position_embeddings = 2048  # byte-level pieces: a quickstart prompt is ~330 of them
+        return model, tiny.tokenizer()
     from alarm.models import load_causal_lm, load_tokenizer, resolve_model_path
 
     path = resolve_model_path(name)
     return load_causal_lm(path), load_tokenizer(path)
+
+
+def load_tokenizer(name: str = "smollm2-135m-instruct"):
+    """The policy's tokenizer alone (the tests' tiny one in smoke mode)."""
+    if SMOKE:
+        tests_on_path()
+        import tiny
+
+        return tiny.tokenizer()
+    from alarm.models import load_tokenizer, resolve_model_path
+
+    return load_tokenizer(resolve_model_path(name))
+
+
+def top_layers(model, n: int) -> list[int] | None:
+    """The indices of the model's top ``n`` decoder layers (None for 0: every layer)."""
+    if not n:
+        return None
+    total = model.config.num_hidden_layers
+    if n > total:
+        raise SystemExit(f"--lora-top {n}: the model has {total} layers")
+    return list(range(total - n, total))
+
+
+def suite_row(benchmark: str, measure: str, value, unit: str = "", baseline=None, ratio=None,
+              target: str = "", met: bool | None = None) -> dict:
+    """One row of the suite's table (benchmarks/__main__.py): what was measured, its value, what it is compared
+    with, the ratio, the target and whether it was met."""
+    return {"benchmark": benchmark, "measure": measure, "value": value, "unit": unit, "baseline": baseline,
+            "ratio": ratio, "target": target, "met": met}
 
 
 def force_length(model, n: int) -> None:

@@ -1,7 +1,8 @@
 """A PPO step with and without replaying the frozen trunk (``ppo.reuse_frozen_layers``), interleaved.
 
-    .venv/bin/python benchmarks/frozen_trunk.py           # the real measurement (~8 min on 2 cores)
-    .venv/bin/python benchmarks/frozen_trunk.py --tiny    # smoke test
+    python -m benchmarks.frozen_trunk                    # the real measurement (~16 min on 2 cores)
+    python -m benchmarks.frozen_trunk --trainer vcb      # the same for VCB (~5 min)
+    python -m benchmarks.frozen_trunk --smoke            # tiny random models (LoRA on layers 2-3 of 4), seconds
 
 The quickstart's policy setting: SmolLM2-135M-Instruct in fp32 on the CPU, LoRA r16 on the top 10 of its 30
 layers (``lora_layers`` 20–29), 8 completions of exactly 64 new tokens from 4 quickstart prompts × 2, the
@@ -21,8 +22,7 @@ import argparse
 import tempfile
 import warnings
 
-import common
-import step_time
+from benchmarks import common, step_time
 
 PHASES = ("generate", "score", "forward", "update", "step")
 LOSSES = ("ppo/pg_loss", "ppo/vf_loss", "kl")
@@ -37,20 +37,18 @@ def main(argv=None) -> int:
     p.add_argument("--lora-layers", type=int, nargs="+", default=list(range(20, 30)))
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--threads", type=int, default=common.THREADS)
-    p.add_argument("--tiny", action="store_true")
-    p.add_argument("--max-load", type=float, default=1.5)
-    p.add_argument("--max-wait", type=float, default=1800, help="seconds to wait for a quiet machine, then run anyway")
     p.add_argument("--trainer", choices=("ppo", "vcb"), default="ppo")
-    p.add_argument("--name", default=None, help="default frozen_trunk (ppo) or frozen_trunk_vcb")
+    p.add_argument("--length-reward", action="store_true", help="a length reward instead of the quickstart's three")
+    common.common_args(p, None)  # --name: default frozen_trunk (ppo) or frozen_trunk_vcb
     args = p.parse_args(argv)
     args.name = args.name or ("frozen_trunk" if args.trainer == "ppo" else "frozen_trunk_vcb")
-    if args.tiny:
-        args.new_tokens, args.warmup, args.steps = 8, 1, 1
+    if args.smoke:
+        args.prompts, args.mini, args.epochs, args.new_tokens, args.warmup, args.steps = 2, 2, 1, 4, 1, 1
+        args.lora_layers, args.length_reward = [2, 3], True
     warnings.filterwarnings("ignore")
-    threads = common.set_threads(args.threads)
-    load = {"load1_at_start": round(common.load1(), 2)} if args.tiny else common.wait_until_quiet(args.max_load, args.max_wait)
-    _, tok = common.load_policy()
+    load = common.start(args)
+    threads = args.threads
+    tok = common.load_tokenizer()
     make, describe = (ppo_trainers, ppo_report) if args.trainer == "ppo" else (vcb_trainers, vcb_report)
     trainers = make(args, tok)
     depth = trainers[True].unwrapped.trunk_depth
@@ -66,8 +64,19 @@ def main(argv=None) -> int:
         f"Medians of {args.steps} steps of each after {args.warmup} warm-up, interleaved; torch threads {threads}. "
         "Largest gap between the two runs' per-step losses: " + ", ".join(f"{k} {v:.1e}" for k, v in gaps.items()) + ".",
         common.machine_line(result["machine"], load)])
-    common.write_results(args.name, result, md)
+    common.write_results(args.name, result, md, args.out)
     return 0
+
+
+def suite_rows(r: dict) -> list[dict]:
+    s, ratio = r["settings"], r["ratio_reuse_to_recompute"]
+    where = f"LoRA on layers {min(s['lora_layers'])}–{max(s['lora_layers'])}"
+    if s["trainer"] == "vcb":
+        return [common.suite_row(s["name"], f"VCB step, frozen trunk replayed vs recomputed, {where}",
+                                 r["time_s"]["reuse"]["median"], "s", r["time_s"]["recompute"]["median"], ratio)]
+    return [common.suite_row(s["name"], f"PPO step, frozen trunk replayed vs recomputed, {where}",
+                             r["time_s"]["reuse"]["step"]["median"], "s", r["time_s"]["recompute"]["step"]["median"],
+                             ratio["step"])]
 
 
 def interleaved_steps(trainers: dict, n: int) -> dict[bool, list[dict]]:
@@ -104,10 +113,9 @@ def ppo_trainers(args, tok) -> dict:
     records = common.quickstart_records(tok)
     trainers = {}
     for reuse in (True, False):
-        args.config_overrides = {"lora_layers": args.lora_layers, "reuse_frozen_layers": reuse}
-        trainers[reuse] = step_time.our_trainer(args, step_time.hierarchical_reward_set(records), records,
-                                                tempfile.mkdtemp(prefix="alarm-bench-"))
-    del args.config_overrides
+        rewards = step_time.length_reward_set() if args.length_reward else step_time.hierarchical_reward_set(records)
+        trainers[reuse] = step_time.our_trainer(args, rewards, records, tempfile.mkdtemp(prefix="alarm-bench-"),
+                                                args.lora_layers, reuse_frozen_layers=reuse)
     return trainers
 
 
@@ -130,14 +138,14 @@ def vcb_trainers(args, tok) -> dict:
 
     rng = np.random.default_rng(0)
     rows = []
-    for k, r in enumerate(common.quickstart_records(tok)[:12]):
+    for k, r in enumerate(common.quickstart_records(tok)[: 2 if args.smoke else 12]):
         candidates = [r["reference"], *r["passages"], " ".join(r["passages"])][:4]
         rows += [{"prompt_id": f"q{k}", "prompt": r["prompt"], "candidate": c, "reward": float(rng.normal())}
                  for c in candidates]
     trainers = {}
     for reuse in (True, False):
         model, _ = common.load_policy()
-        cfg = VCBConfig(batch_size=8, micro_batch_size=4, max_steps=args.warmup + args.steps, learning_rate=1e-3,
+        cfg = VCBConfig(batch_size=4 if args.smoke else 8, micro_batch_size=2 if args.smoke else 4, max_steps=args.warmup + args.steps, learning_rate=1e-3,
                         eval_greedy=False, eval_at_start=False, lora_layers=args.lora_layers,
                         reuse_frozen_layers=reuse, seed=0)
         trainers[reuse] = VCBTrainer(cfg, model, tok, rows, tempfile.mkdtemp(prefix="alarm-bench-"))

@@ -17,7 +17,9 @@ without its weights. The holistic reward is a small random sequence classifier o
 section records ok / failed / skipped with its reason; results go to ``benchmarks/results/gpu/<name>.json``
 and ``.md`` after each section, so a run cut short still leaves what it measured. ``--cpu`` runs the same
 sections on the CPU, shortened (2 PPO steps of 4 prompts × 8 tokens in bf16; one fp32 step of 4 completions ×
-8 tokens for the TRL comparison): a check that the script works, not a measurement.
+8 tokens for the TRL comparison): a check that the script works, not a measurement. ``--smoke``: the CPU
+fallback on a tiny model of the same kind (2 layers, hidden 64), without the device tests, in seconds; the
+test suite runs it (tests/test_benchmarks.py).
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "gpu"
+# SmolLM2-135M's shape; --smoke makes it tiny
+SHAPE = {"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+         "intermediate_size": 1536}
+TINY_SHAPE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "intermediate_size": 128}
 sys.path.insert(0, str(ROOT / "src"))
 
 # (module, what needs it)
@@ -177,14 +184,19 @@ def smollm2_shaped(tokenizer, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
-                      num_key_value_heads=3, intermediate_size=1536, max_position_embeddings=2048, rope_theta=100000.0,
+    cfg = LlamaConfig(vocab_size=49152, **SHAPE, max_position_embeddings=2048, rope_theta=100000.0,
                       rms_norm_eps=1e-5, tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
                       pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
     model = LlamaForCausalLM(cfg)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def top_ten() -> list[int]:
+    """The top 10 layers (as the quickstart's lora_layers 20-29), or the top half of a smaller model."""
+    n = SHAPE["num_hidden_layers"]
+    return list(range(max(n - 10, n // 2), n))
 
 
 def quickstart_records() -> list[dict]:
@@ -231,7 +243,10 @@ def reward_set(tokenizer, device: str, records: list[dict]):
 
 def _accelerator(device: str, mixed_precision: str = "no"):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
+    # accelerate keeps one state per process: the demo section's bf16 autocast follows fp32 sections
+    AcceleratorState._reset_state()
     return Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision)
 
 
@@ -256,7 +271,7 @@ def ppo_run(device: str, steps: int, new_tokens: int, rollout: int = 8, mini: in
         model = model.to(torch.bfloat16)
     rs, holistic_kind = reward_set(tok, device, records)
     cfg = PPOConfig(steps=steps, rollout_batch_size=rollout, mini_batch_size=mini, grad_accum_steps=1, ppo_epochs=epochs,
-                    max_new_tokens=new_tokens, learning_rate=5e-4, lora_layers=list(range(20, 30)), seed=0)
+                    max_new_tokens=new_tokens, learning_rate=5e-4, lora_layers=top_ten(), seed=0)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as out:
@@ -439,6 +454,8 @@ def markdown(res: dict) -> str:
 
 
 def write(res: dict) -> None:
+    global RESULTS
+    RESULTS = Path(res.get("out") or RESULTS)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{res['name']}.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     (RESULTS / f"{res['name']}.md").write_text(markdown(res))
@@ -449,7 +466,13 @@ def main(argv=None) -> int:
     p.add_argument("--cpu", action="store_true", help="run every section on the CPU, shortened")
     p.add_argument("--name", help="result file name (default: cpu-fallback, or cuda-<gpu name>)")
     p.add_argument("--skip", nargs="*", default=[], choices=["tests", "ppo", "demo", "trl"])
+    p.add_argument("--smoke", action="store_true", help="--cpu on a tiny model, no device tests: seconds")
+    p.add_argument("--out", default=None, help="results folder (default benchmarks/results/gpu)")
     args = p.parse_args(argv)
+    if args.smoke:
+        args.cpu, args.name = True, args.name or "smoke"
+        args.skip = [*args.skip, "tests"]
+        SHAPE.update(TINY_SHAPE)
     t_start = time.perf_counter()
     device = "cpu"
     try:
@@ -469,7 +492,7 @@ def main(argv=None) -> int:
     env = environment(device)
     gpu = env.get("gpu", {}).get("name", "gpu")
     name = args.name or ("cpu-fallback" if args.cpu else "cuda-" + "".join(c if c.isalnum() else "-" for c in gpu).strip("-").lower())
-    res = {"name": name, "device": device, "cpu_fallback": args.cpu, "environment": env,
+    res = {"name": name, "device": device, "cpu_fallback": args.cpu, "environment": env, "out": args.out,
            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     write(res)
     ppo_ok = env["alarm_ppo_imports"] is True

@@ -1,14 +1,16 @@
 """Peak resident memory (RSS) of a quickstart run.
 
-    .venv/bin/python benchmarks/memory.py             # shortened quickstart (same batch shapes, fewer steps)
-    .venv/bin/python benchmarks/memory.py --full      # the whole `alarm quickstart`
+    python -m benchmarks.memory             # shortened quickstart (same batch shapes, fewer steps)
+    python -m benchmarks.memory --full      # the whole `alarm quickstart`
+    python -m benchmarks.memory --smoke     # the shortened run's settings validated, a child that only imports
 
 Runs ``alarm quickstart --out <tmp> [overrides]`` as a child process and reports its peak RSS two ways:
 the kernel's high-water mark (``ru_maxrss`` of the waited-for child, what ``/usr/bin/time -v`` calls
 "Maximum resident set size") and the peak of the process tree's summed RSS sampled every 0.2 s with psutil
 (catches helper processes, if any). The shortened run keeps every batch shape of the real one — sampling
 batches of 16, PPO rollouts of 8 × 48 tokens, mini-batches of 4, evaluation of all 16 test prompts in one
-batch — and only runs fewer of them, so its peak is the real run's peak.
+batch — and only runs fewer of them, so its peak is the real run's peak. Smoke mode checks that the quickstart
+recipe still takes the shortened run's overrides and measures a child that imports the PPO recipe.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import common
+from benchmarks import common
 
 SHORT = ["ppo.steps=2", "sample.prompts=8"]
 
@@ -44,18 +46,24 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--full", action="store_true", help="the whole quickstart, no overrides")
-    p.add_argument("--threads", type=int, default=common.THREADS, help="OMP_NUM_THREADS for the run")
-    p.add_argument("--max-load", type=float, default=1.5)
-    p.add_argument("--no-wait", action="store_true", help="memory does not depend on load; skip the quiet check")
-    p.add_argument("--name", default=None)
     p.add_argument("--label", default="", help="a note stored with the result (e.g. which code was measured)")
     p.add_argument("overrides", nargs="*", help="extra recipe overrides")
+    common.common_args(p, "memory")  # --threads: OMP_NUM_THREADS of the run; --max-wait 0: no quiet check
     args = p.parse_args(argv)
-    load = {"load1_at_start": round(common.load1(), 2)} if args.no_wait else common.wait_until_quiet(args.max_load)
+    if args.full and args.name == "memory":
+        args.name = "memory_full"
+    load = common.start(args)
     overrides = ([] if args.full else SHORT) + args.overrides
     out = tempfile.mkdtemp(prefix="alarm-mem-")
     alarm = str(Path(sys.executable).with_name("alarm"))
     cmd = [alarm, "quickstart", "--out", out, *overrides]
+    if args.smoke:
+        from importlib import resources
+
+        from alarm.config import load_recipe
+
+        load_recipe(str(resources.files("alarm") / "recipes" / "quickstart.yaml"), overrides)
+        cmd = [sys.executable, "-c", "import alarm.recipes.ppo"]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     print("[bench]", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
@@ -84,20 +92,26 @@ def main(argv=None) -> int:
         print("".join(log_lines[-30:]))
         raise SystemExit(f"quickstart failed with exit code {child.returncode}")
     peak_gb, maxrss_gb = peak / 2**30, maxrss_kb / 2**20
-    result = {"label": args.label, "src": os.environ.get("PYTHONPATH", "installed"), "command": " ".join(cmd[1:]), "overrides": overrides, "omp_threads": args.threads, "wall_s": round(wall, 1),
+    command = " ".join(cmd[2:] if args.smoke else ["alarm", *cmd[1:3], "<tmp>", *cmd[4:]])
+    result = {"label": args.label, "src": os.environ.get("PYTHONPATH", "installed"), "command": command, "overrides": overrides, "omp_threads": args.threads, "wall_s": round(wall, 1),
               "peak_rss_gb_kernel": round(maxrss_gb, 3), "peak_rss_gb_sampled_tree": round(peak_gb, 3),
               "target_gb": 3.0, "met": max(maxrss_gb, peak_gb) <= 3.0,
               "rss_mb_timeline": samples[:: max(1, len(samples) // 200)],
               "machine": common.machine(), "load": load}
-    name = args.name or ("memory_full" if args.full else "memory")
     md = "\n\n".join([
         "# Peak memory of the quickstart",
         common.md_table(["run", "peak RSS (kernel, GB)", "peak RSS (sampled tree, GB)", "wall (s)", "≤ 3 GB"],
-                        [[f"`alarm quickstart {' '.join(overrides)}`", f"{maxrss_gb:.2f}", f"{peak_gb:.2f}",
+                        [[f"`{result['command']}`", f"{maxrss_gb:.2f}", f"{peak_gb:.2f}",
                           f"{wall:.0f}", "yes" if result["met"] else "no"]]),
         common.machine_line(result["machine"], load)])
-    common.write_results(name, result, md)
+    common.write_results(args.name, result, md, args.out)
     return 0
+
+
+def suite_rows(r: dict) -> list[dict]:
+    peak = max(r["peak_rss_gb_kernel"], r["peak_rss_gb_sampled_tree"])
+    return [common.suite_row("memory", f"peak RSS of `{r['command']}`", round(peak, 2), "GB", target="≤ 3 GB",
+                             met=r["met"])]
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Throughput of each reward backend (responses/s), one batched call vs one call per response.
 
-    .venv/bin/python benchmarks/rewards.py            # the real measurement (~2 min on 2 cores)
-    .venv/bin/python benchmarks/rewards.py --tiny     # smoke test
+    python -m benchmarks.rewards            # the real measurement (~2 min on 2 cores)
+    python -m benchmarks.rewards --smoke    # 2 responses, 1 repeat: that it runs
 
 Responses: for each of the 48 quickstart training questions, an answer-like text of ~64 tokens (its reference
 answer followed by the start of its first passage, cut to 45 words), with the question, passages and
@@ -17,7 +17,7 @@ import argparse
 import time
 import warnings
 
-import common
+from benchmarks import common
 
 
 def responses(tokenizer, n: int):
@@ -60,22 +60,17 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=48, help="responses per call")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=common.THREADS)
-    p.add_argument("--tiny", action="store_true")
-    p.add_argument("--max-load", type=float, default=1.5)
-    p.add_argument("--max-wait", type=float, default=1800, help="seconds to wait for a quiet machine, then run anyway")
-    p.add_argument("--name", default="rewards")
+    common.common_args(p, "rewards")
     args = p.parse_args(argv)
-    if args.tiny:
-        args.n, args.repeats = 8, 1
+    if args.smoke:  # the reward models are the real ones (MiniLM is small): only fewer texts
+        args.n, args.repeats = 2, 1
     warnings.filterwarnings("ignore")
-    threads = common.set_threads(args.threads)
-    load = {"load1_at_start": round(common.load1(), 2)} if args.tiny else common.wait_until_quiet(args.max_load, args.max_wait)
+    load = common.start(args)
+    threads = args.threads
 
-    from alarm.models import load_tokenizer, resolve_model_path
     from alarm.rewards.base import compute
 
-    prompts, texts, cols = responses(load_tokenizer(resolve_model_path("smollm2-135m-instruct")), args.n)
+    prompts, texts, cols = responses(common.load_tokenizer(), args.n)
     result = {"settings": {**vars(args), "torch_threads": threads}, "machine": common.machine(), "load": load,
               "backends": {}}
     for name, fn in backends(threads).items():
@@ -105,8 +100,13 @@ def main(argv=None) -> int:
         common.md_table(["backend", "batched", "one at a time", "batching speed-up"], rows),
         f"Medians of {args.repeats} alternating repeats after a warm-up; torch threads {threads}.",
         common.machine_line(result["machine"], load)])
-    common.write_results(args.name, result, md)
+    common.write_results(args.name, result, md, args.out)
     return 0
+
+
+def suite_rows(r: dict) -> list[dict]:
+    return [common.suite_row("rewards", f"{name}: responses/s, batched vs one at a time", v["batched_per_s"], "/s",
+                             v["one_at_a_time_per_s"], v["speedup"]) for name, v in r["backends"].items()]
 
 
 if __name__ == "__main__":

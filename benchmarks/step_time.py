@@ -1,10 +1,13 @@
-"""One training step, ours vs TRL's GRPOTrainer, on the same work, interleaved in one process.
+"""One training step, ours vs TRL's GRPOTrainer on the same work, and our rollout vs plain ``model.generate``.
 
-    .venv/bin/python benchmarks/step_time.py                 # the real measurement (~10 min on 2 cores)
-    .venv/bin/python benchmarks/step_time.py --tiny          # smoke test of the script (seconds)
+    python -m benchmarks.step_time                  # LoRA on every layer in both (~7 min on 2 cores)
+    python -m benchmarks.step_time --lora-top 10    # LoRA on the top 10 layers in both
+    python -m benchmarks.step_time --smoke          # tiny random models, seconds: that the script runs
 
 The work of one step, the same in both trainers:
-- SmolLM2-135M-Instruct in fp32 on the CPU, LoRA r16/α32/dropout 0.05 on q/k/v/o_proj;
+- SmolLM2-135M-Instruct in fp32 on the CPU, LoRA r16/α32/dropout 0.05 on q/k/v/o_proj of every layer, or with
+  ``--lora-top N`` of the top N layers only in both (TRL through peft's ``layers_to_transform``; ours through
+  ``lora_layers``, where the frozen trunk below the adapters is replayed: ``ppo.reuse_frozen_layers``);
 - 8 completions from 4 quickstart prompts × 2 samples (GRPO needs ≥ 2 per prompt; our trainer gets the same
   8 prompt strings in the same order), exactly 64 new tokens each: ``min_new_tokens = max_new_tokens = 64``
   (EOS suppressed until then) via the model's generation config for ours and ``generation_kwargs`` for TRL;
@@ -14,35 +17,42 @@ The work of one step, the same in both trainers:
   4 with an optimiser step after each (TRL: ``per_device_train_batch_size`` 4, ``steps_per_generation`` 2,
   no gradient accumulation), gradient clipping at 1.0 in both; our KL early stop is disabled
   (``early_stop_kl`` huge) so both always run every pass;
-- the same reward: length in words through the same ``RewardSet`` (ours natively, TRL via ``as_trl_reward``).
+- the same rewards: the quickstart's three (reference similarity, grounding, relevance with the packaged
+  MiniLM, combined hierarchically) through the same ``RewardSet`` (ours natively, TRL via ``as_trl_reward``);
+  ``--length-reward``: a length reward instead.
 TRL settings that differ from its defaults, to match ours: ``gradient_checkpointing=False`` and
 ``bf16=False`` (ours is fp32 without checkpointing). Our trainer also runs its value head (PPO), TRL does not.
 
-Alternating runs: TRL drives the loop; a callback at the start of each TRL step (one generation + all its
-passes = 2 × epochs optimiser steps) first runs one step of each of our trainers, so ours and TRL's steps
-alternate, each timed on its own (the callback's time is excluded from TRL's). The first ``warmup`` steps of
-each are dropped; the table gives medians. Also measured: our hierarchical configuration (the quickstart's
-rewards: reference similarity + grounding + relevance with the packaged MiniLM).
+Interleaved: TRL drives the loop; a callback at the start of each TRL step (one generation + all its passes =
+2 × epochs optimiser steps) first samples our next batch with plain ``model.generate`` on a separate copy of
+the base model (no LoRA, no trainer; the same prompt tensors, sampling, the same length), then runs one step of
+our trainer; each is timed on its own (the callback's time is excluded from TRL's). Our step's metrics split
+it into generate, score (decode + rewards + combination), forward (the reference pass) and update; our
+rollout = generate + score + forward, everything before the update. The first ``warmup`` rounds are dropped;
+the tables give medians.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 import warnings
 
-import common
+from benchmarks import common
+
+TRL = "TRL GRPOTrainer"
+OURS = "alarm PPO"
+PLAIN = "plain model.generate"
 
 
-def ppo_config(args):
+def ppo_config(args, lora_layers=None):
     from alarm.trainers.ppo import PPOConfig
 
     return PPOConfig(max_new_tokens=args.new_tokens, rollout_batch_size=2 * args.prompts, mini_batch_size=args.mini,
                      grad_accum_steps=1, ppo_epochs=args.epochs, learning_rate=1e-5, max_grad_norm=1.0,
                      lora=True, lora_r=16, lora_alpha=32, lora_dropout=0.05, kl_coef=0.04, adaptive_kl=False,
-                     early_stop_kl=1e9, steps=10_000, seed=0, **getattr(args, "config_overrides", {}))
+                     early_stop_kl=1e9, steps=10_000, seed=0, lora_layers=lora_layers)
 
 
 def length_reward_set():
@@ -68,43 +78,31 @@ def hierarchical_reward_set(records):
     return rs
 
 
-def load_ppo_module(path: str | None):
-    """alarm.trainers.ppo, or another version of that file (``--before``: the code before a speed-up)."""
-    if path is None:
-        from alarm.trainers import ppo
+def our_trainer(args, reward_set, records, out, lora_layers=None, **overrides):
+    """Our PPO trainer on the benchmark's work, fed TRL's prompt order (no shuffling: prompts 4k … 4k+3, each
+    twice in a row)."""
+    from alarm.trainers.ppo import PPOConfig, PPOTrainer
 
-        return ppo
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ppo_before", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def our_trainer(args, reward_set, records, out, ppo_file: str | None = None):
-    ppo = load_ppo_module(ppo_file)
     model, tok = common.load_policy()
     common.force_length(model, args.new_tokens)
-    cfg = ppo.PPOConfig(**ppo_config(args).model_dump())
-    trainer = ppo.PPOTrainer(cfg, model, tok, reward_set, records, out)
+    cfg = PPOConfig(**{**ppo_config(args, lora_layers).model_dump(), **overrides})
+    trainer = PPOTrainer(cfg, model, tok, reward_set, records, out)
     n = len(records)
 
-    def same_prompts_as_trl(step):  # TRL (no shuffling): prompts 4k … 4k+3, each twice in a row
+    def same_prompts_as_trl(step):
         return [records[(step * args.prompts + i) % n] for i in range(args.prompts) for _ in range(2)]
 
     trainer.prompt_batch = same_prompts_as_trl
     return trainer
 
 
-def trl_trainer(args, records, callback, out):
+def trl_trainer(args, reward_set, records, callback, out, lora_layers=None):
     from datasets import Dataset
     from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer
 
     from alarm.combine import as_trl_reward
-    from alarm.trainers.ppo import attention_projections
+    from alarm.trainers.sequences import attention_projections
 
     model, tok = common.load_policy()
     steps_per_gen = 2 * args.prompts // args.mini
@@ -115,100 +113,167 @@ def trl_trainer(args, records, callback, out):
         num_generations=2, num_iterations=args.epochs, beta=0.04, learning_rate=1e-5, max_grad_norm=1.0,
         max_completion_length=args.new_tokens, temperature=1.0, top_p=1.0, top_k=0,
         generation_kwargs={"min_new_tokens": args.new_tokens}, shuffle_dataset=False,
-        max_steps=cycle * (args.warmup + args.steps + 1), logging_steps=10_000, save_strategy="no",
+        max_steps=cycle * (args.warmup + args.steps), logging_steps=10_000, save_strategy="no",
         report_to="none", dataloader_num_workers=0, disable_tqdm=True,
     )
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=attention_projections(model),
-                      task_type="CAUSAL_LM")
-    data = Dataset.from_list([{"prompt": r["prompt"], "question": r["question"], "reference": r["reference"]}
-                              for r in records])
-    trainer = GRPOTrainer(model=model, reward_funcs=as_trl_reward(length_reward_set(), "length"), args=cfg,
+                      layers_to_transform=lora_layers, task_type="CAUSAL_LM")
+    data = Dataset.from_list([{"prompt": r["prompt"], "question": r["question"], "reference": r["reference"],
+                               "passages": r["passages"]} for r in records])
+    trainer = GRPOTrainer(model=model, reward_funcs=as_trl_reward(reward_set, "alarm_rewards"), args=cfg,
                           train_dataset=data, processing_class=tok, peft_config=lora, callbacks=[callback])
+    if lora_layers is not None:  # peft put the adapters where asked, and nowhere else
+        adapted = {int(n.split(".layers.")[1].split(".")[0]) for n, _ in trainer.model.named_parameters()
+                   if "lora_" in n}
+        assert adapted == set(lora_layers), sorted(adapted)
     return trainer, cycle
 
 
-def main(argv=None) -> int:
+def options(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--prompts", type=int, default=4, help="distinct prompts per step (× 2 samples)")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--epochs", type=int, default=2, help="our ppo_epochs = TRL num_iterations (quickstart: 2)")
     p.add_argument("--mini", type=int, default=4, help="mini-batch size (8 / 4 = 2 mini-batches per pass)")
+    p.add_argument("--lora-top", type=int, default=0, help="LoRA on the top N layers in both (0: every layer)")
+    p.add_argument("--length-reward", action="store_true", help="a length reward instead of the quickstart's three")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--steps", type=int, default=6, help="measured steps of each trainer")
-    p.add_argument("--no-hier", action="store_true", help="skip our hierarchical configuration")
-    p.add_argument("--threads", type=int, default=common.THREADS)
-    p.add_argument("--tiny", action="store_true", help="smoke test: 8 tokens, 1+2 steps, no waiting")
-    p.add_argument("--max-load", type=float, default=1.5)
-    p.add_argument("--max-wait", type=float, default=1800, help="seconds to wait for a quiet machine, then run anyway")
-    p.add_argument("--name", default="step_time")
-    p.add_argument("--before", metavar="PPO_FILE", help="also time this older copy of alarm/trainers/ppo.py")
+    p.add_argument("--steps", type=int, default=3, help="measured steps of each trainer")
+    common.common_args(p, "step_time")
     args = p.parse_args(argv)
-    if args.tiny:
-        args.new_tokens, args.warmup, args.steps = 8, 1, 2
-    warnings.filterwarnings("ignore")
-    threads = common.set_threads(args.threads)
-    load = {"load1_at_start": round(common.load1(), 2)} if args.tiny else common.wait_until_quiet(args.max_load, args.max_wait)
+    if args.smoke:  # the MiniLM rewards would take most of the time: tests/test_benchmarks.py builds them
+        args.prompts, args.mini, args.epochs, args.new_tokens, args.warmup, args.steps = 2, 2, 1, 4, 0, 1
+        args.length_reward = True
+    if args.name == "step_time" and args.lora_top:
+        args.name = f"step_time_top{args.lora_top}"
+    return args
 
+
+def main(argv=None) -> int:
+    args = options(argv)
+    warnings.filterwarnings("ignore")
+    load = common.start(args)
+
+    import torch
     from transformers import TrainerCallback
 
-    records = common.quickstart_records(common.load_policy()[1])
+    plain, tok = common.load_policy()
+    plain.eval()
+    lora_layers = common.top_layers(plain, args.lora_top)
+    records = common.quickstart_records(tok)[: 4 if args.smoke else None]
+    rewards = length_reward_set() if args.length_reward else hierarchical_reward_set(records)
     tmp = tempfile.mkdtemp(prefix="alarm-bench-")
-    ours = {"ours (length reward)": our_trainer(args, length_reward_set(), records, f"{tmp}/ours")}
-    if args.before:
-        ours["ours before speed-ups (length reward)"] = our_trainer(args, length_reward_set(), records,
-                                                                    f"{tmp}/before", args.before)
-    if not args.no_hier:
-        ours["ours hierarchical (3 rewards)"] = our_trainer(args, hierarchical_reward_set(records), records,
-                                                            f"{tmp}/hier")
-    times = {"TRL GRPOTrainer (length reward)": [], **{k: [] for k in ours}}
-    phases = {k: [] for k in ours}
+    ours = our_trainer(args, rewards, records, f"{tmp}/ours", lora_layers)
+    times = {TRL: [], OURS: [], PLAIN: []}
+    phases = []
     state = {"start": None}
 
+    def plain_generate():
+        batch = ours.encode_prompts(ours.prompt_batch(ours.step_idx))
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = plain.generate(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], do_sample=True,
+                                 temperature=1.0, top_p=1.0, top_k=0, min_new_tokens=args.new_tokens,
+                                 max_new_tokens=args.new_tokens, pad_token_id=tok.pad_token_id)
+        assert out.shape[1] - batch["prompt_ids"].shape[1] == args.new_tokens
+        return time.perf_counter() - t0
+
     class Interleave(TrainerCallback):
+        def on_step_end(self, a, s, control, **kw):  # global_step already counts the step that ended
+            if s.global_step % cycle == 0:
+                times[TRL].append(time.perf_counter() - state["start"])
+                print(f"[bench] {TRL}: {times[TRL][-1]:.2f}s", flush=True)
+
         def on_step_begin(self, a, s, control, **kw):
             if s.global_step % cycle:
                 return
-            now = time.perf_counter()
-            if state["start"] is not None:
-                times["TRL GRPOTrainer (length reward)"].append(now - state["start"])
-            for name, trainer in ours.items():
-                t0 = time.perf_counter()
-                m = trainer.step()
-                times[name].append(time.perf_counter() - t0)
-                phases[name].append({k: m[k] for k in m if k.startswith("time/") or k in ("ppo/epochs",
-                                                                                         "length/tokens_max")})
-                print(f"[bench] {name}: {times[name][-1]:.2f}s  {phases[name][-1]}", flush=True)
-            if times["TRL GRPOTrainer (length reward)"]:
-                print(f"[bench] TRL: {times['TRL GRPOTrainer (length reward)'][-1]:.2f}s", flush=True)
+            times[PLAIN].append(plain_generate())
+            t0 = time.perf_counter()
+            m = ours.step()
+            times[OURS].append(time.perf_counter() - t0)
+            assert m["length/tokens_max"] == args.new_tokens, m["length/tokens_max"]
+            phases.append({k[5:]: m[k] for k in m if k.startswith("time/")})
+            print(f"[bench] {PLAIN}: {times[PLAIN][-1]:.2f}s; {OURS}: {times[OURS][-1]:.2f}s {phases[-1]}",
+                  flush=True)
             state["start"] = time.perf_counter()
 
-    trl, cycle = trl_trainer(args, records, Interleave(), f"{tmp}/trl")
+    trl, cycle = trl_trainer(args, rewards, records, Interleave(), f"{tmp}/trl", lora_layers)
     trl.train()
     load["load1_at_end"] = round(common.load1(), 2)
 
-    w = args.warmup
-    kept = {k: v[w : w + args.steps] for k, v in times.items()}
-    trl_med = common.summary(kept["TRL GRPOTrainer (length reward)"])["median"]
-    result = {"settings": {**vars(args), "completions_per_step": 2 * args.prompts, "torch_threads": threads,
-                           "optimizer_steps_per_step": cycle, "trl": {"beta": 0.04, "num_generations": 2,
-                           "gradient_checkpointing": False, "bf16": False}},
+    w, n = args.warmup, args.steps
+    kept = {k: v[w : w + n] for k, v in times.items()}
+    rows = [{**p, "rollout": p["generate"] + p["score"] + p["forward"]} for p in phases[w : w + n]]
+    med = {k: common.summary(v) for k, v in kept.items()}
+    ph = {k: common.summary([r[k] for r in rows]) for k in rows[0]}
+    m = {k: v["median"] for k, v in ph.items()}
+    result = {"settings": {**vars(args), "completions_per_step": 2 * args.prompts, "lora_layers": lora_layers,
+                           "optimizer_steps_per_step": cycle, "reward_set": reward_name(args),
+                           "trl": {"beta": 0.04, "num_generations": 2, "gradient_checkpointing": False,
+                                   "bf16": False, "layers_to_transform": lora_layers}},
               "machine": common.machine(), "load": load,
-              "step_time_s": {k: common.summary(v) for k, v in kept.items()},
-              "ratio_to_trl": {k: round(common.summary(v)["median"] / trl_med, 3) for k, v in kept.items()},
-              "our_phases_s": {k: {ph: common.summary([x[ph] for x in v[w:]])["median"] for ph in v[0]}
-                               for k, v in phases.items()}}
-    rows = [[k, f"{s['median']:.2f}", f"{s['min']:.2f}–{s['max']:.2f}", s["n"], f"{result['ratio_to_trl'][k]:.2f}"]
-            for k, s in result["step_time_s"].items()]
-    md = "\n\n".join([
-        f"# Step time: ours vs TRL GRPOTrainer ({args.new_tokens} new tokens, {2 * args.prompts} completions/step)",
-        common.md_table(["trainer", "median step (s)", "range (s)", "steps", "ratio to TRL"], rows),
-        f"{args.epochs} passes × {2 * args.prompts // args.mini} mini-batches of {args.mini} per step "
-        f"({cycle} optimiser steps), LoRA r16, fp32, torch threads {threads}; target ≤ 0.80 × TRL.",
-        common.md_table(["our phase (median s)", *phases], [[ph, *[result["our_phases_s"][k][ph] for k in phases]]
-                                                           for ph in next(iter(result["our_phases_s"].values()))]),
-        common.machine_line(result["machine"], load)])
-    common.write_results(args.name, result, md)
+              "step_time_s": {TRL: med[TRL], OURS: med[OURS]},
+              "ratio_to_trl": round(med[OURS]["median"] / med[TRL]["median"], 3),
+              "plain_generate_s": med[PLAIN], "our_phases_s": ph,
+              "rollout_ratio_to_plain_generate": round(m["rollout"] / med[PLAIN]["median"], 3),
+              "generate_ratio_to_plain_generate": round(m["generate"] / med[PLAIN]["median"], 3),
+              "share_of_step": {k: round(m[k] / m["step"], 3) for k in ("generate", "score", "forward", "update")}}
+    common.write_results(args.name, result, markdown(result), args.out)
     return 0
+
+
+def reward_name(args) -> str:
+    return "length" if args.length_reward else "quickstart (3 MiniLM rewards, hierarchical)"
+
+
+def layers_label(settings: dict) -> str:
+    layers = settings["lora_layers"]
+    return "LoRA on every layer" if layers is None else f"LoRA on the top {len(layers)} layers ({layers[0]}–{layers[-1]})"
+
+
+def markdown(r: dict) -> str:
+    s, m = r["settings"], {k: v["median"] for k, v in r["our_phases_s"].items()}
+    steps = [[k, f"{v['median']:.2f}", f"{v['min']:.2f}–{v['max']:.2f}", v["n"]] for k, v in r["step_time_s"].items()]
+    plain = r["plain_generate_s"]["median"]
+    roll = [[PLAIN + " (base model)", f"{plain:.2f}", "1.00"],
+            ["our generate (LoRA policy)", f"{m['generate']:.2f}", f"{r['generate_ratio_to_plain_generate']:.2f}"],
+            ["our rollout (generate + score + forward)", f"{m['rollout']:.2f}",
+             f"{r['rollout_ratio_to_plain_generate']:.2f}"]]
+    share = [[k, f"{m[k]:.2f}", f"{100 * r['share_of_step'][k]:.1f} %"] for k in ("generate", "score", "forward",
+                                                                                   "update")]
+    return "\n\n".join([
+        f"# Step time: ours vs TRL GRPOTrainer, {layers_label(s)} ({s['new_tokens']} new tokens, "
+        f"{s['completions_per_step']} completions a step)",
+        common.md_table(["trainer", "median step (s)", "range (s)", "steps"], steps),
+        f"Ours / TRL: **{r['ratio_to_trl']:.2f}** (target ≤ 0.50). {s['epochs']} passes × "
+        f"{s['completions_per_step'] // s['mini']} mini-batches of {s['mini']} per step "
+        f"({s['optimizer_steps_per_step']} optimiser steps), LoRA r16, fp32, rewards: {s['reward_set']}.",
+        "## Our rollout vs plain generate on the same batch",
+        common.md_table(["", "median (s)", "ratio to plain generate"], roll),
+        "Target: rollout ≤ 1.15 × plain generate.",
+        "## Share of our step per phase",
+        common.md_table(["phase", "median (s)", "share"], share),
+        f"Medians of {s['steps']} interleaved rounds after {s['warmup']} warm-up; torch threads {s['threads']}. "
+        "Target: score (decode + rewards) ≤ 5 % of a step.",
+        common.machine_line(r["machine"], r["load"])])
+
+
+def suite_rows(r: dict) -> list[dict]:
+    """The suite's rows: our step vs TRL's, our rollout vs plain generate, the rewards' share of our step."""
+    s = r["settings"]
+    where = layers_label(s)
+    trl, ours = (r["step_time_s"][k]["median"] for k in (TRL, OURS))
+    roll, plain = r["our_phases_s"]["rollout"]["median"], r["plain_generate_s"]["median"]
+    share = r["share_of_step"]["score"]
+    return [
+        common.suite_row(s["name"], f"PPO step vs TRL GRPO step, {where}", ours, "s", trl,
+                         r["ratio_to_trl"], "≤ 0.50", r["ratio_to_trl"] <= 0.5),
+        common.suite_row(s["name"], f"rollout (sampling + rewards + reference pass) vs plain generate, {where}",
+                         roll, "s", plain, r["rollout_ratio_to_plain_generate"], "≤ 1.15",
+                         r["rollout_ratio_to_plain_generate"] <= 1.15),
+        common.suite_row(s["name"], f"rewards' share of a step (decode + rewards + combination), {where}",
+                         round(100 * share, 1), "%", None, None, "≤ 5 %", share <= 0.05),
+    ]
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """Cross-validated reward-model quality: every recipe under src/alarm/recipes/rm_*.yaml, 5 folds by question.
 
-    nice -n 10 .venv/bin/python benchmarks/rm_cv.py [--only holistic_evidence,factuality_evidence]
+    nice -n 10 .venv/bin/python experiments/rm_cv.py [--only holistic_evidence,factuality_evidence]
 
 Runs ``alarm rm evaluate --config <recipe> --folds 5`` (k-fold by question over all 400 shared questions) for
 each recipe and collects mean ± std of each model and its trivial baselines into
-benchmarks/results/rm_cv.{json,md}. Resumable: a recipe whose ``cv.json`` exists under --run-dir is not rerun.
+experiments/results/rm_cv.{json,md}. Resumable: a recipe whose ``cv.json`` exists under --run-dir is not rerun.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """VCB as the paper evaluated it (issue 19): a knob study of our reconstruction, then VCB against SFT, DPO,
 IPO, SLiC-HF, RRHF and our PPO on the same candidates, over seeds, with Win / Tie / Lose tables.
 
-    nice -n 10 .venv/bin/python benchmarks/vcb_study.py                  # every stage; rerun to continue
-    nice -n 10 .venv/bin/python benchmarks/vcb_study.py --stage knobs
-    nice -n 10 .venv/bin/python benchmarks/vcb_study.py --judge-url http://127.0.0.1:8080/v1
+    nice -n 10 .venv/bin/python experiments/vcb_study.py                  # every stage; rerun to continue
+    nice -n 10 .venv/bin/python experiments/vcb_study.py --stage knobs
+    nice -n 10 .venv/bin/python experiments/vcb_study.py --judge-url http://127.0.0.1:8080/v1
 
 Task: the offline stand-in of Anthropic HH (recipes/vcb_hh_offline.yaml; ``--recipe`` for another, e.g. the
 TL;DR stand-in). Every stage is resumable: samples are stored in shards, each training run is skipped once its
@@ -21,7 +21,7 @@ TL;DR stand-in). Every stage is resumable: samples are stored in shards, each tr
    baseline by the held-out reward and (``--judge-url``) by the llama.cpp-served judge in both orders, pooled
    over seeds, with the win rate's bootstrap interval; calibration (ranking accuracy, corr) per loss.
 
-Writes benchmarks/results/vcb_study.{json,md}.
+Writes experiments/results/vcb_study.{json,md}.
 """
 
 from __future__ import annotations
