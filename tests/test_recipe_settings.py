@@ -114,3 +114,10 @@ def test_a_reward_models_settings_are_checked_before_it_loads():
                                          r"did you mean rewards.holistic.batch_size\?"):
         load_recipe(None, ["rewards.holistic={type: sequence_classifier, path: x, batchsize: 4}"])
     load_recipe(None, ["rewards.holistic={type: sequence_classifier, path: x, batch_size: 4, template: '{prompt}'}"])
+
+
+def test_every_option_of_every_command_has_help():
+    """What the CLI reference shows beside each option: nothing left blank (TRL's fields each carry help)."""
+    blank = [f"{full} {a.option_strings or a.dest}" for full, sub, _ in walk_commands(build_parser())
+             for a in sub._actions if not isinstance(a, argparse._HelpAction) and not (a.help or "").strip()]
+    assert not blank, f"options without help: {blank}"

@@ -473,7 +473,7 @@ def add_commands(sub) -> None:
     src.add_argument("--state", help="reward_state.json (normalisers, ε), or a checkpoint directory")
     src.add_argument("--run", help="a run directory: its config.yaml, reward_state.json and kept aspects")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=int, default=5000, help="the port to listen on")
     p.add_argument("--max-batch", type=int, default=64, help="responses merged into one scoring pass")
     p.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a request waits for others to merge")
     p.add_argument("--max-queue", type=int, default=64, help="requests that may wait; more get HTTP 503")

@@ -60,9 +60,9 @@ def add_commands(subparsers) -> None:
     q = sub.add_parser("prepare", help="convert a prompt file into the QA JSONL of the recipes",
                        description=prepare.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("--prompts", default=f"{DEFAULT_DIR}/prompts.json", help="prompt file path or http(s) URL")
-    q.add_argument("--out", default="runs/qa_feedback/data.jsonl")
+    q.add_argument("--out", default="runs/qa_feedback/data.jsonl", help="the QA JSONL to write")
     q.add_argument("--tokenizer", default="smollm2-135m-instruct", help="policy tokenizer used for the budget")
-    q.add_argument("--max-prompt-tokens", type=int, default=384)
-    q.add_argument("--validation-fraction", type=float, default=0.2)
-    q.add_argument("--seed", type=int, default=42)
+    q.add_argument("--max-prompt-tokens", type=int, default=384, help="cut the passages so the prompt fits this")
+    q.add_argument("--validation-fraction", type=float, default=0.2, help="share of the questions in the test split")
+    q.add_argument("--seed", type=int, default=42, help="seed of the split by question")
     q.set_defaults(handler=cmd_prepare)
