@@ -59,7 +59,7 @@ def test_the_readme_shows_commands():
 
 @pytest.mark.parametrize("line", readme_commands())
 def test_every_readme_command_matches_the_cli(line):
-    words = shlex.split(line.split("  ")[0] if "[" in line else line)[1:]
+    words = shlex.split(line.split("  ")[0] if "[" in line else line, comments=True)[1:]
     parser, used = command_parser(words)
     assert used, f"{line!r}: no such command"
     options = {o for a in parser._actions for o in a.option_strings}
