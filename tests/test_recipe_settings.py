@@ -87,7 +87,7 @@ def test_the_settings_reference_lists_every_setting_of_every_section():
                 if s.section is not None:
                     todo.append((s.section, f"{prefix}.{s.name}" if prefix else s.name))
                 else:
-                    row = next((r for r in body.splitlines() if r.startswith(f"| `{s.name}` |")), None)
+                    row = next((r for r in body.splitlines() if r.startswith(f"| <code>{s.name}</code> |")), None)
                     assert row is not None, f"{kind} {prefix or 'top level'}.{s.name} missing"
                     assert s.description.split()[0] in row
 

@@ -161,7 +161,9 @@ def _cell(text: str) -> str:
 
 
 def _code(text: str) -> str:
-    return "`" + text.replace("|", "\\|") + "`"
+    """Code inside a Markdown table cell: HTML, because a pipe escaped inside backticks shows its backslash."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "&#124;")
+    return f"<code>{text}</code>"
 
 
 def _md_default(value: Any) -> str:
