@@ -34,6 +34,17 @@ def main(argv: list[str] | None = None) -> int:
     except AlarmError as e:
         print(f"alarm: error: {e}", file=sys.stderr)
         return 2
+    except UnicodeDecodeError as e:  # a text file read where no reader named it
+        print(f"alarm: error: a file is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}: "
+              f"{e.reason}); save it as UTF-8", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.filename is None:
+            raise
+        # the machine refused a file operation (permissions, a read-only or full disk, a path under /proc …)
+        print(f"alarm: error: cannot use {e.filename}: {e.strerror or e}; choose another path or fix its "
+              "permissions", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("alarm: interrupted; rerun the same command with --resume to continue", file=sys.stderr)
         return 130

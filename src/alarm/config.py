@@ -19,6 +19,7 @@ from pydantic.fields import FieldInfo
 
 from alarm.combine import CombineConfig, RewardSet
 from alarm.errors import AlarmError
+from alarm.io import read_text
 from alarm.trainers.configs import PPOConfig
 
 _STRICT = ConfigDict(extra="forbid")
@@ -297,7 +298,7 @@ def read_settings(path: str | Path | None, overrides: list[str] | None = None) -
         if not p.exists():
             raise AlarmError(f"recipe {p} not found; give a YAML file path (see recipes/)")
         try:
-            data = load_yaml(p.read_text()) or {}
+            data = load_yaml(read_text(p, "recipe")) or {}
         except yaml.YAMLError as e:
             raise AlarmError(f"recipe {p} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(data, dict):

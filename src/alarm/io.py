@@ -32,6 +32,30 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> Path
     return write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
+def decode_utf8(raw: bytes, name: str) -> str:
+    """``raw`` as UTF-8 text; otherwise one line naming ``name`` and the byte offset of the first bad byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise AlarmError(f"{name} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}: {e.reason}); "
+                         "save it as UTF-8") from None
+
+
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """A text file's content as UTF-8; a missing or unreadable file, or one that is not UTF-8, is one line
+    naming the file (and the offset of the first byte that is not UTF-8)."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise AlarmError(f"{what} {p} not found") from None
+    except IsADirectoryError:
+        raise AlarmError(f"{what} {p} is a directory; give a file") from None
+    except OSError as e:
+        raise AlarmError(f"cannot read {what} {p}: {e.strerror or e}") from None
+    return decode_utf8(raw, f"{what} {p}")
+
+
 def jsonl_lines(name: str, text: str) -> Iterator[tuple[int, Any]]:
     """``(line number, parsed object)`` for each non-blank line; bad JSON names the file and the line."""
     for lineno, line in enumerate(text.splitlines(), start=1):
@@ -49,7 +73,7 @@ def read_jsonl(path: str | os.PathLike, what: str = "file") -> list[dict]:
     if not p.exists():
         raise AlarmError(f"{what} {p} not found")
     out = []
-    for lineno, obj in jsonl_lines(str(p), p.read_text(encoding="utf-8")):
+    for lineno, obj in jsonl_lines(str(p), read_text(p, what)):
         if not isinstance(obj, dict):
             raise AlarmError(f"{p} line {lineno}: each line must be a JSON object")
         out.append(obj)

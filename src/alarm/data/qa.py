@@ -21,7 +21,7 @@ from pathlib import Path
 from jinja2 import TemplateError
 
 from alarm.errors import AlarmError
-from alarm.io import jsonl_lines
+from alarm.io import decode_utf8, jsonl_lines
 
 SPLITS = ("train", "test")
 MIN_PASSAGES, MAX_PASSAGES = 2, 4
@@ -79,7 +79,7 @@ def load_qa_jsonl(path: str | Path | None = None) -> list[QARecord]:
         path = Path(path)
         name = str(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = decode_utf8(path.read_bytes(), f"QA data {path}")
         except OSError as exc:
             raise AlarmError(f"cannot read QA data {path}: {exc.strerror or exc}") from exc
 

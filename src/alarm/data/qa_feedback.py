@@ -28,6 +28,7 @@ from pathlib import Path
 
 from alarm.data.qa import format_prompt
 from alarm.errors import AlarmError
+from alarm.io import decode_utf8
 from alarm.text import sentence_spans, split_sentences, subsentence_spans
 
 ERROR_TYPES = ("Irrelevant", "Redundant", "Incoherent", "Wrong-Grounding", "Unverifiable")
@@ -90,9 +91,9 @@ def read_json(source: str | Path, what: str) -> tuple[str, object]:
     try:
         if name.startswith(("http://", "https://")):
             with urllib.request.urlopen(name, timeout=120) as r:  # noqa: S310 (scheme checked above)
-                raw = r.read().decode("utf-8")
+                raw = decode_utf8(r.read(), f"{what} {name}")
         else:
-            raw = Path(source).read_text(encoding="utf-8")
+            raw = decode_utf8(Path(source).read_bytes(), f"{what} {name}")
     except OSError as e:
         raise AlarmError(f"cannot read {what} {name}: {getattr(e, 'strerror', None) or e}; give a path or an "
                          "http(s) URL") from None

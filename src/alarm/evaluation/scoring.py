@@ -22,7 +22,7 @@ from pathlib import Path
 from alarm.config import DataSpec
 from alarm.data.prompts import prompt_records, reward_inputs
 from alarm.errors import AlarmError
-from alarm.io import jsonl_lines, read_jsonl
+from alarm.io import jsonl_lines, read_jsonl, read_text
 from alarm.progress import Progress
 from alarm.rewards.base import Dense, is_dense, summarize_dense
 from alarm.rewards.normalize import Normalizer, load_normalizers
@@ -159,7 +159,7 @@ def read_scored(path: str | os.PathLike, require_scores: bool = True) -> tuple[l
     if not p.exists():
         raise AlarmError(f"scored file {p} not found")
     records = []
-    for lineno, r in jsonl_lines(str(p), p.read_text(encoding="utf-8")):
+    for lineno, r in jsonl_lines(str(p), read_text(p, "scored file")):
         if not isinstance(r, dict) or "prompt_id" not in r:
             raise AlarmError(f"{p} line {lineno}: needs an object with 'prompt_id' (write it with alarm generate)")
         if "scores" in r or require_scores:

@@ -28,7 +28,7 @@ from alarm.evaluation.scoring import (
     score_records,
 )
 from alarm.generation import generate_texts
-from alarm.io import read_jsonl, write_json_atomic, write_jsonl_atomic
+from alarm.io import read_jsonl, read_text, write_json_atomic, write_jsonl_atomic
 from alarm.models import load_policy, policy_checkpoint
 from alarm.outputs import check_output_dir, check_output_file
 from alarm.progress import Progress
@@ -52,6 +52,19 @@ def _info(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
+def _check_numbers(args: argparse.Namespace, rules: dict[str, tuple[str, str, float, float | None]]) -> None:
+    """Refuse, before anything loads, a number outside its range. ``rules``: argument → (flag, ``">="`` or
+    ``">"``, lowest, highest or None); an argument left unset (None) is not checked."""
+    for name, (flag, op, low, high) in rules.items():
+        v = getattr(args, name, None)
+        if v is None:
+            continue
+        if (v < low if op == ">=" else v <= low) or (high is not None and v > high) or v != v:
+            what = f"at least {low:g}" if op == ">=" else f"above {low:g}"
+            raise AlarmError(f"{flag} must be {what}{f' and at most {high:g}' if high is not None else ''}, "
+                             f"got {v:g}")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # generate
 
@@ -60,7 +73,7 @@ def _read_existing_generations(out: Path, num_samples: int) -> tuple[list[dict],
     """Records already written (a cut-off last line is dropped) and the prompt ids with all their samples."""
     if not out.exists():
         return [], set()
-    records, lines = [], out.read_text(encoding="utf-8").splitlines()
+    records, lines = [], read_text(out, "generations file").splitlines()
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -80,6 +93,10 @@ def _read_existing_generations(out: Path, num_samples: int) -> tuple[list[dict],
 def generate(args: argparse.Namespace) -> int:
     import torch
 
+    _check_numbers(args, {"max_new_tokens": ("--max-new-tokens", ">=", 1, None),
+                          "num_samples": ("--num-samples", ">=", 1, None), "batch_size": ("--batch-size", ">=", 1, None),
+                          "max_prompts": ("--max-prompts", ">=", 1, None), "temperature": ("--temperature", ">", 0, None),
+                          "top_p": ("--top-p", ">", 0, 1), "top_k": ("--top-k", ">=", 0, None)})
     out = check_output_file(args.out, "--out")
     settings = {"policy": args.policy, "base_model": args.base_model, "prompts": args.prompts, "split": args.split,
                 "system": args.system, "chat": args.chat, "max_new_tokens": args.max_new_tokens,
@@ -155,6 +172,7 @@ def load_reward_set(path: str, overrides: Sequence[str] = ()):
 
 def score(args: argparse.Namespace) -> int:
 
+    _check_numbers(args, {"batch_size": ("--batch-size", ">=", 1, None)})
     if args.out and len(args.files) != 1:
         raise AlarmError("--out names one output; with several input files use --out-dir")
     if args.fit and args.normalizers:
@@ -169,8 +187,17 @@ def score(args: argparse.Namespace) -> int:
     if args.fit and args.save_normalizers:
         check_output_file(args.save_normalizers, "--save-normalizers")
     reward_set = load_reward_set(args.rewards, args.set or [])
+    targets = {f: Path(args.out) if args.out else Path(args.out_dir or Path(f).parent) / (_stem(f) + ".scored.jsonl")
+               for f in args.files}
+    for f, target in targets.items():
+        if target.exists() and not args.overwrite:
+            raise AlarmError(f"{target} exists; pass --overwrite to replace it, or another --out / --out-dir")
+        if target.resolve() == Path(f).resolve():
+            raise AlarmError(f"{target} is the input {f} itself; write the scored file elsewhere (--out / --out-dir)")
     inputs = {f: read_jsonl(f, "generation file") for f in args.files}
     for f, recs in inputs.items():
+        if not recs:
+            raise AlarmError(f"generation file {f} holds no records; nothing to score (write it with alarm generate)")
         for i, r in enumerate(recs, start=1):
             if not isinstance(r.get("prompt"), str) or not isinstance(r.get("completion"), str):
                 raise AlarmError(f"{f} record {i}: needs string 'prompt' and 'completion' (write it with alarm generate)")
@@ -198,9 +225,9 @@ def score(args: argparse.Namespace) -> int:
         _info("score: no --normalizers / --fit given: writing raw values only")
     for f, (scores, described) in results.items():
         described = normalize_scores(scores, described, normalizers)
-        target = Path(args.out) if args.out else Path(args.out_dir or Path(f).parent) / (_stem(f) + ".scored.jsonl")
+        target = targets[f]
         write_jsonl_atomic(target, [{**r, "scores": s} for r, s in zip(inputs[f], scores)])
-        write_json_atomic(meta_path(target), {"source": str(f), "rewards_config": str(args.rewards),
+        write_json_atomic(meta_path(target), {"source": str(Path(f).resolve()), "rewards_config": str(args.rewards),
                                         "normalizers": str(norm_source) if norm_source else None,
                                         "metrics": described})
         _info(f"score: wrote {target} ({len(scores)} responses, {len(described)} metrics)")
@@ -258,6 +285,9 @@ def _decoding(path: str) -> dict | None:
     """How a scored file's responses were generated (its generation sidecar's settings), if the sidecars tell."""
     scored = meta_path(path)
     source = json.loads(scored.read_text()).get("source") if scored.exists() else None
+    if source and not Path(source).is_absolute() and not Path(source).exists():
+        # written relative to wherever `alarm score` ran (older sidecars): try beside the scored file
+        source = str(Path(path).parent / Path(source).name)
     gen = meta_path(source) if source else meta_path(path)
     return json.loads(gen.read_text()) if gen.exists() else None
 
@@ -428,6 +458,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--out", default=None, help="scored output for a single input file")
     p.add_argument("--out-dir", default=None, help="directory for <name>.scored.jsonl (default: beside each input)")
     p.add_argument("--batch-size", type=int, default=64, help="responses per reward call")
+    p.add_argument("--overwrite", action="store_true", help="replace scored files that exist already")
     p.set_defaults(handler=score)
 
     p = subparsers.add_parser("select", allow_abbrev=False, help="choose the aspect rewards that agree with the holistic reward",
