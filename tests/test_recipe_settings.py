@@ -43,7 +43,7 @@ def test_config_show_reads_each_kind_of_recipe(recipe, kind, section):
 
     assert recipe_kind(yaml.safe_load((RECIPES / recipe).read_text())) == kind
     out = _show(recipe)
-    assert f"a {kind} recipe" in out
+    assert f"{kind} recipe, read by {KINDS[kind][0]}" in out
     if section:
         assert re.search(rf"^{section}\s*$", out, re.M)
 

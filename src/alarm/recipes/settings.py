@@ -103,7 +103,7 @@ def show(path: str, overrides: list[str] | None = None, kind: str | None = None,
     kind, recipe = resolve(path, overrides, kind)
     console = console or Console()
     command, model_cls = KINDS[kind]
-    console.print(f"[bold]{path}[/bold]: a {kind} recipe ({command}); the default is shown where a value "
+    console.print(f"[bold]{path}[/bold]: {kind} recipe, read by {command}; the default is shown where a value "
                   "differs from it")
     for section, rows in _sections(model_cls, recipe):
         table = Table(title=section, title_justify="left", box=box.SIMPLE_HEAD, expand=False)
