@@ -316,6 +316,15 @@ class PPOTrainer:
     def unwrapped(self) -> PolicyWithValue:
         return self.accelerator.unwrap_model(self.policy)
 
+    @property
+    def sampling_pass_is_exact(self) -> bool:
+        """Whether the sampling pass computes what the reference and update passes compute, so the rollout's
+        log-probs and values can come from it: float32/64 weights *and* no mixed precision. Decided by the
+        precision the passes run in, not the weights' dtype alone: under accelerate's bf16/fp16 autocast the
+        forward passes (reference, update) run autocast while ``generate`` does not, and their log-probs
+        differ (tiny Llama: mean |old − ref| 3e-4 per token at policy = reference, instead of 0)."""
+        return self.unwrapped.full_precision and self.accelerator.mixed_precision == "no"
+
     def _tempered(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits of the distribution actually sampled from (temperature applied): old, new and reference
         log-probs all use it, so the ratio and the KL refer to the sampling policy (TRL does the same)."""
@@ -582,9 +591,9 @@ class PPOTrainer:
         t_start = time.perf_counter()
         batch = self.encode_prompts(records)
         t0 = time.perf_counter()
-        if self.unwrapped.full_precision:
+        if self.sampling_pass_is_exact:
             responses, policy_outputs = self.generate(batch, with_policy_outputs=True)
-        else:  # bf16/fp16: the rollout log-probs come from the update's own forward pass (exact ratio 1)
+        else:  # bf16/fp16 weights or autocast: the rollout log-probs come from a forward pass (exact ratio 1)
             responses, policy_outputs = self.generate(batch), None
         t_gen = time.perf_counter() - t0
         exp, info = self.make_experience(records, batch, responses, policy_outputs)
