@@ -166,7 +166,7 @@ def summary_lines(head: Mapping[str, Any], width: int = 80, described: str | Non
     decided = w["wins"] + w["losses"]
     wr = "n/a" if w["low"] is None else f"{w['pct']:.1f}% [{w['low']:.1f}, {w['high']:.1f}]"
     paras = [
-        f"Result on {head['n_prompts']} test questions, greedy answers of the initial and the trained policy "
+        f"Result on {head['n_prompts']} test question{'s' if head['n_prompts'] != 1 else ''}, greedy answers of the initial and the trained policy "
         f"(intervals: {ci}, bootstrap over questions):",
         f"- Holistic reward ({what}): initial {_f(head['means']['initial'])}, trained "
         f"{_f(head['means']['trained'])}; paired difference {_d(d)}: {side}.",
@@ -228,6 +228,7 @@ def pick_examples(initial: Sequence[Mapping[str, Any]], trained: Sequence[Mappin
         for p, diff in items:
             q = a[p].get("question")
             question = q if isinstance(q, str) and q.strip() else str(a[p].get("prompt", ""))
+            question = textwrap.shorten(question, width=300, placeholder=" …")  # a prompt may be a whole document
             out.append({"kind": kind, "prompt_id": p, "question": question, "difference": diff,
                         "initial": side(a[p]), "trained": side(b[p])})
     return out
