@@ -539,7 +539,12 @@ def test_the_update_replays_the_frozen_layers_and_trains_exactly_as_without(tmp_
 def test_sampling_keeps_the_frozen_layers_output_so_the_reference_pass_skips_them(tmp_path, early_eos):
     model = tiny.causal_lm(layers=4)
     if early_eos:  # responses of unequal length: positions after EOS, which sampling fed and the passes mask
-        model.generation_config.sequence_bias = {(tiny.tokenizer().eos_token_id,): 4.0}
+        head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
+        with torch.no_grad():  # EOS made likelier in the model itself (PPO samples without generation_config's
+            head.weight.copy_(model.lm_head.weight)  # sequence_bias: its log-probs would not describe it)
+            head.bias.zero_()
+            head.bias[tiny.tokenizer().eos_token_id] = 4.0
+        model.lm_head = head
     tr = trainer(tmp_path, model, lora_layers=[2, 3], rollout_batch_size=4)
     nonzero_adapters(tr)  # merged while sampling: the kept states must still be those of the frozen layers
     records = [PROMPTS[0], PROMPTS[3], {"prompt": "Water boils at a hundred degrees and the"}, PROMPTS[5]]

@@ -16,6 +16,7 @@ import math
 import os
 import random
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import accumulate
@@ -279,6 +280,49 @@ def fsdp2_gathered(module: torch.nn.Module):
             m.set_reshard_after_forward(True, recurse=False)
 
 
+# generation_config settings that reshape the sampled distribution beyond temperature, top-p and top-k (which PPO
+# sets itself). The log-probs come from the raw tempered logits, so sampling with any of these would make the
+# ratio and the KL describe another distribution than the one sampled: PPO samples without them, and says so.
+RESHAPING = ("repetition_penalty", "encoder_repetition_penalty", "no_repeat_ngram_size",
+             "encoder_no_repeat_ngram_size", "bad_words_ids", "sequence_bias", "min_p", "typical_p", "top_h",
+             "epsilon_cutoff", "eta_cutoff", "min_length", "min_new_tokens", "forced_bos_token_id",
+             "forced_eos_token_id", "forced_decoder_ids", "suppress_tokens", "begin_suppress_tokens",
+             "exponential_decay_length_penalty", "guidance_scale", "watermarking_config", "num_beams",
+             "num_beam_groups", "diversity_penalty", "dola_layers", "penalty_alpha")
+
+
+def reshaping_settings(model) -> dict:
+    """The :data:`RESHAPING` settings ``model.generation_config`` sets to something other than their default."""
+    from transformers import GenerationConfig
+
+    fresh = GenerationConfig()
+    defaults = fresh._get_default_generation_params() if hasattr(fresh, "_get_default_generation_params") else {}
+    config = getattr(model, "generation_config", None)
+    found = {}
+    for name in RESHAPING:
+        value = getattr(config, name, None)
+        if value is None or value == getattr(fresh, name, None) or (name in defaults and value == defaults[name]):
+            continue
+        found[name] = value
+    return found
+
+
+@contextmanager
+def without_reshaping(model, names):
+    """``model.generation_config`` with the settings ``names`` at their neutral defaults, put back after."""
+    from transformers import GenerationConfig
+
+    config, fresh = model.generation_config, GenerationConfig()
+    saved = {name: getattr(config, name) for name in names}
+    for name in names:
+        setattr(config, name, getattr(fresh, name, None))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(config, name, value)
+
+
 class PPOTrainer:
     """Online PPO on a prompt set with an ALaRM :class:`RewardSet`.
 
@@ -309,6 +353,12 @@ class PPOTrainer:
         if tokenizer.pad_token_id is None:
             raise AlarmError("the tokenizer has no pad token; set tokenizer.pad_token (e.g. to the EOS token)")
         self._seed_everything(config.seed + self.accelerator.process_index)
+        self.reshaping = reshaping_settings(self.unwrapped.model)
+        if self.reshaping and self.accelerator.is_main_process:
+            warnings.warn("PPO samples without the policy's generation_config settings "
+                          f"{', '.join(f'{k}={v!r}' for k, v in self.reshaping.items())}: they reshape the sampled "
+                          "distribution, which the log-probs (tempered logits, top-p/top-k from ppo.*) would not "
+                          "describe; evaluation and `alarm generate` still use them", stacklevel=2)
 
     # -- helpers ------------------------------------------------------------------------------------------
 
@@ -431,7 +481,8 @@ class PPOTrainer:
             lambda _m, _i, out: last_states.append(out[0][:, -1])) if with_policy_outputs else None
         trunk_depth = policy.trunk_depth if with_policy_outputs else 0
         try:
-            with policy.merged_adapters(), recording_trunk(policy.model, trunk_depth) as trunk_steps:
+            with policy.merged_adapters(), recording_trunk(policy.model, trunk_depth) as trunk_steps, \
+                    without_reshaping(policy.model, self.reshaping):
                 out = policy.model.generate(
                     input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], do_sample=True,
                     temperature=c.temperature, top_p=c.top_p, top_k=c.top_k, max_new_tokens=c.max_new_tokens,
