@@ -58,9 +58,9 @@ def test_one_pass_logs_every_component_and_the_split_sums_to_the_return():
     assert (holistic.__name__, aspects.__name__) == ("alarm_holistic", "alarm_aspects")
     h, a = holistic(["q"] * len(BATCH), BATCH), aspects(["q"] * len(BATCH), BATCH)
     for r, hv, av, g in zip(out, h, a, gates):
-        assert (av is None) == (not g)  # None below ε (and for the empty response)
-        assert hv + (av or 0.0) == pytest.approx(r)
-        if av is not None:
+        assert (av == 0.0) == (not g)  # 0 below ε (and for the empty response): never None towards TRL
+        assert hv + av == pytest.approx(r)
+        if g:
             assert av > 0  # shaped aspects: the gated part only adds
     with pytest.raises(AlarmError, match="cannot read text"):
         reward(prompts=["q"], completions=[42])
@@ -163,12 +163,27 @@ def test_grpo_with_the_split_columns_sums_to_the_hierarchical_return(tmp_path):
     batch = seen[-1]
     h, a = batch["rewards"]["alarm_holistic"], batch["rewards"]["alarm_aspects"]
     expected = rs.sequence_rewards(["q"] * 8, batch["completion"])[0]
-    total = [x + (0.0 if math.isnan(y) else y) for x, y in zip(h, a)]
+    assert not any(math.isnan(y) for y in [*h, *a])  # no None (NaN in TRL) from alarm
+    total = [x + y for x, y in zip(h, a)]
     assert total == pytest.approx(expected, abs=1e-5)  # float32 in TRL
-    assert any(math.isnan(y) for y in a) and not all(math.isnan(y) for y in a)
+    assert 0.0 in a and any(y > 0 for y in a)  # both sides of the gate
     adv = batch["advantages"]
     for g in range(0, 8, 4):  # within each group TRL's advantages rank completions as R does
         for i in range(g, g + 4):
             for j in range(g, g + 4):
                 if expected[i] > expected[j] + 1e-4:
                     assert adv[i] > adv[j]
+
+
+def test_an_unscorable_completion_is_an_error_naming_it_or_a_logged_fallback():
+    def strict(prompts, completions, **kw):
+        return [float("nan") if "bad" in c else float(len(c)) for c in completions]
+
+    rs = RewardSet(CombineConfig(mode="holistic_only"), holistic=FunctionReward(strict, name="strict"), normalize=())
+    with pytest.raises(AlarmError, match="completion 1"):
+        AlarmReward(rs)(["q", "q"], ["good", "bad"])
+    metrics = {}
+    with pytest.warns(UserWarning, match=r"response 1\).*fallback -1.0"):
+        out = AlarmReward(rs, fallback=-1.0)(["q", "q"], ["good", "bad"], log_metric=metrics.__setitem__)
+    assert out == [rs.sequence_rewards(["q"], ["good"])[0][0], -1.0]
+    assert metrics["alarm/fallbacks"] == 1.0

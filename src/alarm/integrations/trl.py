@@ -14,11 +14,15 @@ rewards, and the scoring runs in a worker thread so it does not stall TRL's even
 **Aggregation.** TRL sums several reward functions (``reward_weights``) and normalises within each group of
 generations. The single combined function is exact under both ``multi_objective_aggregation`` modes: it is
 one column, so per-reward and whole-sum normalisation coincide. :meth:`AlarmReward.split` gives two
-columns instead, ``alarm_holistic`` (w_h·h) and ``alarm_aspects`` (Σ_k w_k·s(r_k), ``None`` below ε), so
+columns instead, ``alarm_holistic`` (w_h·h) and ``alarm_aspects`` (Σ_k w_k·s(r_k), 0 below ε), so
 TRL logs them apart. Their sum is R only under ``sum_then_normalize`` (TRL's default; RLOO always sums
-first), where ``None`` counts as 0. Under ``normalize_then_sum`` each column is z-scored within the group
+first). Under ``normalize_then_sum`` each column is z-scored within the group
 on its own: the aspect column is normalised over the gated-in completions only and can push a gated-in
 completion below a gated-out one, so the hierarchy no longer holds; ``split`` refuses that setting.
+
+No ``None`` or NaN goes to TRL (a ``None`` under per-reward normalisation makes NaN advantages): a
+completion that cannot be scored raises an error naming it, or gets ``fallback`` (logged as a warning and
+as ``alarm/fallbacks``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any
 
 from alarm.combine import HierarchyWarning, RewardSet, ScoredSequences
 from alarm.errors import AlarmError
-from alarm.integrations.run_rewards import fitted_reward_set
+from alarm.integrations.run_rewards import fitted_reward_set, score_for_engine
 
 _TRL_KWARGS = ("trainer_state", "log_metric", "log_extra", "completion_ids", "environments")
 
@@ -62,7 +66,7 @@ class AlarmReward:
     """
 
     def __init__(self, reward_set: RewardSet, name: str = "alarm", log_prefix: str = "alarm/",
-                 question_column: str = "question", log_completions: bool = True):
+                 question_column: str = "question", log_completions: bool = True, fallback: float | None = None):
         if not isinstance(reward_set, RewardSet):
             raise AlarmError(f"AlarmReward needs an alarm RewardSet, got {type(reward_set).__name__}")
         self.reward_set = reward_set
@@ -70,6 +74,7 @@ class AlarmReward:
         self.log_prefix = log_prefix
         self.question_column = question_column
         self.log_completions = log_completions
+        self.fallback = fallback
         self.last: ScoredSequences | None = None
         self._lock = threading.Lock()
         self._cache: tuple[Any, ScoredSequences] | None = None
@@ -99,7 +104,9 @@ class AlarmReward:
         with self._lock:
             if self._cache is not None and self._cache[0] == key:
                 return self._cache[1]
-            result = self.reward_set.score_sequences(prompts_t, completions_t, **columns)
+            result, fell_back = score_for_engine(self.reward_set, prompts_t, completions_t, columns,
+                                                 fallback=self.fallback, who="alarm TRL reward")
+            result.stats["fallbacks"] = float(sum(fell_back))
             self._cache = (key, result)
             self.last = result
             self._log(result, kwargs)
@@ -166,6 +173,14 @@ class AlarmReward:
         return AlarmAggregationCheck()
 
 
+def _column(result: ScoredSequences, which: str) -> list[float]:
+    """A split column, never None: a gated-out completion's aspect part is 0 (what sum_then_normalize made
+    of None too)."""
+    if which == "holistic":
+        return [float(x) for x in result.holistic_part]
+    return [0.0 if x is None else float(x) for x in result.aspect_part]
+
+
 class _Part:
     """One of the two columns of :meth:`AlarmReward.split`; both read one shared scoring pass."""
 
@@ -174,15 +189,13 @@ class _Part:
         self.which = which
         self.__name__ = f"{owner.__name__}_{which}"
 
-    def __call__(self, prompts, completions, **kwargs) -> list[float | None]:
-        result = self.owner.scored(prompts, completions, **kwargs)
-        return list(result.holistic_part if self.which == "holistic" else result.aspect_part)
+    def __call__(self, prompts, completions, **kwargs) -> list[float]:
+        return _column(self.owner.scored(prompts, completions, **kwargs), self.which)
 
 
 class _AsyncPart(_Part):
-    async def __call__(self, prompts, completions, **kwargs) -> list[float | None]:
-        result = await asyncio.to_thread(self.owner.scored, prompts, completions, **kwargs)
-        return list(result.holistic_part if self.which == "holistic" else result.aspect_part)
+    async def __call__(self, prompts, completions, **kwargs) -> list[float]:
+        return _column(await asyncio.to_thread(self.owner.scored, prompts, completions, **kwargs), self.which)
 
 
 class AsyncAlarmReward(AlarmReward):
