@@ -189,7 +189,11 @@ def _rm_scores(config, data):
         manager.reward_manager_cls = get_reward_manager_cls(config.reward.reward_manager.name)
         sys.modules["ray"].get = lambda refs: [loop.run_until_complete(r) for r in refs]
         return manager.compute_rm_score(data)
-    finally:
+    finally:  # a failed batch leaves verl's other per-response tasks pending: end them quietly
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.close()
         asyncio.set_event_loop(None)
 
