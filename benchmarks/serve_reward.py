@@ -229,10 +229,10 @@ def main(argv=None) -> int:
         ["clients", "responses per request", "responses/s", "p50 latency (ms)", "p99 latency (ms)", "errors"],
         [[r["clients"], r["per_request"], r["responses_per_s"], r["p50_ms"], r["p99_ms"], r["errors"]]
          for r in rows])
+    smoke_line = "SMOKE RUN: rule-based rewards, few requests; the numbers mean nothing.\n" if args.smoke else ""
     md = f"""# alarm serve-reward: one-sample clients against batches
 
-{'SMOKE RUN: rule-based rewards, few requests; the numbers mean nothing.' if args.smoke else ''}
-Rewards: {data['rewards']}; the server in its own process with {args.threads} torch threads, merging concurrent
+{smoke_line}Rewards: {data['rewards']}; the server in its own process with {args.threads} torch threads, merging concurrent
 requests into scoring passes of up to 64 responses (waiting at most 10 ms). Clients: threads of the
 benchmark process on the same machine, one HTTP connection each; every request carries the quickstart
 question, its reference and passages, and a response ending in `<|im_end|>`.
