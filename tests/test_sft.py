@@ -61,7 +61,7 @@ def test_sft_causal_labels_cover_only_the_translation():
 
 
 def test_sft_config_rejects_unknown_settings(tmp_path):
-    from alarm.trainers.sft import load_sft_config
+    from alarm.recipes.sft import load_sft_config
 
     with pytest.raises(AlarmError, match="learnig_rate: unknown setting"):
         load_sft_config(None, ["learnig_rate=1e-4"])

@@ -50,12 +50,18 @@ def prompt_records(data, tokenizer, split: str, seq2seq: bool = False) -> list[d
         records = qa_feedback.load_split(data.path, split, seed=data.split_seed)
         return qa_feedback.paper_records(records, tokenizer, seq2seq, data.max_prompt_tokens, data.system_prompt)
 
-    if data.path is not None and str(data.path).endswith(".json"):
-        raise AlarmError(f"{data.path} looks like a QA-Feedback prompt file; set data.task: qa_feedback")
-    records = split_records(load_qa_jsonl(data.path), split)
+    return qa_prompt_records(data.path, tokenizer, split, data.system_prompt)
+
+
+def qa_prompt_records(path: str | None, tokenizer, split: str, system_prompt: str | None = None) -> list[dict]:
+    """The records of one split of a QA JSONL (None: the packaged quickstart set), prompts built with the
+    tokenizer's chat template."""
+    if path is not None and str(path).endswith(".json"):
+        raise AlarmError(f"{path} looks like a QA-Feedback prompt file; set data.task: qa_feedback")
+    records = split_records(load_qa_jsonl(path), split)
     if not records:
         raise AlarmError(f"the data has no records in split {split!r}; check data.path and the split names")
-    return [{"id": r.id, "prompt": format_prompt(tokenizer, r.question, r.passages, data.system_prompt),
+    return [{"id": r.id, "prompt": format_prompt(tokenizer, r.question, r.passages, system_prompt),
              "question": r.question, "passages": list(r.passages), "reference": r.reference} for r in records]
 
 

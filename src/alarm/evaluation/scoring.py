@@ -19,8 +19,7 @@ import math
 import os
 from pathlib import Path
 
-from alarm.config import DataSpec
-from alarm.data.prompts import prompt_records, reward_inputs
+from alarm.data.prompts import qa_prompt_records, reward_inputs
 from alarm.errors import AlarmError
 from alarm.io import jsonl_lines, read_jsonl, read_text
 from alarm.progress import Progress
@@ -56,9 +55,8 @@ def load_prompt_set(path: str | None, tokenizer, split: str = "test", system: st
     if path is None or "question" in first:  # the QA format: records built as training builds them
         if split not in ("train", "test", "all"):
             raise AlarmError(f"no prompts in split {split!r}; use --split train, test or all")
-        data = DataSpec(path=path, system_prompt=system)
         return [{**r, "split": s} for s in (("train", "test") if split == "all" else (split,))
-                for r in prompt_records(data, tokenizer, s)]
+                for r in qa_prompt_records(path, tokenizer, s, system)]
     out, seen = [], set()
     for i, r in enumerate(read_jsonl(path, "prompt file"), start=1):
         if "id" not in r or not isinstance(r.get("prompt"), str) or not r["prompt"]:

@@ -6,7 +6,13 @@
 
 from __future__ import annotations
 
-from alarm.trainers.sft import SFTConfig, load_sft_config, run_sft
+from alarm.config import read_settings, validate_settings
+from alarm.trainers.sft import SFTConfig, run_sft
+
+
+def load_sft_config(path: str | None, overrides: list[str] | None = None) -> SFTConfig:
+    """YAML file (optional) + ``key=value`` overrides → a validated :class:`SFTConfig`."""
+    return validate_settings(SFTConfig, read_settings(path, overrides))
 
 
 def _handle(args) -> int:

@@ -22,12 +22,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from alarm.config import read_settings, validate_settings
 from alarm.data.mt import format_mt_prompt, load_splits
 from alarm.errors import AlarmError
 from alarm.generation import generate_texts
-from alarm.models import is_encoder_decoder
-from alarm.models import load_policy as load
+from alarm.models import is_encoder_decoder, load_policy
 from alarm.outputs import check_output_dir
 
 
@@ -126,15 +124,6 @@ def translate(model, tokenizer, sources: list[str], seq2seq: bool, config: SFTCo
 # ----------------------------------------------------------------------------------------------- the run
 
 
-def load_policy(config: SFTConfig):
-    """(model, tokenizer, seq2seq) for ``config.model`` through :func:`alarm.models.load_policy`."""
-
-    model, tokenizer = load(config.model, trust_remote_code=config.trust_remote_code)
-    if tokenizer.eos_token_id is None:
-        raise AlarmError(f"the tokenizer of {config.model!r} has no EOS token; SFT appends EOS to every target")
-    return model, tokenizer, is_encoder_decoder(model)
-
-
 def run_sft(config: SFTConfig, model=None, tokenizer=None) -> dict:
     """Fine-tune, evaluate, save. ``model``/``tokenizer`` may be passed in (else loaded from ``config.model``).
 
@@ -162,9 +151,10 @@ def run_sft(config: SFTConfig, model=None, tokenizer=None) -> dict:
     if not train_pairs or not eval_pairs:
         raise AlarmError(f"{config.data}: the train or {config.eval_split} split is empty; give more pairs")
     if model is None:
-        model, tokenizer, seq2seq = load_policy(config)
-    else:
-        seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+        model, tokenizer = load_policy(config.model, trust_remote_code=config.trust_remote_code)
+    if tokenizer.eos_token_id is None:
+        raise AlarmError(f"the tokenizer of {config.model!r} has no EOS token; SFT appends EOS to every target")
+    seq2seq = is_encoder_decoder(model)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
 
@@ -216,9 +206,3 @@ def run_sft(config: SFTConfig, model=None, tokenizer=None) -> dict:
             f.write(json.dumps({k: v for k, v in entry.items() if not isinstance(v, float) or math.isfinite(v)})
                     + "\n")
     return metrics
-
-
-def load_sft_config(path: str | None, overrides: list[str] | None = None) -> SFTConfig:
-    """YAML file (optional) + ``key=value`` overrides → a validated :class:`SFTConfig`."""
-
-    return validate_settings(SFTConfig, read_settings(path, overrides))
