@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from alarm.errors import AlarmError
+from alarm.outputs import check_output_dir
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -80,19 +81,6 @@ def read_jsonl(path: str | os.PathLike, what: str = "file") -> list[dict]:
     return out
 
 
-def check_writable_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
-    """Refuse, before any work, a directory that is a file or cannot be created or written."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise AlarmError(f"{what} {p} is a file; pass a directory")
-    parent = p
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise AlarmError(f"{what} {p} cannot be written ({parent} is not writable); choose another")
-    return p
-
-
 RUN_MARKERS = ("config.yaml", "checkpoints", "metrics.jsonl", "meta.json")
 
 
@@ -101,7 +89,7 @@ def claim_run_dir(path: str | os.PathLike, resume: bool, overwrite: bool, what: 
     refused unless resuming it or told to replace it; a replaced one must look like an alarm run."""
     import shutil
 
-    p = check_writable_dir(path, what)
+    p = check_output_dir(path, what)
     if p.is_dir() and any(p.iterdir()) and not resume:
         if not overwrite:
             raise AlarmError(f"{what} {p} already holds a run; pass --resume to continue it, --overwrite to "

@@ -22,14 +22,9 @@ from alarm.errors import AlarmError
 from alarm.evaluation.compare import win_counts
 from alarm.evaluation.plots import PPO_PANELS
 from alarm.generation import generate_texts
-from alarm.io import (
-    check_writable_dir,
-    claim_run_dir,
-    write_json_atomic,
-    write_jsonl_atomic,
-    write_text_atomic,
-)
+from alarm.io import claim_run_dir, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from alarm.models import load_policy
+from alarm.outputs import check_output_dir
 from alarm.recipes.report import evaluate_systems, evaluation_markdown, print_result, training_markdown
 from alarm.rewards.base import summarize
 from alarm.selection import (
@@ -262,7 +257,7 @@ def run(recipe: Recipe, steps: tuple[str, ...] = ("sample", "select", "train", "
     import torch
 
     torch.manual_seed(recipe.seed)
-    run_dir = check_writable_dir(recipe.run_dir(), "run directory")
+    run_dir = check_output_dir(recipe.run_dir(), "run directory")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     model, tokenizer = load_policy(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code)

@@ -28,8 +28,9 @@ from alarm.data.prompts import prompt_records, reward_inputs
 from alarm.errors import AlarmError
 from alarm.evaluation.plots import VCB_PANELS
 from alarm.generation import generate_texts
-from alarm.io import check_writable_dir, claim_run_dir, write_text_atomic
+from alarm.io import claim_run_dir, write_text_atomic
 from alarm.models import is_encoder_decoder, load_policy
+from alarm.outputs import check_output_dir
 from alarm.recipes.ppo import RESUME_HELP, initial_and_trained, resume_arg
 from alarm.recipes.report import evaluate_systems, evaluation_markdown, print_result, training_markdown
 from alarm.rewards.base import summarize
@@ -100,7 +101,7 @@ def run_sample(recipe: VCBRecipe, model=None, tokenizer=None, reward_set=None, p
     import datasets
     import torch
 
-    out = check_writable_dir(recipe.samples_dir(), "samples directory")
+    out = check_output_dir(recipe.samples_dir(), "samples directory")
     shards, final = out / "shards", out / "dataset"
     s = recipe.sample
     meta = {"model": recipe.model.name, "data": recipe.data.model_dump(), "seed": recipe.seed, **s.model_dump()}
@@ -190,7 +191,7 @@ def run_train(recipe: VCBRecipe, resume: bool | str = False, model=None, tokeniz
     intact checkpoint or a checkpoint's path; ``overwrite`` replaces an earlier training run once every
     input was loaded."""
 
-    out = check_writable_dir(recipe.training_dir(), "training directory")
+    out = check_output_dir(recipe.training_dir(), "training directory")
     samples = load_samples(recipe)
     meta = json.loads((recipe.samples_dir() / "meta.json").read_text())
     reward_set = build_reward_set(recipe)  # the greedy diagnostics (vcb.eval_greedy) and the final evaluation
