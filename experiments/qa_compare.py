@@ -24,6 +24,10 @@ Writes experiments/results/qa_compare.{json,md} and qa_compare_answers.jsonl (ev
 scores, no QA-Feedback text): with it, a later ``--stage eval --judge-url …`` redoes the tables and adds the judge
 without the trained policies, which live in the (uncommitted) run directory. The reward models (runs/rm) are
 still needed for the selection stage, which reruns first when its directory is gone.
+
+``--smoke MODEL_DIR`` (with ``--run-dir`` and ``--out`` of its own): every stage on a tiny saved policy with
+length rewards in place of the reward models, 4 selection questions, one seed, one step, 2 evaluation questions:
+that the script runs (tests/test_experiments.py), not a result.
 """
 
 from __future__ import annotations
@@ -87,6 +91,14 @@ def base_settings(args) -> dict:
                     grad_accum_steps=1, ppo_epochs=args.ppo_epochs, max_new_tokens=args.max_new_tokens,
                     save_every=args.save_every, temperature=1.0, top_p=1.0, top_k=0)
     s["eval"].update(max_new_tokens=args.max_new_tokens, max_prompts=args.eval_questions)
+    if getattr(args, "smoke", None):  # a tiny policy; lengths stand in for the reward models
+        s["model"]["name"] = args.smoke
+        s["rewards"] = {"holistic": {"type": "length", "unit": "chars"},
+                        "aspects": {"factuality": {"type": "length", "unit": "words"},
+                                    "relevance": {"type": "length", "unit": "sentences"},
+                                    "length": {"type": "length", "unit": "words"}},
+                        "normalize": ["holistic"]}
+        s["sample"]["batch_size"] = 4
     write_json_atomic(frozen, s)
     return json.loads(frozen.read_text())
 
@@ -348,7 +360,11 @@ def write_results(args, root: Path, selection: dict, aspect: str, evaluated: dic
     print("\n".join(lines))
 
 
-def main() -> None:
+SMOKE = {"seeds": [1], "steps": 1, "rollout_batch": 2, "ppo_epochs": 1, "max_new_tokens": 4, "save_every": 1,
+         "selection_prompts": 4, "eval_questions": 2, "max_prompt_tokens": 1024}  # byte-level pieces: long prompts
+
+
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage", choices=("selection", "train", "eval", "all"), default="all")
     ap.add_argument("--rm-dir", default="runs/rm")
@@ -370,7 +386,10 @@ def main() -> None:
     ap.add_argument("--judge-max-tokens", type=int, default=64)
     ap.add_argument("--train-seeds", type=int, nargs="+", default=None,
                     help="train only these of --seeds (one process per core: e.g. --train-seeds 3 beside the main job)")
-    args = ap.parse_args()
+    ap.add_argument("--smoke", metavar="MODEL_DIR", default=None, help="a tiny saved policy, length rewards: seconds")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        vars(args).update(SMOKE)
     if args.train_seeds and not set(args.train_seeds) <= set(args.seeds):
         raise SystemExit(f"--train-seeds {args.train_seeds} must be among --seeds {args.seeds}")
     root = Path(args.run_dir)

@@ -5,6 +5,8 @@
 Runs ``alarm rm evaluate --config <recipe> --folds 5`` (k-fold by question over all 400 shared questions) for
 each recipe and collects mean ± std of each model and its trivial baselines into
 experiments/results/rm_cv.{json,md}. Resumable: a recipe whose ``cv.json`` exists under --run-dir is not rerun.
+``--smoke`` (with ``--run-dir`` and ``--out`` of its own): the holistic evidence model, 2 folds over the first 24
+questions of the shared feedback file: that the script runs (tests/test_experiments.py), not a result.
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ TARGETS = {  # issue 16: cross-validated margins over the trivial baseline
 }
 
 
-def run(name: str, run_dir: Path, folds: int) -> dict:
+def run(name: str, run_dir: Path, folds: int, overrides: tuple[str, ...] = ()) -> dict:
     out = run_dir / name
     cv = out / "cv.json"
     if not cv.exists():
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "alarm.cli", "rm", "evaluate", "--config", str(RECIPES / f"rm_{name}.yaml"),
-                        "--folds", str(folds), "--out", str(out)], check=True)
+                        "--folds", str(folds), "--out", str(out), *overrides], check=True)
         summary = json.loads(cv.read_text())
         summary["seconds"] = round(time.perf_counter() - t0, 1)
         cv.write_text(json.dumps(summary, indent=2))
@@ -60,18 +62,26 @@ def table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", help="comma-separated recipe names (default: all, in a fixed order)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--run-dir", default="runs/rm_cv")
     ap.add_argument("--out", default=str(HERE / "results"))
-    args = ap.parse_args()
+    ap.add_argument("--smoke", action="store_true", help="one model, 2 folds, 24 questions: seconds")
+    args = ap.parse_args(argv)
     names = args.only.split(",") if args.only else list(ORDER)
     run_dir = Path(args.run_dir)
+    overrides: tuple[str, ...] = ()
+    if args.smoke:
+        names, args.folds = ["holistic_evidence"], 2
+        feedback = json.loads((HERE.parents[1] / "shared" / "data" / "qa_feedback" / "feedback.json").read_text())
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "feedback.json").write_text(json.dumps(feedback[:24]))
+        overrides = (f"data={run_dir / 'feedback.json'}",)
     results = {}
     for name in names:
-        results[name] = run(name, run_dir, args.folds)
+        results[name] = run(name, run_dir, args.folds, overrides)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         keep = {k: {kk: vv for kk, vv in v.items() if kk != "per_fold"} for k, v in results.items()}

@@ -21,7 +21,9 @@ TL;DR stand-in). Every stage is resumable: samples are stored in shards, each tr
    baseline by the held-out reward and (``--judge-url``) by the llama.cpp-served judge in both orders, pooled
    over seeds, with the win rate's bootstrap interval; calibration (ranking accuracy, corr) per loss.
 
-Writes experiments/results/vcb_study.{json,md}.
+Writes experiments/results/vcb_study.{json,md}. ``--smoke MODEL_DIR`` (with ``--run-dir`` and ``--out`` of
+its own): every stage on a tiny saved policy, two prompts, one seed, two knobs, a few tokens: that the script
+runs (tests/test_experiments.py), not a result.
 """
 
 from __future__ import annotations
@@ -137,7 +139,12 @@ def _wtl(cell: dict) -> str:
     return f"{cell['wins']} / {cell['ties']} / {cell['losses']} | {rate}"
 
 
-def main() -> None:
+SMOKE = ["sample.n=2", "sample.max_new_tokens=4", "sample.prompts_per_shard=4", "sample.batch_size=4",
+         "vcb.lora_layers=null", "vcb.batch_size=2", "vcb.micro_batch_size=2", "vcb.eval_max_new_tokens=4",
+         "vcb.eval_batch_size=4"]
+
+
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage", choices=("sample", "knobs", "compare", "all"), default="all")
     ap.add_argument("--recipe", default=str(RECIPES / "vcb_hh_offline.yaml"))
@@ -161,7 +168,12 @@ def main() -> None:
     ap.add_argument("--judge-url", default=None)
     ap.add_argument("--judge-prompts", type=int, default=None, help="(prompt, seed) units the judge reads")
     ap.add_argument("--set", nargs="*", default=[], help="further recipe overrides (key=value)")
-    args = ap.parse_args()
+    ap.add_argument("--smoke", metavar="MODEL_DIR", default=None, help="a tiny saved policy, a few tokens: seconds")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.set = [f"model.name={args.smoke}", *SMOKE, *args.set]
+        args.train_prompts, args.eval_prompts, args.seeds, args.ppo_steps = 2, 2, [1], 1
+        args.knobs = "lr=1e-3,dpo@lr=1e-3"
     t0 = time.perf_counter()
     base = load_vcb_recipe(args.recipe, overrides(args))
     model, tokenizer = load_policy(base.model.name)
