@@ -152,14 +152,14 @@ def test_loads_local_safetensors_model(tmp_path):
     assert (tmp_path / "tiny" / "model.safetensors").exists()
     model = models.load_causal_lm(str(tmp_path / "tiny"), dtype=torch.bfloat16)
     assert model.dtype == torch.bfloat16
-    assert not models.is_encoder_decoder(model)
+    assert not models.is_seq2seq(model)
 
 
-def test_is_encoder_decoder_on_t5(tmp_path):
+def test_is_seq2seq_on_t5(tmp_path):
     config = T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2)
     T5ForConditionalGeneration(config).save_pretrained(tmp_path / "t5")
     model = models.load_seq2seq_lm(str(tmp_path / "t5"))
-    assert models.is_encoder_decoder(model)
+    assert models.is_seq2seq(model)
 
 
 def test_tokenizer_gets_pad_token_and_padding_side(tmp_path):

@@ -486,7 +486,7 @@ def test_layers_that_share_a_bottom_layers_cache_have_no_frozen_trunk(tmp_path):
 
 def test_a_replay_puts_back_a_forward_that_a_hook_had_set_on_the_layer(tmp_path):
     """accelerate's device-map dispatch sets ``forward`` on the layer instance; a replay must not delete it."""
-    from alarm.trainers.sequences import replaying_trunk
+    from alarm.trainers.trunk import replaying_trunk
 
     tr = trainer(tmp_path, tiny.causal_lm(layers=4), lora_layers=[2, 3])
     layer = tr.unwrapped.model.get_base_model().model.layers[0]
@@ -503,14 +503,14 @@ def test_a_replay_puts_back_a_forward_that_a_hook_had_set_on_the_layer(tmp_path)
 
 
 def test_a_decoding_loop_of_another_shape_keeps_no_trunk():
-    from alarm.trainers.ppo import PPOTrainer
+    from alarm.trainers.trunk import sampled_trunk
 
     batch, responses = {"prompt_ids": torch.zeros(2, 5, dtype=torch.long)}, torch.zeros(2, 3, dtype=torch.long)
     states = lambda *widths: [torch.randn(2, w, 4) for w in widths]  # noqa: E731
-    assert PPOTrainer._sampled_trunk(states(5, 1, 1), batch, responses)["trunk_response"].shape == (2, 3, 4)
-    assert PPOTrainer._sampled_trunk(states(3, 2, 1, 1), batch, responses)  # a chunked prefill
+    assert sampled_trunk(states(5, 1, 1), batch, responses)["trunk_response"].shape == (2, 3, 4)
+    assert sampled_trunk(states(3, 2, 1, 1), batch, responses)  # a chunked prefill
     for widths in [(5, 1), (5, 1, 1, 1), (5, 2), (4, 1, 1), (6, 1)]:  # extra or missing steps, unaligned chunks
-        assert PPOTrainer._sampled_trunk(states(*widths), batch, responses) == {}, widths
+        assert sampled_trunk(states(*widths), batch, responses) == {}, widths
 
 
 def test_the_update_replays_the_frozen_layers_and_trains_exactly_as_without(tmp_path):

@@ -20,6 +20,7 @@ from pydantic.fields import FieldInfo
 from alarm.combine import CombineConfig, RewardSet
 from alarm.errors import AlarmError
 from alarm.io import read_text
+from alarm.selection import DEFAULT_MAX_CONFLICT
 from alarm.trainers.configs import PPOConfig
 
 _STRICT = ConfigDict(extra="forbid")
@@ -82,7 +83,7 @@ class SelectionSpec(BaseModel):
 
     model_config = _STRICT
     enabled: bool = Field(True, description="run reward selection before training")
-    max_conflict: float | None = Field(0.4, ge=0, le=1, description=(
+    max_conflict: float | None = Field(DEFAULT_MAX_CONFLICT, ge=0, le=1, description=(
         "keep the aspects whose conflict rate with the holistic reward is at most this (null: no threshold)"))
     top_k: int | None = Field(None, ge=1, description="keep at most the k least conflicting aspects (null: no "
                               "limit)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from alarm.models import is_seq2seq
 from alarm.progress import Progress
 from alarm.trainers.sequences import response_mask
 
@@ -12,14 +13,14 @@ def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int = 6
                    num_samples: int = 1, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                    batch_size: int = 16, progress: str | None = None) -> list[list[str]]:
     """``num_samples`` completions per prompt (greedy by default), decoded up to the first EOS."""
-    is_seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    seq2seq = is_seq2seq(model)
     eos = model.generation_config.eos_token_id
     if eos is None:
         eos = tokenizer.eos_token_id
     flat = [p for p in prompts for _ in range(num_samples)]
     out: list[str] = []
     side = tokenizer.padding_side
-    tokenizer.padding_side = "right" if is_seq2seq else "left"
+    tokenizer.padding_side = "right" if seq2seq else "left"
     was_training = model.training
     model.eval()
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) if do_sample else \
@@ -28,11 +29,11 @@ def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int = 6
         with Progress(progress or "", len(flat), enabled=progress is not None) as bar:
             for i in range(0, len(flat), batch_size):
                 enc = tokenizer(flat[i : i + batch_size], return_tensors="pt", padding=True,
-                                add_special_tokens=is_seq2seq).to(model.device)
+                                add_special_tokens=seq2seq).to(model.device)
                 with torch.inference_mode():
                     ids = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=eos,
                                          pad_token_id=tokenizer.pad_token_id, **sampling)
-                responses = ids[:, 1:] if is_seq2seq else ids[:, enc["input_ids"].shape[1] :]
+                responses = ids[:, 1:] if seq2seq else ids[:, enc["input_ids"].shape[1] :]
                 lengths = response_mask(responses, eos).sum(1).long().tolist()
                 out += [tokenizer.decode(responses[j, :n], skip_special_tokens=True) for j, n in enumerate(lengths)]
                 bar.update(advance=len(lengths))

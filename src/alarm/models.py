@@ -206,9 +206,10 @@ def load_seq2seq_lm(
     return _load(AutoModelForSeq2SeqLM, name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
-def is_encoder_decoder(model) -> bool:
-    """True for T5-style models; works on PEFT-wrapped models too (they forward .config)."""
-    return bool(getattr(model.config, "is_encoder_decoder", False))
+def is_seq2seq(model) -> bool:
+    """True for encoder-decoder (T5-style) models: the one check every module uses. ``model``: a model (PEFT-
+    wrapped too: it forwards .config) or its config."""
+    return bool(getattr(getattr(model, "config", model), "is_encoder_decoder", False))
 
 
 def load_policy(spec: str | None, trust_remote_code: bool = False, base_model: str | None = None):
@@ -259,7 +260,7 @@ def _load_model_and_tokenizer(name_or_path: str | None, trust_remote_code: bool)
     except (OSError, ValueError) as e:
         raise AlarmError(f"model {name_or_path} not found or unreadable ({str(e).splitlines()[0][:160]}); give a "
                          f"local path, a hub id (needs network), a run's checkpoint directory or '{SMOLLM2}'") from None
-    seq2seq = bool(getattr(config, "is_encoder_decoder", False))
+    seq2seq = is_seq2seq(config)
     model = (load_seq2seq_lm if seq2seq else load_causal_lm)(resolved, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(resolved, padding_side="right" if seq2seq else "left")
     return model, tokenizer

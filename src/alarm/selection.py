@@ -28,7 +28,10 @@ import numpy as np
 from scipy import stats as sps
 
 from alarm.errors import AlarmError
-from alarm.evaluation.compare import win_counts
+from alarm.evaluation.statistics import win_counts
+from alarm.io import write_json_atomic, write_text_atomic
+
+DEFAULT_MAX_CONFLICT = 0.4  # keep the aspects conflicting with the holistic reward on at most 40 % of its decisive pairs
 
 __all__ = [
     "AspectStats",
@@ -428,6 +431,27 @@ def win_rates(
 
 # ---------------------------------------------------------------------------------------------------------
 # Reports
+
+
+def run_selection(pairs: tuple, out_dir: str | Path, *, higher_is_better: Mapping[str, bool] | None = None,
+                  tie_tol: float = 0.0, holistic: str = "holistic", sides: tuple[str, str] = ("a", "b"),
+                  max_conflict: float | None = DEFAULT_MAX_CONFLICT, top_k: int | None = None,
+                  min_decisive: float = 0.0, header: str = "", footer: str = "",
+                  extra: Mapping[str, Any] | None = None) -> tuple[dict[str, AspectStats], Selection, dict]:
+    """The reward selection on paired scores ``pairs`` = ``(h_a, h_b, m_a, m_b)`` (:func:`pair_up`): every
+    aspect's statistics, the win rates, the kept aspects, written to ``out_dir``/selection.{json,md,png}
+    (``extra`` keys first in the JSON; ``header`` and ``footer`` around the Markdown table). The one runner of
+    `alarm select` and `alarm run`'s select step."""
+    h_a, h_b, m_a, m_b = pairs
+    stats = compute_stats(h_a, h_b, m_a, m_b, higher_is_better, tie_tol)
+    wins = win_rates(h_a, h_b, m_a, m_b, higher_is_better, tie_tol, holistic=holistic)
+    selection = select_aspects(stats, max_conflict=max_conflict, top_k=top_k, min_decisive=min_decisive)
+    out = Path(out_dir)
+    write_json_atomic(out / "selection.json", {**(extra or {}), "n_pairs": len(h_a),
+                                               **selection_to_json(stats, selection, wins, sides)})
+    write_text_atomic(out / "selection.md", header + selection_markdown(stats, selection, wins, sides) + footer)
+    plot_selection(stats, selection, out / "selection.png", wins, sides)
+    return stats, selection, wins
 
 
 def selection_to_json(stats: Mapping[str, AspectStats], selection: Selection, wins: Mapping[str, dict] | None = None,

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from alarm.errors import AlarmError, redact_url
+from alarm.evaluation.statistics import win_rate_interval
 from alarm.progress import Progress
 
 log = logging.getLogger("alarm.judge")
@@ -228,7 +229,6 @@ def summarize_outcomes(outcomes: Sequence[PairOutcome], n_boot: int = 2000, seed
     """Counts; win rate = wins / (wins + losses) (None when every pair tied) and the paper's 100·wins/(wins+losses)
     (50 when none is decisive) with a bootstrap interval over prompts (one outcome per prompt), or over whole
     clusters when given (a question under several seeds is one draw, as in the win-rate matrix)."""
-    from alarm.evaluation.compare import win_rate_interval
 
     signs = [OUTCOME_SIGN[o.outcome] for o in outcomes]
     wins, losses = signs.count(1), signs.count(-1)
@@ -252,10 +252,6 @@ def summarize_outcomes(outcomes: Sequence[PairOutcome], n_boot: int = 2000, seed
         "verdicts_parsed": sum(j.verdict is not None for j in replies),
         "position_consistency": (sum(o.reason in ("agree", "both_tie") for o in asked) / len(asked)) if asked else None,
     }
-
-
-class _Transient(Exception):
-    """A failure worth retrying (connection refused, timeout, 5xx, 429)."""
 
 
 class Judge:

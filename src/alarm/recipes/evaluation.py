@@ -33,15 +33,7 @@ from alarm.models import load_policy, policy_checkpoint
 from alarm.outputs import check_output_dir, check_output_file
 from alarm.progress import Progress
 from alarm.rewards.normalize import Normalizer, save_normalizers
-from alarm.selection import (
-    compute_stats,
-    pair_up,
-    plot_selection,
-    select_aspects,
-    selection_markdown,
-    selection_to_json,
-    win_rates,
-)
+from alarm.selection import DEFAULT_MAX_CONFLICT, pair_up, run_selection, selection_markdown
 
 
 def _csv(value: str | None) -> list[str]:
@@ -310,7 +302,7 @@ def _check_greedy_vs_sample(greedy: str, sampled: str) -> None:
 def select(args: argparse.Namespace) -> int:
 
     if args.top_k is None and args.max_conflict is None:
-        args.max_conflict = 0.4
+        args.max_conflict = DEFAULT_MAX_CONFLICT
     check_output_dir(args.out_dir, "--out-dir")
     pairs = args.pairs or ("two-samples" if len(args.files) == 1 else "greedy-vs-sample")
     need = 1 if pairs == "two-samples" else 2
@@ -346,19 +338,14 @@ def select(args: argparse.Namespace) -> int:
     aspects = _csv(args.aspects) or default_aspects(names, args.holistic)
     h_a, h_b, m_a, m_b = pair_up(a, b, holistic=args.holistic, aspects=aspects)
     directions = {k: dirs[k] for k in aspects if k in dirs}
-    stats = compute_stats(h_a, h_b, m_a, m_b, directions, args.tie_tol)
-    wins = win_rates(h_a, h_b, m_a, m_b, directions, args.tie_tol, holistic=args.holistic)
-    selection = select_aspects(stats, max_conflict=args.max_conflict, top_k=args.top_k, min_decisive=args.min_decisive)
-    out = Path(args.out_dir)
-    write_json_atomic(out / "selection.json", {"source": source, "pairs": pairs, "holistic": args.holistic,
-                                         "n_pairs": len(h_a), **selection_to_json(stats, selection, wins, sides)})
-    table = selection_markdown(stats, selection, wins, sides)
-    md = f"# Reward selection\n\nPairs: {len(h_a)} from {source}; holistic reward: `{args.holistic}`.\n\n"
-    md += table + "\n![selection](selection.png)\n"
-    (out / "selection.md").write_text(md)
-    plot_selection(stats, selection, out / "selection.png", wins, sides)
-    print(table)
-    _info(f"select: kept {', '.join(selection.kept) or 'none'}; wrote {out}/selection.json, selection.md, selection.png")
+    stats, selection, wins = run_selection(
+        (h_a, h_b, m_a, m_b), args.out_dir, higher_is_better=directions, tie_tol=args.tie_tol, holistic=args.holistic,
+        sides=sides, max_conflict=args.max_conflict, top_k=args.top_k, min_decisive=args.min_decisive,
+        extra={"source": source, "pairs": pairs, "holistic": args.holistic},
+        header=f"# Reward selection\n\nPairs: {len(h_a)} from {source}; holistic reward: `{args.holistic}`.\n\n",
+        footer="\n![selection](selection.png)\n")
+    print(selection_markdown(stats, selection, wins, sides))
+    _info(f"select: kept {', '.join(selection.kept) or 'none'}; wrote {args.out_dir}/selection.json, selection.md, selection.png")
     return 0
 
 

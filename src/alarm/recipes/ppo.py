@@ -19,24 +19,15 @@ from alarm.combine import RewardSet
 from alarm.config import Recipe, build_reward_set, load_recipe
 from alarm.data.prompts import prompt_records, reward_inputs
 from alarm.errors import AlarmError
-from alarm.evaluation.compare import win_counts
 from alarm.evaluation.plots import PPO_PANELS
+from alarm.evaluation.statistics import win_counts
 from alarm.generation import generate_texts
 from alarm.io import claim_run_dir, write_json_atomic, write_jsonl_atomic, write_text_atomic
-from alarm.models import load_policy
+from alarm.models import is_seq2seq, load_policy
 from alarm.outputs import check_output_dir
 from alarm.recipes.report import evaluate_systems, evaluation_markdown, print_result, training_markdown
 from alarm.rewards.base import summarize
-from alarm.selection import (
-    compute_stats,
-    pair_up,
-    pairs_from_samples,
-    plot_selection,
-    select_aspects,
-    selection_markdown,
-    selection_to_json,
-    win_rates,
-)
+from alarm.selection import pair_up, pairs_from_samples, run_selection
 from alarm.trainers.ppo import PPOTrainer
 
 console = Console()
@@ -131,14 +122,10 @@ def select_step(recipe: Recipe, reward_set: RewardSet, samples: list[dict], run_
         h_a, h_b, m_a, m_b = pairs_from_samples(two, holistic="holistic", aspects=aspects)
         sides, described = ("sample 1", "sample 2"), "two samples of the initial policy per prompt"
     hib = {k: getattr(reward_set.aspects[k], "higher_is_better", True) for k in aspects}
-    stats = compute_stats(h_a, h_b, m_a, m_b, higher_is_better=hib)
-    wins = win_rates(h_a, h_b, m_a, m_b, higher_is_better=hib)
-    selection = select_aspects(stats, max_conflict=sel.max_conflict, top_k=sel.top_k, min_decisive=sel.min_decisive)
-    write_json_atomic(run_dir / "selection.json", {"pairs": sel.pairs, "n_pairs": len(h_a),
-                                            **selection_to_json(stats, selection, wins, sides)})
-    write_text_atomic(run_dir / "selection.md", f"Pairs: {len(h_a)}, {described}.\n\n"
-                                          + selection_markdown(stats, selection, wins, sides))
-    plot_selection(stats, selection, run_dir / "selection.png", wins, sides)
+    _, selection, wins = run_selection((h_a, h_b, m_a, m_b), run_dir, higher_is_better=hib, sides=sides,
+                                       max_conflict=sel.max_conflict, top_k=sel.top_k,
+                                       min_decisive=sel.min_decisive, extra={"pairs": sel.pairs},
+                                       header=f"Pairs: {len(h_a)}, {described}.\n\n")
     h = wins["holistic"]
     console.print(f"[bold]Reward selection[/bold] ({described}, against the holistic reward; holistic "
                   f"{sides[0]}-vs-{sides[1]} win rate {h['win_rate_pct']:.1f})")
@@ -261,7 +248,7 @@ def run(recipe: Recipe, steps: tuple[str, ...] = ("sample", "select", "train", "
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     model, tokenizer = load_policy(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code)
-    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    seq2seq = is_seq2seq(model)
     train_records = prompt_records(recipe.data, tokenizer, recipe.data.train_split, seq2seq)
     if recipe.data.max_train_prompts:
         train_records = train_records[: recipe.data.max_train_prompts]

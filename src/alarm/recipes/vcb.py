@@ -29,7 +29,7 @@ from alarm.errors import AlarmError
 from alarm.evaluation.plots import VCB_PANELS
 from alarm.generation import generate_texts
 from alarm.io import claim_run_dir, write_text_atomic
-from alarm.models import is_encoder_decoder, load_policy
+from alarm.models import is_seq2seq, load_policy
 from alarm.outputs import check_output_dir
 from alarm.recipes.ppo import RESUME_HELP, initial_and_trained, resume_arg
 from alarm.recipes.report import evaluate_systems, evaluation_markdown, print_result, training_markdown
@@ -108,7 +108,7 @@ def run_sample(recipe: VCBRecipe, model=None, tokenizer=None, reward_set=None, p
     if overwrite and out.exists():
         if model is None or tokenizer is None:
             model, tokenizer = load_policy(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code)
-        vcb_records(recipe, tokenizer, is_encoder_decoder(model))
+        vcb_records(recipe, tokenizer, is_seq2seq(model))
         reward_set = reward_set if reward_set is not None else build_reward_set(recipe)
         claim_run_dir(out, resume=False, overwrite=True, what="samples directory")
     if (out / "meta.json").exists():
@@ -124,7 +124,7 @@ def run_sample(recipe: VCBRecipe, model=None, tokenizer=None, reward_set=None, p
     write_text_atomic(out / "meta.json", json.dumps(meta, indent=2))
     if model is None or tokenizer is None:
         model, tokenizer = load_policy(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code)
-    records = vcb_records(recipe, tokenizer, is_encoder_decoder(model))
+    records = vcb_records(recipe, tokenizer, is_seq2seq(model))
     rs = reward_set if reward_set is not None else build_reward_set(recipe)  # before sampling: a reward that
     # cannot load (a hub model without a network) fails now, not after every candidate was generated
 

@@ -19,7 +19,6 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import accumulate
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from alarm import checkpoints
 from alarm.combine import RewardSet, over_nonempty
 from alarm.data.prompts import reward_inputs
 from alarm.errors import AlarmError
+from alarm.models import is_seq2seq
 from alarm.placement import token_char_ends
 from alarm.trainers.configs import PPOConfig
 from alarm.trainers.runtime import (
@@ -46,13 +46,11 @@ from alarm.trainers.sequences import (
     logprobs_from_logits,
     masked_mean,
     policy_or_reference,
-    recording_trunk,
-    replaying_trunk,
     response_logits,
     response_mask,
-    reusable_trunk_depth,
     trainable_with_reference,
 )
+from alarm.trainers.trunk import recording_trunk, replaying_trunk, reusable_trunk_depth, sampled_trunk
 
 # ----------------------------------------------------------------------------------------------------------
 # Configuration
@@ -179,7 +177,7 @@ class PolicyWithValue(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module, config: PPOConfig, accelerator=None):
         super().__init__()
-        self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+        self.is_encoder_decoder = is_seq2seq(model)
         self.model, self.ref_model = trainable_with_reference(model, config)
         hidden = model.config.get_text_config().hidden_size if hasattr(model.config, "get_text_config") \
             else model.config.hidden_size
@@ -200,9 +198,6 @@ class PolicyWithValue(torch.nn.Module):
             logits, hidden = response_logits(net, batch, self.is_encoder_decoder, with_hidden=with_values)
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1) if with_values else None
         return logits, values
-
-    def generation_model(self):
-        return self.model
 
     @contextmanager
     def recording_trunk(self, batch: dict[str, torch.Tensor]):
@@ -500,21 +495,8 @@ class PPOTrainer:
         logits = torch.stack(out.logits, dim=1)
         hidden = torch.stack(last_states[: logits.shape[1]], dim=1)
         values = policy.value_head(hidden.to(policy.value_head.weight.dtype)).squeeze(-1)
-        return responses, (logits, values, self._sampled_trunk(trunk_steps, batch, responses))
+        return responses, (logits, values, sampled_trunk(trunk_steps, batch, responses))
 
-    @staticmethod
-    def _sampled_trunk(steps: list[torch.Tensor], batch: dict[str, torch.Tensor], responses: torch.Tensor):
-        """The frozen layers' output over prompt + response from the decoding steps (prompt, then one position
-        a step). The last token is never fed back; its position gets zeros, read by no kept output (causal)."""
-        P, T = batch["prompt_ids"].shape[1], responses.shape[1]
-        widths = [s.shape[1] for s in steps]
-        ends = list(accumulate(widths))  # a chunked prefill ends at P too
-        prefill = ends.index(P) + 1 if P in ends else None
-        if prefill is None or widths[prefill:] != [1] * (T - 1):
-            return {}  # not the plain prefill-then-one-token loop: the reference pass records its own
-        states = torch.cat(steps, dim=1)
-        return {"trunk_prompt": states[:, :P],
-                "trunk_response": torch.cat([states[:, P:], states.new_zeros(states[:, :1].shape)], dim=1)}
 
     def make_experience(self, records: list[dict], batch: dict[str, torch.Tensor], responses: torch.Tensor,
                         policy_outputs: tuple[torch.Tensor, torch.Tensor] | None = None):

@@ -10,15 +10,14 @@
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
-from accelerate.utils import DistributedType
 
 from alarm.errors import AlarmError
+from alarm.models import is_seq2seq
 from alarm.trainers.configs import LoRASettings
-from alarm.trainers.runtime import is_fsdp2
 
 # ---------------------------------------------------------------------------------------------- responses
 
@@ -137,7 +136,7 @@ def trainable_with_reference(model: torch.nn.Module, settings: LoRASettings) -> 
         return model, copy.deepcopy(model).eval().requires_grad_(False)
     from peft import LoraConfig, TaskType, get_peft_model
 
-    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    seq2seq = is_seq2seq(model)
     lora = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
                       target_modules=settings.lora_target_modules or attention_projections(model),
                       layers_to_transform=settings.lora_layers,
@@ -156,101 +155,3 @@ def policy_or_reference(model, ref_model, reference: bool):
     if reference:
         return model, model.disable_adapter()
     return model, nullcontext()
-
-
-# ------------------------------------------------------------------------------------------- the frozen trunk
-
-
-def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList | None:
-    """The decoder layer stack of a causal LM (peft-wrapped or not), in call order; None for an unknown layout."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(base.config, "is_encoder_decoder", False):
-        return None
-    try:
-        inner = base.get_decoder()
-    except (AttributeError, NotImplementedError, ValueError):
-        return None
-    layers = getattr(inner, "layers", None)
-    return layers if isinstance(layers, torch.nn.ModuleList) and len(layers) else None
-
-
-def frozen_trunk_depth(model: torch.nn.Module) -> int:
-    """How many bottom decoder layers of a causal LM have nothing to train.
-
-    Why: with LoRA on the top layers only (``lora_layers``), the states leaving these layers are the same in
-    the reference pass, the rollout and every PPO epoch, so they can be computed once per rollout and
-    replayed (:func:`replaying_trunk`). 0 where that does not hold: trainable embeddings, a trainable bottom
-    layer, an encoder-decoder, layers sharded with FSDP2 or a layer layout we do not know.
-    """
-    layers = decoder_layers(model)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    text_config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
-    if getattr(text_config, "num_kv_shared_layers", 0):  # Gemma 3n/4: top layers read a bottom layer's cache
-        return 0
-    emb = base.get_input_embeddings() if layers is not None else None
-    if emb is None or any(p.requires_grad for p in emb.parameters()):
-        return 0
-    depth = 0
-    for layer in layers:
-        if is_fsdp2(layer) or any(p.requires_grad for p in layer.parameters()):
-            break
-        depth += 1
-    return depth
-
-
-def reusable_trunk_depth(model: torch.nn.Module, ref_model: torch.nn.Module | None, settings: LoRASettings,
-                         accelerator=None) -> int:
-    """:func:`frozen_trunk_depth` where replaying it is allowed: ``reuse_frozen_layers`` on, dropout off (every
-    training pass would draw its own; :func:`disable_dropout` has then switched all of it off), the reference
-    being the adapters-off network, and no sharding (FSDP, DeepSpeed: layers gather their parameters through
-    their own hooks, and ranks decode in step) — neither through ``accelerator`` nor already on the layers."""
-    if not (settings.reuse_frozen_layers and settings.disable_dropout and ref_model is None):
-        return 0
-    if accelerator is not None and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        return 0
-    return frozen_trunk_depth(model)
-
-
-@contextmanager
-def recording_trunk(model: torch.nn.Module, depth: int):
-    """Yields a list that, after each forward pass inside, holds (a copy of) the output of the top frozen
-    layer, [B, L, H]. Nothing is kept from a layer that returns a tuple (older layouts whose loop reads more
-    than the states) or another shape (Gemma 3n's stacked [altup, B, L, H]): nothing is replayed then. Copies,
-    because a compiled decode loop may reuse its output buffers."""
-    states: list[torch.Tensor] = []
-    if not depth:
-        yield states
-        return
-
-    def keep(_module, _inputs, out):
-        if isinstance(out, torch.Tensor) and out.dim() == 3:
-            states.append(out.detach().clone())
-
-    hook = decoder_layers(model)[depth - 1].register_forward_hook(keep)
-    try:
-        yield states
-    finally:
-        hook.remove()
-
-
-@contextmanager
-def replaying_trunk(model: torch.nn.Module, depth: int, batch: dict[str, torch.Tensor]):
-    """The bottom ``depth`` decoder layers return the states ``batch`` carries (``trunk_prompt`` [B, P, H] and
-    ``trunk_response`` [B, T, H], what :func:`recording_trunk` kept for these sequences) instead of computing
-    them; the layers above run as usual. A no-op for a batch without them."""
-    if "trunk_prompt" not in batch or not depth:
-        yield
-        return
-    states = torch.cat([batch["trunk_prompt"], batch["trunk_response"]], dim=1)
-    layers = decoder_layers(model)[:depth]
-    own = [layer.__dict__.get("forward") for layer in layers]  # e.g. accelerate's dispatch hook: put back after
-    for layer in layers:
-        layer.forward = lambda *_a, **_k: states  # the instance attribute shadows the class's forward
-    try:
-        yield
-    finally:
-        for layer, forward in zip(layers, own):
-            if forward is None:
-                del layer.forward
-            else:
-                layer.forward = forward

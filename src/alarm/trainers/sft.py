@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from alarm.data.mt import format_mt_prompt, load_splits
 from alarm.errors import AlarmError
 from alarm.generation import generate_texts
-from alarm.models import is_encoder_decoder, load_policy
+from alarm.models import is_seq2seq, load_policy
 from alarm.outputs import check_output_dir
 
 
@@ -154,7 +154,7 @@ def run_sft(config: SFTConfig, model=None, tokenizer=None) -> dict:
         model, tokenizer = load_policy(config.model, trust_remote_code=config.trust_remote_code)
     if tokenizer.eos_token_id is None:
         raise AlarmError(f"the tokenizer of {config.model!r} has no EOS token; SFT appends EOS to every target")
-    seq2seq = is_encoder_decoder(model)
+    seq2seq = is_seq2seq(model)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
 

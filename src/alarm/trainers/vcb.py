@@ -44,6 +44,7 @@ from alarm import checkpoints
 from alarm.data.prompts import reward_inputs
 from alarm.errors import AlarmError
 from alarm.generation import generate_texts
+from alarm.models import is_seq2seq
 from alarm.trainers.configs import VCBConfig
 from alarm.trainers.runtime import (
     cut_metrics,
@@ -57,12 +58,10 @@ from alarm.trainers.sequences import (
     eos_ids,
     logprobs_from_logits,
     policy_or_reference,
-    recording_trunk,
-    replaying_trunk,
     response_logits,
-    reusable_trunk_depth,
     trainable_with_reference,
 )
+from alarm.trainers.trunk import recording_trunk, replaying_trunk, reusable_trunk_depth
 
 # ----------------------------------------------------------------------------------------------------------
 # Configuration
@@ -225,7 +224,7 @@ class Policy(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module, config: VCBConfig, accelerator=None):
         super().__init__()
-        self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+        self.is_encoder_decoder = is_seq2seq(model)
         self.model, self.ref_model = trainable_with_reference(model, config)
         # Bottom layers without adapters: each candidate's states there never change (docs/method.md §2.5).
         self.trunk_depth = reusable_trunk_depth(self.model, self.ref_model, config, accelerator)
