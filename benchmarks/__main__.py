@@ -4,6 +4,7 @@
     python -m benchmarks --quick          # the same benchmarks, shortened (a few minutes)
     python -m benchmarks --smoke          # tiny random models, seconds: that every benchmark runs
     python -m benchmarks --only step_time,memory      # some of them; their rows replace theirs in the table
+    python -m benchmarks --collect --only step_time    # the table from results a benchmark already wrote
     make bench                            # = python -m benchmarks; make bench ARGS=--quick
 
 Each benchmark writes its own ``results/<name>.{json,md}`` (every number, the machine, the load) and gives the
@@ -58,13 +59,16 @@ def uptime() -> str:
         return f"load average {os.getloadavg()}"
 
 
-def run_one(name: str, mode: str, out: Path) -> dict:
-    """Run one benchmark (its own ``main``, in this process) and read back what it wrote."""
+def run_one(name: str, mode: str, out: Path, max_wait: float, threads: int | None = None,
+            steps: int | None = None) -> dict:
+    """Run one benchmark and read back what it wrote."""
     module, full, quick = BENCHMARKS[name]
     argv = {"full": full, "quick": quick, "smoke": ["--smoke", *SMOKE_ARGS.get(name, [])]}[mode]
-    argv = [*argv, "--out", str(out), "--name", name]
-    if mode != "full":
-        argv += ["--max-wait", "0"]
+    argv = [*argv, "--out", str(out), "--name", name, "--max-wait", str(0 if mode != "full" else max_wait)]
+    if threads and name != "fault_injection":  # its tiny runs use one thread already
+        argv += ["--threads", str(threads)]
+    if steps and module in ("step_time", "frozen_trunk") and mode != "smoke":
+        argv += ["--steps", str(steps)]
     mod = importlib.import_module(f"benchmarks.{module}")
     print(f"[suite] {name}: python -m benchmarks.{module} {' '.join(argv)}", flush=True)
     t0 = time.perf_counter()
@@ -78,6 +82,17 @@ def run_one(name: str, mode: str, out: Path) -> dict:
     return {"rows": mod.suite_rows(result), "seconds": round(time.perf_counter() - t0, 1),
             "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": result.get("load", {}),
             "argv": argv}
+
+
+def collect_one(name: str, out: Path) -> dict:
+    """A benchmark's rows from the results it wrote when run on its own (``python -m benchmarks.<module>``)."""
+    path = out / f"{name}.json"
+    if not path.exists():
+        raise SystemExit(f"[suite] --collect: {path} does not exist; run the benchmark first")
+    result = json.loads(path.read_text())
+    mod = importlib.import_module(f"benchmarks.{BENCHMARKS[name][0]}")
+    return {"rows": mod.suite_rows(result), "seconds": None, "load": result.get("load", {}), "argv": "collected",
+            "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(path.stat().st_mtime))}
 
 
 def table(suite: dict) -> str:
@@ -94,11 +109,12 @@ def table(suite: dict) -> str:
 
 
 def markdown(suite: dict) -> str:
-    loads = [f"- `{name}` ({b['seconds']:.0f} s): 1-minute load {b['load'].get('load1_at_start')} at start, "
-             f"{b['load'].get('load1_at_end')} at end" for name, b in suite["benchmarks"].items()]
-    runs = [f"- {r['started']} – {r['ended']} ({r['mode']}, {', '.join(r['benchmarks'])}): `uptime` before: "
-            f"{r['uptime_before']}; after: {r['uptime_after']}" + (f". {r['note']}" if r.get("note") else "")
-            for r in suite["runs"]]
+    loads = [f"- `{name}`" + (f" ({b['seconds']:.0f} s)" if b.get("seconds") else "")
+             + f": 1-minute load {b['load'].get('load1_at_start')} at start, {b['load'].get('load1_at_end')} at end"
+             for name, b in suite["benchmarks"].items()]
+    runs = [f"- {r['started']} – {r['ended']} ({r['mode']}, {', '.join(r['benchmarks'])})"
+            + (f": `uptime` before: {r['uptime_before']}; after: {r['uptime_after']}" if r.get("uptime_before") else "")
+            + (f". {r['note']}" if r.get("note") else "") for r in suite["runs"]]
     m = suite["machine"]
     return "\n\n".join([
         "# Benchmark suite", table(suite),
@@ -117,6 +133,14 @@ def main(argv=None) -> int:
                                                  f"{', '.join(DEFAULT)}; with --smoke: all)")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results, or its quick/ or smoke/)")
     p.add_argument("--note", default="", help="a sentence about the machine's state, kept with the run")
+    p.add_argument("--collect", action="store_true", help="run nothing: the rows of --only from their results files")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of every benchmark (default: each one's own, 2); on a machine shared with other "
+                        "jobs 1 avoids the collapse of several multi-threaded jobs on the same cores")
+    p.add_argument("--steps", type=int, default=None, help="measured rounds of the step benchmarks (default 3)")
+    p.add_argument("--max-wait", type=float, default=300,
+                   help="seconds each benchmark of a full run waits for a quiet machine (load < 1.5) before it "
+                        "runs anyway (0: no wait); the load is recorded either way")
     args = p.parse_args(argv)
     kind = "smoke" if args.smoke else "quick" if args.quick else "full"
     names = args.only.split(",") if args.only else list(BENCHMARKS if args.smoke else DEFAULT)
@@ -127,13 +151,14 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "suite.json"
     suite = json.loads(path.read_text()) if path.exists() else {"benchmarks": {}, "runs": []}
-    run = {"mode": kind, "benchmarks": names, "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "uptime_before": uptime(), "note": args.note}
+    run = {"mode": "collected" if args.collect else kind, "benchmarks": names, "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "uptime_before": None if args.collect else uptime(), "note": args.note}
     print(f"[suite] {kind} run of {', '.join(names)}; {run['uptime_before']}", flush=True)
     for name in names:
-        suite["benchmarks"][name] = run_one(name, kind, out)
+        suite["benchmarks"][name] = (collect_one(name, out) if args.collect
+                                     else run_one(name, kind, out, args.max_wait, args.threads, args.steps))
         suite["benchmarks"] = {k: suite["benchmarks"][k] for k in BENCHMARKS if k in suite["benchmarks"]}
-    run.update(ended=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), uptime_after=uptime())
+    run.update(ended=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), uptime_after=None if args.collect else uptime())
     suite["runs"].append(run)
     suite["machine"] = common.machine()
     path.write_text(json.dumps(suite, indent=2, default=str) + "\n")

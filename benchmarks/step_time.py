@@ -87,6 +87,18 @@ def our_trainer(args, reward_set, records, out, lora_layers=None, **overrides):
     common.force_length(model, args.new_tokens)
     cfg = PPOConfig(**{**ppo_config(args, lora_layers).model_dump(), **overrides})
     trainer = PPOTrainer(cfg, model, tok, reward_set, records, out)
+    # PPO samples without generation_config settings that reshape the distribution (min_new_tokens among them);
+    # the benchmark needs them, so both trainers do the same work: every response exactly new_tokens long
+    trainer.reshaping.pop("min_new_tokens", None)
+    make = trainer.make_experience
+
+    def same_length(*a, **k):
+        exp, info = make(*a, **k)
+        shortest = int(exp["mask"].sum(1).min())
+        assert shortest == args.new_tokens, f"a response of {shortest} tokens: the two trainers' work would differ"
+        return exp, info
+
+    trainer.make_experience = same_length
     n = len(records)
 
     def same_prompts_as_trl(step):

@@ -47,6 +47,11 @@ def test_the_suite_runs_every_benchmark_and_keeps_one_table(tmp_path, threads):
     again = json.loads((tmp_path / "suite.json").read_text())
     assert list(again["benchmarks"]) == ALL_BUT_FAULTS and len(again["runs"]) == 2
     assert again["benchmarks"]["step_time"] == table["benchmarks"]["step_time"]
+    # and --collect builds the rows from what a benchmark wrote, running nothing
+    assert suite.main(["--smoke", "--out", str(tmp_path), "--only", "step_time", "--collect"]) == 0
+    collected = json.loads((tmp_path / "suite.json").read_text())
+    assert collected["benchmarks"]["step_time"]["rows"] == table["benchmarks"]["step_time"]["rows"]
+    assert collected["runs"][-1]["mode"] == "collected"
 
 
 @pytest.mark.fault_injection
