@@ -163,8 +163,9 @@ def quickstart_records(tokenizer, split: str = "train") -> list[dict]:
             for r in split_records(load_qa_jsonl(None), split)]
 
 
-def load_policy(name: str = "smollm2-135m-instruct"):
-    """The policy and its tokenizer: SmolLM2-135M-Instruct, or in smoke mode a tiny random 4-layer Llama."""
+def policy_and_tokenizer(name: str = "smollm2-135m-instruct"):
+    """The benchmarked policy and its tokenizer: SmolLM2-135M-Instruct (through alarm.models.load_policy), or in
+    smoke mode a tiny random 4-layer Llama."""
     if SMOKE:
         tests_on_path()
         import tiny
@@ -172,10 +173,9 @@ def load_policy(name: str = "smollm2-135m-instruct"):
         model = tiny.causal_lm(0, layers=4)
         model.config.max_position_embeddings = 2048  # byte-level pieces: a quickstart prompt is ~330 of them
         return model, tiny.tokenizer()
-    from alarm.models import load_causal_lm, load_tokenizer, resolve_model_path
+    from alarm.models import load_policy
 
-    path = resolve_model_path(name)
-    return load_causal_lm(path), load_tokenizer(path)
+    return load_policy(name)
 
 
 def load_tokenizer(name: str = "smollm2-135m-instruct"):

@@ -144,7 +144,7 @@ def vcb_trainers(args, tok) -> dict:
                  for c in candidates]
     trainers = {}
     for reuse in (True, False):
-        model, _ = common.load_policy()
+        model, _ = common.policy_and_tokenizer()
         cfg = VCBConfig(batch_size=4 if args.smoke else 8, micro_batch_size=2 if args.smoke else 4, max_steps=args.warmup + args.steps, learning_rate=1e-3,
                         eval_greedy=False, eval_at_start=False, lora_layers=args.lora_layers,
                         reuse_frozen_layers=reuse, seed=0)

@@ -83,7 +83,7 @@ def our_trainer(args, reward_set, records, out, lora_layers=None, **overrides):
     twice in a row)."""
     from alarm.trainers.ppo import PPOConfig, PPOTrainer
 
-    model, tok = common.load_policy()
+    model, tok = common.policy_and_tokenizer()
     common.force_length(model, args.new_tokens)
     cfg = PPOConfig(**{**ppo_config(args, lora_layers).model_dump(), **overrides})
     trainer = PPOTrainer(cfg, model, tok, reward_set, records, out)
@@ -116,7 +116,7 @@ def trl_trainer(args, reward_set, records, callback, out, lora_layers=None):
     from alarm.combine import as_trl_reward
     from alarm.trainers.sequences import attention_projections
 
-    model, tok = common.load_policy()
+    model, tok = common.policy_and_tokenizer()
     steps_per_gen = 2 * args.prompts // args.mini
     cycle = steps_per_gen * args.epochs
     cfg = GRPOConfig(
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
     import torch
     from transformers import TrainerCallback
 
-    plain, tok = common.load_policy()
+    plain, tok = common.policy_and_tokenizer()
     plain.eval()
     lora_layers = common.top_layers(plain, args.lora_top)
     records = common.quickstart_records(tok)[: 4 if args.smoke else None]
