@@ -19,7 +19,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from benchmarks import common
+# `python benchmarks/<script>.py` puts benchmarks/ first on the path, not the repository: put the repository
+# first, so `benchmarks` is this package (pysbd installs a top-level `benchmarks` package of its own).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import common  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

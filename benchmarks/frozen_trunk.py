@@ -19,10 +19,16 @@ replayed in every training pass.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import warnings
+from pathlib import Path
 
-from benchmarks import common, step_time
+# `python benchmarks/<script>.py` puts benchmarks/ first on the path, not the repository: put the repository
+# first, so `benchmarks` is this package (pysbd installs a top-level `benchmarks` package of its own).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import common, step_time  # noqa: E402
 
 PHASES = ("generate", "score", "forward", "update", "step")
 LOSSES = ("ppo/pg_loss", "ppo/vf_loss", "kl")

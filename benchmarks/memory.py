@@ -25,7 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import common
+# `python benchmarks/<script>.py` puts benchmarks/ first on the path, not the repository: put the repository
+# first, so `benchmarks` is this package (pysbd installs a top-level `benchmarks` package of its own).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import common  # noqa: E402
 
 SHORT = ["ppo.steps=2", "sample.prompts=8"]
 

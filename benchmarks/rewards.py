@@ -14,10 +14,16 @@ Alternating batched / one-at-a-time repeats after a warm-up; medians.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import warnings
+from pathlib import Path
 
-from benchmarks import common
+# `python benchmarks/<script>.py` puts benchmarks/ first on the path, not the repository: put the repository
+# first, so `benchmarks` is this package (pysbd installs a top-level `benchmarks` package of its own).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import common  # noqa: E402
 
 
 def responses(tokenizer, n: int):

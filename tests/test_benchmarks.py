@@ -92,3 +92,18 @@ def test_gpu_check_runs_its_cpu_fallback_on_a_tiny_model(tmp_path, threads):
     res = json.loads((tmp_path / "smoke.json").read_text())
     assert {k: res[k]["status"] for k in ("device_tests", "ppo_bf16", "demo_gpu", "step_time")} == {
         "device_tests": "skipped", "ppo_bf16": "ok", "demo_gpu": "ok", "step_time": "skipped"}
+
+
+@pytest.mark.parametrize("script", ["fault_injection", "frozen_trunk", "memory", "rewards", "step_time"])
+def test_each_benchmark_runs_as_a_script_beside_pysbds_benchmarks_package(script):
+    """`python benchmarks/<script>.py` (as the docs write it) imports this repository's `benchmarks` package, not
+    the top-level `benchmarks` that pysbd installs into site-packages (it shadowed ours: ImportError)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / f"{script}.py"), "--help"], cwd=root / "tests",
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert "usage:" in done.stdout
