@@ -116,7 +116,7 @@ def test_select_command_matches_the_library(tmp_path):
                 "--out-dir", str(tmp_path / "o")]) == 0
     out = json.loads((tmp_path / "o" / "selection.json").read_text())
     flat = [{"prompt_id": r["prompt_id"], **r["scores"]} for r in recs]
-    expected = compute_stats(*pairs_from_samples(flat), higher_is_better={"err": False})
+    expected = compute_stats(pairs_from_samples(flat), higher_is_better={"err": False})
     for name in ("m", "err"):
         assert out["aspects"][name]["conflict"] == pytest.approx(expected[name].conflict)
         assert out["aspects"][name]["higher_is_better"] == (name != "err")

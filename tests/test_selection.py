@@ -14,6 +14,7 @@ from scipy import stats as sps
 from alarm.errors import AlarmError
 from alarm.selection import (
     AspectStats,
+    Pairs,
     aspect_stats,
     compute_stats,
     pair_up,
@@ -142,13 +143,13 @@ def test_negative_tie_tol_is_an_error():
 
 
 def test_compute_stats_per_aspect_and_direction():
-    out = compute_stats(H_A, H_B, {"f": M_A, "g": M_A}, {"f": M_B, "g": M_B}, higher_is_better={"g": False})
+    out = compute_stats(Pairs(H_A, H_B, {"f": M_A, "g": M_A}, {"f": M_B, "g": M_B}), higher_is_better={"g": False})
     assert list(out) == ["f", "g"]
     assert out["f"].conflict == pytest.approx(0.25) and out["g"].conflict == pytest.approx(0.5)
     with pytest.raises(AlarmError, match="higher_is_better"):
-        compute_stats(H_A, H_B, {"f": M_A}, {"f": M_B}, higher_is_better={"typo": False})
+        compute_stats(Pairs(H_A, H_B, {"f": M_A}, {"f": M_B}), higher_is_better={"typo": False})
     with pytest.raises(AlarmError, match="different aspects"):
-        compute_stats(H_A, H_B, {"f": M_A}, {"g": M_B})
+        compute_stats(Pairs(H_A, H_B, {"f": M_A}, {"g": M_B}))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -263,7 +264,7 @@ def test_pair_up_aligns_by_prompt_id():
     assert (h_a, h_b) == ([1.0, 0.0], [0.5, 2.0])
     assert m_a == {"fact": [0.5, 0.1], "rel": [None, 0.3]}
     assert m_b == {"fact": [0.7, 0.2], "rel": [0.4, None]}
-    stats = compute_stats(h_a, h_b, m_a, m_b)
+    stats = compute_stats(Pairs(h_a, h_b, m_a, m_b))
     assert stats["rel"].n_dropped == 2
 
 
@@ -363,7 +364,7 @@ def test_win_rates_by_hand():
     from alarm.selection import win_rates
 
     # H: greedy wins pairs 0, 6; loses 2, 4, 5; ties 1, 3 → 2 / 5. M (pair 5 dropped): wins 0; loses 1, 3, 4, 6.
-    wins = win_rates(H_A, H_B, {"m": M_A, "err": M_B}, {"m": M_B, "err": M_A}, higher_is_better={"err": False})
+    wins = win_rates(Pairs(H_A, H_B, {"m": M_A, "err": M_B}, {"m": M_B, "err": M_A}), higher_is_better={"err": False})
     assert list(wins) == ["holistic", "err", "m"]
     h = wins["holistic"]
     assert (h["wins"], h["losses"], h["ties"], h["win_rate_pct"]) == (2, 3, 2, 40.0)
@@ -379,8 +380,8 @@ def test_report_and_figure_follow_the_papers_layout(tmp_path):
     m_a = {"factuality": [1, 1, 1, 0, 1], "length": [9, 1, 9, 9, 1]}
     m_b = {"factuality": [0, 0, 1, 1, 0], "length": [1, 9, 1, 1, 9]}
     h_a, h_b = [3, 3, 3, 1, 2], [1, 1, 2, 2, 3]  # greedy wins 3, loses 2: 60 %
-    stats = compute_stats(h_a, h_b, m_a, m_b)
-    wins = win_rates(h_a, h_b, m_a, m_b)
+    stats = compute_stats(Pairs(h_a, h_b, m_a, m_b))
+    wins = win_rates(Pairs(h_a, h_b, m_a, m_b))
     sel = select_aspects(stats, max_conflict=0.4)
     md = selection_markdown(stats, sel, wins, ("greedy", "sample"))
     assert "| aspect | conflict | greedy-vs-sample win rate | agreement |" in md
@@ -465,8 +466,8 @@ def test_selection_step_pairs_greedy_with_a_pure_sample_by_default(tmp_path, pol
     h_a, h_b = [greedy[p]["holistic"] for p in ids], [sampled[p]["holistic"] for p in ids]
     m_a = {k: [greedy[p][k] for p in ids] for k in ("words", "readability")}
     m_b = {k: [sampled[p][k] for p in ids] for k in ("words", "readability")}
-    stats = compute_stats(h_a, h_b, m_a, m_b)
-    wins = win_rates(h_a, h_b, m_a, m_b)
+    stats = compute_stats(Pairs(h_a, h_b, m_a, m_b))
+    wins = win_rates(Pairs(h_a, h_b, m_a, m_b))
     assert out["holistic_win_rate"] == pytest.approx(wins["holistic"])
     for k in ("words", "readability"):
         assert out["aspects"][k]["conflict"] == stats[k].conflict
@@ -489,7 +490,7 @@ def test_selection_step_two_samples_stay_an_option_and_pure_samples_are_drawn_wh
     assert not (tmp_path / "two" / "selection_pairs.jsonl").exists()
     select_step(recipe, rs, samples, tmp_path / "two")
     out = json.loads((tmp_path / "two" / "selection.json").read_text())
-    expected = compute_stats(*pairs_from_samples(samples, aspects=["words", "readability"]))
+    expected = compute_stats(pairs_from_samples(samples, aspects=["words", "readability"]))
     assert out["pairs"] == "two_samples" and out["aspects"]["words"]["conflict"] == expected["words"].conflict
 
     recipe = _recipe(tmp_path / "hot", "ppo.temperature=0.7")

@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import stats as sps
@@ -35,6 +35,7 @@ DEFAULT_MAX_CONFLICT = 0.4  # keep the aspects conflicting with the holistic rew
 
 __all__ = [
     "AspectStats",
+    "Pairs",
     "Selection",
     "aspect_stats",
     "compute_stats",
@@ -211,15 +212,18 @@ def aspect_stats(
     )
 
 
-def compute_stats(
-    h_a: Sequence[float],
-    h_b: Sequence[float],
-    m_a: Mapping[str, Sequence[float | None]],
-    m_b: Mapping[str, Sequence[float | None]],
-    higher_is_better: Mapping[str, bool] | None = None,
-    tie_tol: float = 0.0,
-) -> dict[str, AspectStats]:
-    """:func:`aspect_stats` for every aspect (e.g. the output of :func:`pair_up`), keyed by aspect name."""
+class Pairs(NamedTuple):
+    """Paired scores, the output of :func:`pair_up`: pair i is (side a, side b) of one prompt."""
+
+    h_a: Sequence[float]  # the holistic reward of each pair's two sides
+    h_b: Sequence[float]
+    m_a: Mapping[str, Sequence[float | None]]  # every aspect's scores of each pair's two sides
+    m_b: Mapping[str, Sequence[float | None]]
+
+
+def _directions(pairs: Pairs, higher_is_better: Mapping[str, bool] | None) -> dict[str, bool]:
+    """``higher_is_better`` checked against the aspects of ``pairs``."""
+    m_a, m_b = pairs.m_a, pairs.m_b
     if set(m_a) != set(m_b):
         raise AlarmError(f"m_a and m_b name different aspects: {sorted(set(m_a) ^ set(m_b))}")
     if not m_a:
@@ -228,6 +232,15 @@ def compute_stats(
     unknown = sorted(set(directions) - set(m_a))
     if unknown:
         raise AlarmError(f"higher_is_better names aspects without scores: {unknown} (known: {sorted(m_a)})")
+    return directions
+
+
+def compute_stats(pairs: Pairs, higher_is_better: Mapping[str, bool] | None = None,
+                  tie_tol: float = 0.0) -> dict[str, AspectStats]:
+    """:func:`aspect_stats` for every aspect of ``pairs`` (e.g. the output of :func:`pair_up`), keyed by aspect
+    name."""
+    h_a, h_b, m_a, m_b = pairs
+    directions = _directions(pairs, higher_is_better)
     return {
         name: aspect_stats(h_a, h_b, m_a[name], m_b[name], directions.get(name, True), tie_tol)
         for name in sorted(m_a)
@@ -329,7 +342,7 @@ def pair_up(
     scores_b: Mapping[Any, Mapping[str, float | None]],
     holistic: str = "holistic",
     aspects: Sequence[str] | None = None,
-) -> tuple[list[float], list[float], dict[str, list[float | None]], dict[str, list[float | None]]]:
+) -> Pairs:
     """Align two sides (two systems, or sample 1 / sample 2 of one policy) by prompt id.
 
     Returns ``(h_a, h_b, m_a, m_b)`` with ``m_*[aspect][i]``, in the prompt order of ``scores_a``. A prompt on
@@ -366,7 +379,7 @@ def pair_up(
     h_b = [scores_b[p][holistic] for p in prompts]
     m_a = {k: [scores_a[p].get(k) for p in prompts] for k in aspects}
     m_b = {k: [scores_b[p].get(k) for p in prompts] for k in aspects}
-    return h_a, h_b, m_a, m_b
+    return Pairs(h_a, h_b, m_a, m_b)
 
 
 def _is_score(v: Any) -> bool:
@@ -378,7 +391,7 @@ def pairs_from_samples(
     holistic: str = "holistic",
     aspects: Sequence[str] | None = None,
     prompt_key: str = "prompt_id",
-) -> tuple[list[float], list[float], dict[str, list[float | None]], dict[str, list[float | None]]]:
+) -> Pairs:
     """Pairs from exactly two scored samples per prompt (records in any order; the first seen is side a).
 
     Without ``aspects``, every numeric (or None) field other than the prompt id and holistic score is an
@@ -408,21 +421,15 @@ def pairs_from_samples(
     return pair_up(scores_a, scores_b, holistic=holistic, aspects=aspects)
 
 
-def win_rates(
-    h_a: Sequence[float],
-    h_b: Sequence[float],
-    m_a: Mapping[str, Sequence[float | None]],
-    m_b: Mapping[str, Sequence[float | None]],
-    higher_is_better: Mapping[str, bool] | None = None,
-    tie_tol: float = 0.0,
-    holistic: str = "holistic",
-) -> dict[str, dict]:
+def win_rates(pairs: Pairs, higher_is_better: Mapping[str, bool] | None = None, tie_tol: float = 0.0,
+              holistic: str = "holistic") -> dict[str, dict]:
     """Side a's win rate over side b by the holistic reward (first) and by every aspect: with greedy outputs as
     side a, the paper's greedy-vs-sampling win rates. Each is :class:`alarm.evaluation.compare.WinCounts` as a
     dict: ``win_rate_pct`` = 100·wins / (wins + losses) with its bootstrap interval over pairs, and the counts."""
 
     _check_tie_tol(tie_tol)
-    directions = dict(higher_is_better or {})
+    h_a, h_b, m_a, m_b = pairs
+    directions = _directions(pairs, higher_is_better)
     out = {holistic: asdict(win_counts(list(h_a), list(h_b), True, tie_tol))}
     for name in sorted(m_a):
         out[name] = asdict(win_counts(list(m_a[name]), list(m_b[name]), directions.get(name, True), tie_tol))
@@ -442,12 +449,12 @@ def run_selection(pairs: tuple, out_dir: str | Path, *, higher_is_better: Mappin
     aspect's statistics, the win rates, the kept aspects, written to ``out_dir``/selection.{json,md,png}
     (``extra`` keys first in the JSON; ``header`` and ``footer`` around the Markdown table). The one runner of
     `alarm select` and `alarm run`'s select step."""
-    h_a, h_b, m_a, m_b = pairs
-    stats = compute_stats(h_a, h_b, m_a, m_b, higher_is_better, tie_tol)
-    wins = win_rates(h_a, h_b, m_a, m_b, higher_is_better, tie_tol, holistic=holistic)
+    pairs = Pairs(*pairs)
+    stats = compute_stats(pairs, higher_is_better, tie_tol)
+    wins = win_rates(pairs, higher_is_better, tie_tol, holistic=holistic)
     selection = select_aspects(stats, max_conflict=max_conflict, top_k=top_k, min_decisive=min_decisive)
     out = Path(out_dir)
-    write_json_atomic(out / "selection.json", {**(extra or {}), "n_pairs": len(h_a),
+    write_json_atomic(out / "selection.json", {**(extra or {}), "n_pairs": len(pairs.h_a),
                                                **selection_to_json(stats, selection, wins, sides)})
     write_text_atomic(out / "selection.md", header + selection_markdown(stats, selection, wins, sides) + footer)
     plot_selection(stats, selection, out / "selection.png", wins, sides)

@@ -41,7 +41,20 @@ class LoRASettings(BaseModel):
         "the same numbers, less work (causal LMs, dropout off, not under FSDP or DeepSpeed)"))
 
 
-class PPOConfig(LoRASettings):
+class RunSettings(BaseModel):
+    """What a trainer does besides training (its seed, checkpoints kept, where metrics go); PPOConfig and
+    VCBConfig embed these."""
+
+    seed: int = Field(42, description="the trainer's seed (default: the run's seed)")
+    save_every: int = Field(0, ge=0, description=(
+        "also keep every this many steps' checkpoint for good (0: only the last); whatever it is, the newest "
+        "steps are saved as they finish (a crash costs at most the step in progress) while saving is cheap "
+        "(≤ 2 s or ≤ 10 % of the training time since the last save), and only the newest two of those stay"))
+    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = Field("none", description=(
+        "also send the metrics there (metrics.jsonl is always written)"))
+
+
+class PPOConfig(LoRASettings, RunSettings):
     """PPO settings (plus the LoRA/dropout settings of :class:`LoRASettings`). Defaults are the paper's QA
     setting; MT used lr 5e-4, batch 32/16, 128 new tokens."""
 
@@ -103,13 +116,6 @@ class PPOConfig(LoRASettings):
     kl_horizon: int = Field(10_000, ge=1, description="adaptive β's horizon, in responses (the paper: 10 000)")
     # run
     steps: int = Field(100, ge=1, description="PPO steps (one rollout and its updates each)")
-    seed: int = Field(42, description="the trainer's seed (default: the run's seed)")
-    save_every: int = Field(0, ge=0, description=(
-        "also keep every this many steps' checkpoint for good (0: only the last); whatever it is, the newest "
-        "steps are saved as they finish (a crash costs at most the step in progress) while saving is cheap "
-        "(≤ 2 s or ≤ 10 % of the training time since the last save), and only the newest two of those stay"))
-    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = Field("none", description=(
-        "also send the metrics there (metrics.jsonl is always written)"))
 
     @model_validator(mode="after")
     def _check(self):
@@ -134,7 +140,7 @@ SFT_WEIGHT = {"slic": 0.5, "rrhf": 1.0}
 LOSS_SETTINGS = {"slic_margin": ("slic",), "sft_weight": tuple(SFT_WEIGHT)}
 
 
-class VCBConfig(LoRASettings):
+class VCBConfig(LoRASettings, RunSettings):
     """Offline pair training. ``loss`` picks VCB (squared, default), its hinge variant, DPO, IPO, or the two
     order-based baselines of the VCB paper that need no reference model: SLiC-HF and RRHF."""
 
@@ -181,14 +187,6 @@ class VCBConfig(LoRASettings):
     eval_max_new_tokens: int = Field(64, ge=1, description="the longest greedy answer of the diagnostics, in "
                                      "tokens")
     eval_batch_size: int = Field(16, ge=1, description="sequences per generate() call in the diagnostics")
-    # run
-    seed: int = Field(42, description="the trainer's seed (default: the run's seed)")
-    save_every: int = Field(0, ge=0, description=(
-        "also keep every this many steps' checkpoint for good (0: only the last); whatever it is, the newest "
-        "steps are saved as they finish (a crash costs at most the step in progress) while saving is cheap "
-        "(≤ 2 s or ≤ 10 % of the training time since the last save), and only the newest two of those stay"))
-    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = Field("none", description=(
-        "also send the metrics there (metrics.jsonl is always written)"))
 
     @field_validator("slic_margin", "sft_weight")
     @classmethod
