@@ -100,7 +100,7 @@ def our_trainer(args, reward_set, records, out, lora_layers=None, **overrides):
 
     def same_length(*a, **k):
         exp, info = make(*a, **k)
-        shortest = int(exp["mask"].sum(1).min())
+        shortest = int(exp.mask.sum(1).min())
         assert shortest == args.new_tokens, f"a response of {shortest} tokens: the two trainers' work would differ"
         return exp, info
 
@@ -190,10 +190,10 @@ def main(argv=None) -> int:
         batch = ours.encode_prompts(ours.prompt_batch(ours.step_idx))
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = plain.generate(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], do_sample=True,
+            out = plain.generate(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, do_sample=True,
                                  temperature=1.0, top_p=1.0, top_k=0, min_new_tokens=args.new_tokens,
                                  max_new_tokens=args.new_tokens, pad_token_id=tok.pad_token_id)
-        assert out.shape[1] - batch["prompt_ids"].shape[1] == args.new_tokens
+        assert out.shape[1] - batch.prompt_ids.shape[1] == args.new_tokens
         return time.perf_counter() - t0
 
     class Interleave(TrainerCallback):

@@ -31,7 +31,7 @@ tr = PPOTrainer(cfg, tiny.causal_lm(), tiny.tokenizer(), rs, prompts, out, accel
 
 if acc.process_index == 1:
     def all_empty(batch, with_policy_outputs=False):
-        responses = torch.full_like(batch["prompt_ids"][:, :1], tr.eos_ids[0])
+        responses = torch.full_like(batch.prompt_ids[:, :1], tr.eos_ids[0])
         return (responses, None) if with_policy_outputs else responses
 
     tr.generate = all_empty
@@ -42,8 +42,8 @@ make_experience = tr.make_experience
 
 def recording(*args, **kwargs):
     exp, info = make_experience(*args, **kwargs)
-    rollouts.append({"advantages": exp["advantages"], "rewards": exp["rewards"], "values": exp["old_values"],
-                     "mask": exp["mask"], "stats": dict(info["combined"].stats), "empty": info["combined"].empty,
+    rollouts.append({"advantages": exp.advantages, "rewards": exp.rewards, "values": exp.old_values,
+                     "mask": exp.mask, "stats": dict(info["combined"].stats), "empty": info["combined"].empty,
                      "entropy": info["entropy"]})
     return exp, info
 

@@ -71,11 +71,11 @@ def test_ppo_step_on_the_device(tmp_path, dtype):
     # The first epoch of the first step starts from the rollout policy itself: ratio 1, approximate KL ~ 0.
     assert metrics[0]["ppo/approx_kl"] < (1e-3 if dtype == torch.float32 else 5e-3)
     exp, combined = seen["exp"], seen["combined"]
-    assert exp["responses"].device.type == torch.device(DEVICE).type
+    assert exp.responses.device.type == torch.device(DEVICE).type
     # the rewards reaching GAE are what the combination assigned (scores), on the generated positions only
     assigned = torch.tensor([float(r.sum()) for r in combined.token_rewards])
-    assert torch.allclose(exp["scores"].sum(1).cpu().double(), assigned.double(), atol=1e-4)
-    assert float((exp["scores"] * (1 - exp["mask"])).abs().sum()) == 0.0
+    assert torch.allclose(exp.scores.sum(1).cpu().double(), assigned.double(), atol=1e-4)
+    assert float((exp.scores * (1 - exp.mask)).abs().sum()) == 0.0
     lora = [p for n, p in tr.unwrapped.model.named_parameters() if "lora_" in n]
     assert lora and all(p.device.type == torch.device(DEVICE).type for p in lora)
     assert tr.unwrapped.value_head.weight.device.type == torch.device(DEVICE).type

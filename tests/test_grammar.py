@@ -201,7 +201,7 @@ def test_seq2seq_ppo_step_puts_grammar_rewards_on_the_misspelt_tokens(tmp_path, 
     assert info["texts"] == [bad, good]
     start = bad.index("jumpz")
     end = start + len("jumpz")
-    scores = exp["scores"]
+    scores = exp.scores
     for i, e in enumerate(enc):
         n = len(e["input_ids"])
         for t, (s, f) in enumerate(e["offset_mapping"]):

@@ -40,9 +40,9 @@ def test_under_bf16_autocast_the_ratio_starts_at_one_and_the_kl_is_zero(tmp_path
     torch.manual_seed(0)
     m = tr.step()  # the rollout as training makes it, then one mini-batch update from policy = reference
     exp, info = made[0]
-    assert ("trunk_prompt" in exp) == (lora_layers is not None)
-    mask = exp["mask"]
-    assert torch.equal(exp["old_logprobs"] * mask, exp["ref_logprobs"] * mask)  # KL exactly 0 at policy = ref
+    assert (exp.trunk_prompt is not None) == (lora_layers is not None)
+    mask = exp.mask
+    assert torch.equal(exp.old_logprobs * mask, exp.ref_logprobs * mask)  # KL exactly 0 at policy = ref
     assert info["kl_seq"] == 0.0 and m["kl"] == 0.0
     assert m["ppo/approx_kl"] == 0.0 and m["ppo/clipfrac"] == 0.0  # the update's first ratio is exactly 1
     assert tr.unwrapped.full_precision and not tr.sampling_pass_is_exact  # fp32 weights, bf16 passes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 
 import pytest
 import tiny
@@ -25,6 +26,7 @@ from alarm.trainers.ppo import (
     trim_padding,
     value_loss,
 )
+from alarm.trainers.sequences import Sequences
 
 PROMPTS = [{"prompt": p} for p in ["The quick", "Paris is", "Water boils", "A question", "The answer", "Café"]]
 
@@ -70,19 +72,19 @@ def test_rewards_reaching_gae_sum_to_what_combination_assigned(tmp_path, mode):
     batch = tr.encode_prompts(records)
     responses = crafted_responses(tr.tokenizer)
     exp, info = tr.make_experience(records, batch, responses)
-    lengths = exp["mask"].sum(1).long().tolist()
+    lengths = exp.mask.sum(1).long().tolist()
     assert lengths == [4, 6, 1]
     combined = info["combined"]
     assert combined.empty == [False, False, True]
-    kl = exp["old_logprobs"] - exp["ref_logprobs"]
-    reached = (exp["rewards"] + tr.kl.value * kl * exp["mask"]).sum(1)
+    kl = exp.old_logprobs - exp.ref_logprobs
+    reached = (exp.rewards + tr.kl.value * kl * exp.mask).sum(1)
     assigned = torch.tensor([float(r.sum()) for r in combined.token_rewards], dtype=torch.float64)
     torch.testing.assert_close(reached.double(), assigned, atol=1e-5, rtol=0)
     # The sequence-level part sits on each response's own last generated token, never on padding.
     for i, n in enumerate(lengths):
-        assert torch.all(exp["scores"][i, n:] == 0)
-        assert float(exp["scores"][i, n - 1]) == pytest.approx(float(combined.token_rewards[i][-1]), abs=1e-6)
-    assert float(exp["scores"][2, 0]) == pytest.approx(CombineConfig().empty_return)
+        assert torch.all(exp.scores[i, n:] == 0)
+        assert float(exp.scores[i, n - 1]) == pytest.approx(float(combined.token_rewards[i][-1]), abs=1e-6)
+    assert float(exp.scores[2, 0]) == pytest.approx(CombineConfig().empty_return)
     assert info["texts"][2] == ""
 
 
@@ -107,15 +109,15 @@ def test_first_token_gets_gradient_and_padding_none(tmp_path):
         policy.zero_grad()
         logits, _ = policy(exp)
         from alarm.trainers.ppo import logprobs_from_logits
-        lp = logprobs_from_logits(logits, exp["responses"])
-        loss, _, _ = policy_loss(lp, exp["old_logprobs"], adv, exp["mask"], 0.2)
+        lp = logprobs_from_logits(logits, exp.responses)
+        loss, _, _ = policy_loss(lp, exp.old_logprobs, adv, exp.mask, 0.2)
         loss.backward()
         return sum(float(p.grad.abs().sum()) for p in params if p.grad is not None)
 
-    first_only = torch.zeros_like(exp["advantages"])
+    first_only = torch.zeros_like(exp.advantages)
     first_only[:, 0] = 1.0
     assert grad_norm(first_only) > 0
-    padding_only = torch.zeros_like(exp["advantages"])
+    padding_only = torch.zeros_like(exp.advantages)
     padding_only[0, 4:] = 1.0  # row 0 ends at position 3 (its EOS)
     padding_only[2, 1:] = 1.0
     assert grad_norm(padding_only) == 0.0
@@ -250,15 +252,15 @@ def test_group_baseline_subtracts_the_other_answers_mean_return_on_the_last_toke
     exp, info = tr.make_experience(records, batch, responses)
     assigned = torch.tensor([float(r.sum()) for r in info["combined"].token_rewards])
     assert assigned[0] != assigned[1] and assigned[2] != assigned[3]
-    kl = (exp["old_logprobs"] - exp["ref_logprobs"]) * exp["mask"]
-    reached = (exp["rewards"] + tr.kl.value * kl).sum(1)
+    kl = (exp.old_logprobs - exp.ref_logprobs) * exp.mask
+    reached = (exp.rewards + tr.kl.value * kl).sum(1)
     other = assigned.reshape(2, 2).flip(1).reshape(-1)  # k = 2: the baseline is the other answer's return
     torch.testing.assert_close(reached, assigned - other, atol=1e-5, rtol=0)
-    lengths = exp["mask"].sum(1).long().tolist()
-    shifted = exp["rewards"] + tr.kl.value * kl - exp["scores"]  # only the last generated token moves
+    lengths = exp.mask.sum(1).long().tolist()
+    shifted = exp.rewards + tr.kl.value * kl - exp.scores  # only the last generated token moves
     for i, n in enumerate(lengths):
         assert torch.all(shifted[i, : n - 1].abs() < 1e-6) and float(shifted[i, n - 1]) == pytest.approx(-float(other[i]), abs=1e-5)
-    torch.testing.assert_close(exp["scores"].sum(1), assigned, atol=1e-5, rtol=0)  # metrics keep raw scores
+    torch.testing.assert_close(exp.scores.sum(1), assigned, atol=1e-5, rtol=0)  # metrics keep raw scores
 
 
 def test_a_zero_critic_starts_from_advantages_that_carry_only_the_reward(tmp_path):
@@ -267,14 +269,14 @@ def test_a_zero_critic_starts_from_advantages_that_carry_only_the_reward(tmp_pat
     tr = trainer(tmp_path, value_head_init="zeros", whiten_advantages=False, kl_coef=0.0, adaptive_kl=False)
     records = PROMPTS[:3]
     exp, _ = tr.make_experience(records, tr.encode_prompts(records), crafted_responses(tr.tokenizer))
-    assert torch.all(exp["old_values"] == 0)
-    expected, _ = gae(exp["rewards"], torch.zeros_like(exp["rewards"]), exp["mask"], 1.0, tr.config.lam)
-    torch.testing.assert_close(exp["advantages"], expected)
+    assert torch.all(exp.old_values == 0)
+    expected, _ = gae(exp.rewards, torch.zeros_like(exp.rewards), exp.mask, 1.0, tr.config.lam)
+    torch.testing.assert_close(exp.advantages, expected)
     tr.update(exp)
     assert tr.unwrapped.value_head.weight.abs().sum() > 0  # and the critic still learns
     noisy = trainer(tmp_path / "n", whiten_advantages=False, kl_coef=0.0, adaptive_kl=False)
     exp2, _ = noisy.make_experience(records, noisy.encode_prompts(records), crafted_responses(noisy.tokenizer))
-    assert exp2["old_values"].abs().sum() > 0  # the default keeps the paper trainer's random head
+    assert exp2.old_values.abs().sum() > 0  # the default keeps the paper trainer's random head
 
 
 def test_group_settings_are_checked():
@@ -342,10 +344,10 @@ def test_sampling_pass_gives_the_policy_forward_log_probs_and_values(tmp_path, k
             assert torch.equal(p, base[n]), n
     reused, _ = tr.make_experience(records, batch, responses, (logits, values))
     recomputed, _ = tr.make_experience(records, batch, responses)
-    m = reused["mask"].bool()
+    m = reused.mask.bool()
     for key in ("old_logprobs", "old_values", "ref_logprobs", "advantages"):
-        torch.testing.assert_close(reused[key][m].double(), recomputed[key][m].double(), atol=1e-9, rtol=0,
-                                   msg=key)
+        torch.testing.assert_close(getattr(reused, key)[m].double(), getattr(recomputed, key)[m].double(),
+                                   atol=1e-9, rtol=0, msg=key)
 
 
 def test_trimming_padding_leaves_log_probs_and_values_unchanged(tmp_path):
@@ -355,18 +357,18 @@ def test_trimming_padding_leaves_log_probs_and_values_unchanged(tmp_path):
     responses = crafted_responses(tr.tokenizer, T=10)  # lengths 4, 10, 1
     exp, _ = tr.make_experience(records, batch, responses)
     # Rows 0 and 2: short prompts (leading columns are padding in both) and short responses.
-    mb = {k: v[[0, 2]] for k, v in exp.items()}
+    mb = exp.rows([0, 2])
     small = trim_padding(mb)
-    assert small["prompt_ids"].shape[1] < mb["prompt_ids"].shape[1]
-    assert small["responses"].shape[1] == int(mb["mask"].sum(1).max()) < mb["responses"].shape[1]
+    assert small.prompt_ids.shape[1] < mb.prompt_ids.shape[1]
+    assert small.responses.shape[1] == int(mb.mask.sum(1).max()) < mb.responses.shape[1]
     policy = tr.unwrapped.eval()
     with torch.no_grad():
         full_logits, full_values = policy(mb)
         trim_logits, trim_values = policy(small)
-    T = small["responses"].shape[1]
-    m = small["mask"].bool()
-    torch.testing.assert_close(logprobs_from_logits(trim_logits, small["responses"])[m],
-                               logprobs_from_logits(full_logits[:, :T], mb["responses"][:, :T])[m], atol=1e-5, rtol=0)
+    T = small.responses.shape[1]
+    m = small.mask.bool()
+    torch.testing.assert_close(logprobs_from_logits(trim_logits, small.responses)[m],
+                               logprobs_from_logits(full_logits[:, :T], mb.responses[:, :T])[m], atol=1e-5, rtol=0)
     torch.testing.assert_close(trim_values[m], full_values[:, :T][m], atol=1e-5, rtol=0)
 
 
@@ -494,8 +496,9 @@ def test_a_replay_puts_back_a_forward_that_a_hook_had_set_on_the_layer(tmp_path)
     original = layer.forward
     layer.forward = lambda *a, **k: (calls.append(1), original(*a, **k))[1]
     hooked = layer.forward
-    with replaying_trunk(tr.unwrapped.model, 2, {"trunk_prompt": torch.zeros(1, 2, 32),
-                                                 "trunk_response": torch.zeros(1, 1, 32)}):
+    ids = torch.zeros(1, 2, dtype=torch.long)
+    with replaying_trunk(tr.unwrapped.model, 2, Sequences(ids, torch.ones_like(ids), trunk_prompt=torch.zeros(1, 2, 32),
+                                                          trunk_response=torch.zeros(1, 1, 32))):
         assert layer.forward is not hooked
     assert layer.forward is hooked
     tr.generate(tr.encode_prompts(PROMPTS[:1]))
@@ -505,7 +508,8 @@ def test_a_replay_puts_back_a_forward_that_a_hook_had_set_on_the_layer(tmp_path)
 def test_a_decoding_loop_of_another_shape_keeps_no_trunk():
     from alarm.trainers.trunk import sampled_trunk
 
-    batch, responses = {"prompt_ids": torch.zeros(2, 5, dtype=torch.long)}, torch.zeros(2, 3, dtype=torch.long)
+    ids = torch.zeros(2, 5, dtype=torch.long)
+    batch, responses = Sequences(ids, torch.ones_like(ids)), torch.zeros(2, 3, dtype=torch.long)
     states = lambda *widths: [torch.randn(2, w, 4) for w in widths]  # noqa: E731
     assert sampled_trunk(states(5, 1, 1), batch, responses)["trunk_response"].shape == (2, 3, 4)
     assert sampled_trunk(states(3, 2, 1, 1), batch, responses)  # a chunked prefill
@@ -554,29 +558,29 @@ def test_sampling_keeps_the_frozen_layers_output_so_the_reference_pass_skips_the
     lengths = response_mask(responses, tr.eos_ids).sum(1)
     assert (len(set(lengths.tolist())) > 1) == early_eos and (lengths < responses.shape[1]).any() == early_eos
     trunk = outputs[2]
-    assert trunk["trunk_prompt"].shape[:2] == batch["prompt_ids"].shape
+    assert trunk["trunk_prompt"].shape[:2] == batch.prompt_ids.shape
     assert trunk["trunk_response"].shape[:2] == responses.shape
     bottom, hook = tiny.attention_calls(tr.unwrapped.model, 0)
     reused, _ = tr.make_experience(records, batch, responses, outputs)
     assert bottom == []
     recomputed, _ = tr.make_experience(records, batch, responses, outputs[:2])
     hook.remove()
-    assert bottom == [1] and "trunk_prompt" in recomputed  # without them, the reference pass recorded its own
+    assert bottom == [1] and recomputed.trunk_prompt is not None  # without them the reference pass recorded its own
     for k in ("ref_logprobs", "old_logprobs", "advantages", "returns"):
-        torch.testing.assert_close(reused[k], recomputed[k], rtol=1e-5, atol=1e-5)
-    mb = trim_padding({k: v[[0, 2]] for k, v in reused.items()})
+        torch.testing.assert_close(getattr(reused, k), getattr(recomputed, k), rtol=1e-5, atol=1e-5)
+    mb = trim_padding(reused.rows([0, 2]))
     with torch.no_grad():
         replayed, values = tr.policy(mb)
-        whole, whole_values = tr.policy({k: v for k, v in mb.items() if not k.startswith("trunk_")})
-    keep = mb["mask"].bool()
+        whole, whole_values = tr.policy(replace(mb, trunk_prompt=None, trunk_response=None))
+    keep = mb.mask.bool()
     torch.testing.assert_close(replayed[keep], whole[keep], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(values[keep], whole_values[keep], rtol=1e-5, atol=1e-5)
-    m = reused["mask"].bool()
+    m = reused.mask.bool()
     # Real positions only (sampling numbers padding differently); the last token was never fed back.
-    p = batch["prompt_mask"].bool()
-    torch.testing.assert_close(reused["trunk_prompt"][p], recomputed["trunk_prompt"][p], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(reused["trunk_response"][:, :-1][m[:, :-1]],
-                               recomputed["trunk_response"][:, :-1][m[:, :-1]], rtol=1e-5, atol=1e-5)
+    p = batch.prompt_mask.bool()
+    torch.testing.assert_close(reused.trunk_prompt[p], recomputed.trunk_prompt[p], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(reused.trunk_response[:, :-1][m[:, :-1]],
+                               recomputed.trunk_response[:, :-1][m[:, :-1]], rtol=1e-5, atol=1e-5)
 
 
 def test_a_replayed_mini_batch_has_the_full_passes_logits_values_and_gradients(tmp_path):
@@ -586,10 +590,10 @@ def test_a_replayed_mini_batch_has_the_full_passes_logits_values_and_gradients(t
     batch = tr.encode_prompts(records)
     responses = tr.generate(batch)
     exp, _ = tr.make_experience(records, batch, responses)
-    assert exp["trunk_prompt"].shape[:2] == batch["prompt_ids"].shape and exp["trunk_response"].shape[1] == \
+    assert exp.trunk_prompt.shape[:2] == batch.prompt_ids.shape and exp.trunk_response.shape[1] == \
         responses.shape[1]
-    mb = trim_padding({k: v[[1, 3]] for k, v in exp.items()})
-    plain = {k: v for k, v in mb.items() if not k.startswith("trunk_")}
+    mb = trim_padding(exp.rows([1, 3]))
+    plain = replace(mb, trunk_prompt=None, trunk_response=None)
     outs, grads = [], []
     for b in (mb, plain):
         tr.policy.zero_grad()
@@ -631,8 +635,8 @@ def start_of_update_ratio(trainer, exp):
     mb = trim_padding(exp)
     with torch.no_grad():
         logits, _ = trainer.policy(mb)
-    logprobs = logprobs_from_logits(trainer._tempered(logits), mb["responses"])
-    return torch.exp(logprobs - mb["old_logprobs"]), mb["mask"]
+    logprobs = logprobs_from_logits(trainer._tempered(logits), mb.responses)
+    return torch.exp(logprobs - mb.old_logprobs), mb.mask
 
 
 # ------------------------------------------------------------------------------------- 9. temperature
@@ -648,9 +652,9 @@ def test_old_logprobs_are_those_of_the_tempered_sampling_distribution(tmp_path):
     tr.policy.eval()
     with torch.no_grad():
         raw, _ = tr.policy(exp)
-    sampled = torch.log_softmax(raw.float() / 0.7, -1).gather(-1, exp["responses"].unsqueeze(-1)).squeeze(-1)
-    mask = exp["mask"]
-    torch.testing.assert_close(exp["old_logprobs"], sampled * mask, atol=1e-5, rtol=0)
+    sampled = torch.log_softmax(raw.float() / 0.7, -1).gather(-1, exp.responses.unsqueeze(-1)).squeeze(-1)
+    mask = exp.mask
+    torch.testing.assert_close(exp.old_logprobs, sampled * mask, atol=1e-5, rtol=0)
     ratio, m = start_of_update_ratio(tr, exp)
     assert float(((ratio - 1).abs() * m).max()) < 1e-5
 
@@ -691,7 +695,7 @@ def _diverged_experience(tr):
     batch = tr.encode_prompts(records)
     responses, outputs = tr.generate(batch, with_policy_outputs=True)
     exp, _ = tr.make_experience(records, batch, responses, outputs)
-    exp["old_logprobs"] = (exp["old_logprobs"] - 5.0) * exp["mask"]  # ratio e^5 ≈ 148 on every token
+    exp.old_logprobs = (exp.old_logprobs - 5.0) * exp.mask  # ratio e^5 ≈ 148 on every token
     return exp
 
 

@@ -57,7 +57,7 @@ def test_training_samples_what_its_log_probs_describe_and_says_which_settings_it
     tr.policy.eval()
     with torch.no_grad():
         logits, _ = tr.policy(exp)
-    sampled = torch.log_softmax(logits.float() / temperature, -1).gather(-1, exp["responses"][..., None])[..., 0]
-    torch.testing.assert_close(exp["old_logprobs"], sampled * exp["mask"], atol=1e-5, rtol=0)
+    sampled = torch.log_softmax(logits.float() / temperature, -1).gather(-1, exp.responses[..., None])[..., 0]
+    torch.testing.assert_close(exp.old_logprobs, sampled * exp.mask, atol=1e-5, rtol=0)
     line = next(str(w.message) for w in said if "generation_config" in str(w.message))
     assert "repetition_penalty=5.0" in line and "no_repeat_ngram_size=1" in line and "bad_words_ids" in line

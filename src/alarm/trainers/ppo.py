@@ -18,7 +18,7 @@ import random
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ from alarm.trainers.runtime import (
     tracker_kwargs,
 )
 from alarm.trainers.sequences import (
+    Sequences,
     decoder_inputs,
     entropy_from_logits,
     eos_ids,
@@ -135,19 +136,36 @@ class KLController:
             self.value *= 1.0 + error * n / self.horizon
 
 
-_RESPONSE_KEYS = ("responses", "mask", "old_logprobs", "ref_logprobs", "old_values", "scores", "rewards", "advantages",
-                  "returns", "decoder_input_ids", "decoder_mask", "trunk_response")
+@dataclass(kw_only=True)
+class Rollout(Sequences):
+    """One PPO rollout: its prompts and sampled responses (:class:`Sequences`) and what the update reads about
+    each response token, [B, T] (0 past a response's end)."""
+
+    # log π of each token under the sampling policy and under the reference, and the sampling policy's values
+    old_logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    old_values: torch.Tensor
+    # the combined rewards as assigned (what the metrics report), and the rewards GAE saw (minus β·KL and the
+    # group baseline)
+    scores: torch.Tensor
+    rewards: torch.Tensor
+    # GAE's advantages (whitened when the config says so) and returns
+    advantages: torch.Tensor
+    returns: torch.Tensor
 
 
-def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+_PROMPT_COLUMNS = ("prompt_ids", "prompt_mask", "trunk_prompt")  # the other columns are response positions
+
+
+def trim_padding(batch: Rollout) -> Rollout:
     """A mini-batch without the columns that are padding in every row: prompt columns (left- or right-padded)
     and response positions past its longest response. Exact: positions come from the masks, attention is
     causal within the response, and padded positions carry no loss."""
-    keep = batch["prompt_mask"].any(0).nonzero().squeeze(-1)
+    keep = batch.prompt_mask.any(0).nonzero().squeeze(-1)
     lo, hi = int(keep[0]), int(keep[-1]) + 1
-    t = int(batch["mask"].sum(1).max())
-    return {k: v[:, lo:hi] if k in ("prompt_ids", "prompt_mask", "trunk_prompt") else v[:, :t] if k in _RESPONSE_KEYS else v
-            for k, v in batch.items()}
+    t = int(batch.mask.sum(1).max())
+    return replace(batch, **{f.name: v[:, lo:hi] if f.name in _PROMPT_COLUMNS else v[:, :t]
+                             for f in fields(batch) if (v := getattr(batch, f.name)) is not None})
 
 
 def leave_one_out_mean(totals: torch.Tensor, k: int) -> torch.Tensor:
@@ -190,7 +208,7 @@ class PolicyWithValue(torch.nn.Module):
         # Bottom layers without adapters: the same in policy and reference, so computed once per rollout.
         self.trunk_depth = reusable_trunk_depth(self.model, self.ref_model, config, accelerator)
 
-    def forward(self, batch: dict[str, torch.Tensor], with_values: bool = True, reference: bool = False):
+    def forward(self, batch: Sequences, with_values: bool = True, reference: bool = False):
         """Logits (and values) at the positions that predict each response token: [B, T, V] and [B, T].
         A batch with ``trunk_prompt``/``trunk_response`` (see :meth:`recording_trunk`) skips the frozen layers."""
         net, ctx = policy_or_reference(self.model, self.ref_model, reference)
@@ -200,16 +218,16 @@ class PolicyWithValue(torch.nn.Module):
         return logits, values
 
     @contextmanager
-    def recording_trunk(self, batch: dict[str, torch.Tensor]):
+    def recording_trunk(self, batch: Sequences):
         """Yields a dict that, after one forward pass of ``batch`` inside, holds the states leaving the frozen
         layers split at the prompt's end: ``trunk_prompt`` [B, P, H] and ``trunk_response`` [B, T, H] (sliced
         and trimmed with the rest of a mini-batch). Empty when nothing can be reused, or ``batch`` already
         carries them."""
         found: dict[str, torch.Tensor] = {}
-        with recording_trunk(self.model, 0 if "trunk_prompt" in batch else self.trunk_depth) as states:
+        with recording_trunk(self.model, 0 if batch.trunk_prompt is not None else self.trunk_depth) as states:
             yield found
         if len(states) == 1:
-            P = batch["prompt_ids"].shape[1]
+            P = batch.prompt_ids.shape[1]
             found.update(trunk_prompt=states[0][:, :P], trunk_response=states[0][:, P:])
 
     @property
@@ -433,7 +451,7 @@ class PPOTrainer:
 
     # -- rollout ------------------------------------------------------------------------------------------
 
-    def encode_prompts(self, records: list[dict]) -> dict[str, torch.Tensor]:
+    def encode_prompts(self, records: list[dict]) -> Sequences:
         tok = self.tokenizer
         side = tok.padding_side
         tok.padding_side = "right" if self.unwrapped.is_encoder_decoder else "left"
@@ -443,9 +461,9 @@ class PPOTrainer:
         finally:
             tok.padding_side = side
         dev = self.accelerator.device
-        return {"prompt_ids": enc["input_ids"].to(dev), "prompt_mask": enc["attention_mask"].to(dev)}
+        return Sequences(prompt_ids=enc["input_ids"].to(dev), prompt_mask=enc["attention_mask"].to(dev))
 
-    def generate(self, batch: dict[str, torch.Tensor], with_policy_outputs: bool = False):
+    def generate(self, batch: Sequences, with_policy_outputs: bool = False):
         """:meth:`_generate` with every FSDP2 shard gathered (a no-op without FSDP).
 
         Why: generate() calls the inner model, not the FSDP root, so the root's parameters (embeddings, LM
@@ -457,7 +475,7 @@ class PPOTrainer:
             return self._generate(batch, with_policy_outputs)
 
     @torch.inference_mode()
-    def _generate(self, batch: dict[str, torch.Tensor], with_policy_outputs: bool = False):
+    def _generate(self, batch: Sequences, with_policy_outputs: bool = False):
         """Sampled response token ids [B, T] (padding after EOS), temperature/top-p/top-k from the config.
 
         ``with_policy_outputs``: also return ``(logits [B, T, V], values [B, T], trunk)`` of the sampling pass
@@ -479,7 +497,7 @@ class PPOTrainer:
             with policy.merged_adapters(), recording_trunk(policy.model, trunk_depth) as trunk_steps, \
                     without_reshaping(policy.model, self.reshaping):
                 out = policy.model.generate(
-                    input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], do_sample=True,
+                    input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, do_sample=True,
                     temperature=c.temperature, top_p=c.top_p, top_k=c.top_k, max_new_tokens=c.max_new_tokens,
                     eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id,
                     return_dict_in_generate=True, output_logits=with_policy_outputs,
@@ -487,7 +505,7 @@ class PPOTrainer:
         finally:
             if hook is not None:
                 hook.remove()
-        start = 1 if policy.is_encoder_decoder else batch["prompt_ids"].shape[1]  # drop the decoder start token
+        start = 1 if policy.is_encoder_decoder else batch.prompt_ids.shape[1]  # drop the decoder start token
         responses = out.sequences[:, start:]
         if not with_policy_outputs:
             return responses
@@ -498,7 +516,7 @@ class PPOTrainer:
         return responses, (logits, values, sampled_trunk(trunk_steps, batch, responses))
 
 
-    def make_experience(self, records: list[dict], batch: dict[str, torch.Tensor], responses: torch.Tensor,
+    def make_experience(self, records: list[dict], batch: Sequences, responses: torch.Tensor,
                         policy_outputs: tuple[torch.Tensor, torch.Tensor] | None = None):
         """Everything PPO needs about a rollout: masks, texts, rewards, log-probs, values, advantages.
 
@@ -509,9 +527,9 @@ class PPOTrainer:
         mask = response_mask(responses, self.eos_ids)
         if mask.sum(1).min() == 0:
             raise RuntimeError("a response has no generated tokens (max_new_tokens must be ≥ 1)")
-        batch = {**batch, "responses": responses, "mask": mask}
+        batch = replace(batch, responses=responses, mask=mask)
         if self.unwrapped.is_encoder_decoder:
-            batch.update(decoder_inputs(self.unwrapped.model, self.tokenizer, responses, mask))
+            batch = replace(batch, **decoder_inputs(self.unwrapped.model, self.tokenizer, responses, mask))
 
         # Score: decode exactly the generated tokens, map reward positions onto them, combine.
         t0 = time.perf_counter()
@@ -537,13 +555,13 @@ class PPOTrainer:
         policy = self.unwrapped
         policy.eval()
         logits, values, *sampled = policy_outputs or (None, None)
-        batch = {**batch, **(sampled[0] if sampled else {})}
+        batch = replace(batch, **(sampled[0] if sampled else {}))
         # FSDP2 allocates its gathered parameters in the mode it runs in: inference tensors from here could
         # not be written by the update's all-gathers later, so FSDP gets no_grad instead.
         with torch.no_grad() if is_fsdp2(self.policy) else torch.inference_mode():
             with policy.recording_trunk(batch) as recorded:
                 ref_logits, _ = policy(batch, with_values=False, reference=True)
-            batch.update(recorded)
+            batch = replace(batch, **recorded)
             ref_logprobs = logprobs_from_logits(self._tempered(ref_logits), responses) * mask
             del ref_logits
             if logits is None:
@@ -552,8 +570,8 @@ class PPOTrainer:
             old_logprobs = logprobs_from_logits(logits, responses) * mask
             entropy = masked_mean(entropy_from_logits(logits), mask).item()
             del logits
-        # Out of inference mode: the update's autograd reads them.
-        batch.update({k: v.clone() for k, v in batch.items() if k.startswith("trunk_")})
+        if batch.trunk_prompt is not None:  # out of inference mode: the update's autograd reads them
+            batch = replace(batch, trunk_prompt=batch.trunk_prompt.clone(), trunk_response=batch.trunk_response.clone())
         t_forward = time.perf_counter() - t0
 
         kl = (old_logprobs - ref_logprobs) * mask
@@ -562,19 +580,19 @@ class PPOTrainer:
         adv, returns = gae(rewards, values, mask, c.gamma, c.lam)
         if c.whiten_advantages:
             adv = masked_whiten(adv, mask, reduce=self._reduce_sum)
-        exp = {**batch, "old_logprobs": old_logprobs.clone(), "ref_logprobs": ref_logprobs.clone(),
-               "old_values": values.clone(), "scores": scores, "rewards": rewards.clone(),
-               "advantages": adv.clone(), "returns": returns.clone()}
+        exp = Rollout(**vars(batch), old_logprobs=old_logprobs.clone(), ref_logprobs=ref_logprobs.clone(),
+                      old_values=values.clone(), scores=scores, rewards=rewards.clone(), advantages=adv.clone(),
+                      returns=returns.clone())
         info = {"texts": texts, "combined": combined, "raw": raw, "entropy": entropy,
                 "kl_seq": float(kl.sum(1).mean()), "time/score": t_score, "time/forward": t_forward}
         return exp, info
 
     # -- update -------------------------------------------------------------------------------------------
 
-    def update(self, exp: dict[str, torch.Tensor]) -> dict[str, float]:
+    def update(self, exp: Rollout) -> dict[str, float]:
         """``ppo_epochs`` passes over mini-batches; stop early when the policy drifts past the KL limit."""
         c = self.config
-        B = exp["responses"].shape[0]
+        B = exp.responses.shape[0]
         self.policy.train()
         stats = {"pg_loss": [], "vf_loss": [], "clipfrac": [], "vf_clipfrac": [], "approx_kl": []}
         stopped_early, epochs_run, skipped = False, 0, 0
@@ -584,16 +602,14 @@ class PPOTrainer:
             minis = [order[i : i + c.mini_batch_size] for i in range(0, B, c.mini_batch_size)]
             epoch_kl = []
             for j, idx in enumerate(minis):
-                mb = trim_padding({k: v[idx] for k, v in exp.items()})
+                mb = trim_padding(exp.rows(idx))
                 logits, values = self.policy(mb)
-                logprobs = logprobs_from_logits(self._tempered(logits), mb["responses"])
+                logprobs = logprobs_from_logits(self._tempered(logits), mb.responses)
                 del logits
-                pg, clipfrac, approx_kl = policy_loss(logprobs, mb["old_logprobs"], mb["advantages"], mb["mask"],
-                                                      c.cliprange)
-                vf, vf_clipfrac = value_loss(values.float(), mb["old_values"], mb["returns"], mb["mask"],
-                                             c.cliprange_value)
+                pg, clipfrac, approx_kl = policy_loss(logprobs, mb.old_logprobs, mb.advantages, mb.mask, c.cliprange)
+                vf, vf_clipfrac = value_loss(values.float(), mb.old_values, mb.returns, mb.mask, c.cliprange_value)
                 loss = (pg + c.vf_coef * vf) / c.grad_accum_steps
-                ratio = masked_mean(torch.exp(logprobs.detach() - mb["old_logprobs"]), mb["mask"])
+                ratio = masked_mean(torch.exp(logprobs.detach() - mb.old_logprobs), mb.mask)
                 if c.ratio_threshold is not None and float(ratio) > c.ratio_threshold:
                     loss, skipped = loss * 0.0, skipped + 1  # zeroed, not skipped: DDP's backward stays in step
                 self.accelerator.backward(loss)
@@ -635,13 +651,13 @@ class PPOTrainer:
         t_update = time.perf_counter() - t0
 
         # Statistics of the whole step over all processes, each weighted by what this process's value averages.
-        n = exp["responses"].shape[0]
+        n = exp.responses.shape[0]
         kept = n - sum(info["combined"].empty)
         local = {**info["combined"].stats, "kl": info["kl_seq"], "entropy": info["entropy"],
-                 "score/mean": float(exp["scores"].sum(1).mean()), "length/tokens_max": float(exp["mask"].sum(1).max()),
+                 "score/mean": float(exp.scores.sum(1).mean()), "length/tokens_max": float(exp.mask.sum(1).max()),
                  **ppo_stats}
         weights = {k: float(kept if over_nonempty(k) else n) for k in info["combined"].stats}
-        weights.update({"kl": n, "entropy": float(exp["mask"].sum()), "score/mean": n})  # ppo/*: 1 per process
+        weights.update({"kl": n, "entropy": float(exp.mask.sum()), "score/mean": n})  # ppo/*: 1 per process
         metrics = {"step": self.step_idx + 1, **self._global_stats(local, weights, maxima=("length/tokens_max",),
                                                                    totals=("ppo/skipped_minibatches",))}
         metrics.update({

@@ -1,5 +1,6 @@
 """What PPO, VCB and generation share about a policy and its responses: one place for each.
 
+- the prompts and responses a forward pass reads (:class:`Sequences`; PPO's rollout extends it);
 - which tokens of a response count (up to and including the first EOS) and which ids are EOS;
 - log-probabilities of response tokens, from one forward pass laid out the same way for causal and
   encoder-decoder policies (the first response token is predicted from the last prompt position);
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import copy
 from contextlib import nullcontext
+from dataclasses import dataclass, fields, replace
+from typing import Self
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +21,33 @@ import torch.nn.functional as F
 from alarm.errors import AlarmError
 from alarm.models import is_seq2seq
 from alarm.trainers.configs import LoRASettings
+
+# ---------------------------------------------------------------------------------------------- sequences
+
+
+@dataclass
+class Sequences:
+    """Prompts and responses laid out as a policy's forward pass reads them (:func:`response_logits`): PPO's
+    rollout (:class:`alarm.trainers.ppo.Rollout`) and VCB's candidates. Every tensor has the batch first."""
+
+    # prompts [B, P]: causal prompts left-padded, encoder inputs right-padded; the mask 1 on real tokens
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    # responses [B, T], right-padded, and 1 on their tokens up to and including the first EOS (None: prompts only)
+    responses: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    # encoder-decoder policies only: the teacher-forcing inputs of :func:`decoder_inputs`, [B, T]
+    decoder_input_ids: torch.Tensor | None = None
+    decoder_mask: torch.Tensor | None = None
+    # the frozen layers' output over the prompt [B, P, H] and the response [B, T, H] when replayed
+    # (alarm.trainers.trunk; None: the pass computes them)
+    trunk_prompt: torch.Tensor | None = None
+    trunk_response: torch.Tensor | None = None
+
+    def rows(self, index) -> Self:
+        """The same structure holding only rows ``index`` of every tensor."""
+        return replace(self, **{f.name: v[index] for f in fields(self) if (v := getattr(self, f.name)) is not None})
+
 
 # ---------------------------------------------------------------------------------------------- responses
 
@@ -65,24 +95,24 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def response_logits(net, batch: dict[str, torch.Tensor], is_encoder_decoder: bool, with_hidden: bool = False):
+def response_logits(net, batch: Sequences, is_encoder_decoder: bool, with_hidden: bool = False):
     """Logits [B, T, V] at the positions that predict each response token (and the last hidden states
-    there, [B, T, H], when ``with_hidden``). ``batch``: prompt_ids/prompt_mask (causal prompts left-padded,
-    encoder inputs right-padded), responses/mask, and for encoder-decoder the :func:`decoder_inputs`."""
-    T = batch["responses"].shape[1]
+    there, [B, T, H], when ``with_hidden``). ``batch``: prompts, responses, and for encoder-decoder the
+    :func:`decoder_inputs`."""
+    T = batch.responses.shape[1]
     if is_encoder_decoder:
-        out = net(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"],
-                  decoder_input_ids=batch["decoder_input_ids"], decoder_attention_mask=batch["decoder_mask"],
+        out = net(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask,
+                  decoder_input_ids=batch.decoder_input_ids, decoder_attention_mask=batch.decoder_mask,
                   output_hidden_states=with_hidden)
         return out.logits, (out.decoder_hidden_states[-1] if with_hidden else None)
-    ids = torch.cat([batch["prompt_ids"], batch["responses"]], dim=1)
-    attn = torch.cat([batch["prompt_mask"], batch["mask"].long()], dim=1)
+    ids = torch.cat([batch.prompt_ids, batch.responses], dim=1)
+    attn = torch.cat([batch.prompt_mask, batch.mask.long()], dim=1)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)  # left-padded prompts: positions count real tokens only
     # The token at P + t is predicted from position P + t − 1: the first response token from the last prompt
     # position (so it receives gradient). Only those T positions need logits: the LM head skips the prompt.
     out = net(input_ids=ids, attention_mask=attn, position_ids=pos, output_hidden_states=with_hidden,
               logits_to_keep=T + 1, use_cache=False)
-    P = batch["prompt_ids"].shape[1]
+    P = batch.prompt_ids.shape[1]
     hidden = out.hidden_states[-1][:, P - 1 : P - 1 + T] if with_hidden else None
     return out.logits[:, :T], hidden
 

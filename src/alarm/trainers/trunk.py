@@ -16,6 +16,7 @@ from accelerate.utils import DistributedType
 from alarm.models import is_seq2seq
 from alarm.trainers.configs import LoRASettings
 from alarm.trainers.runtime import is_fsdp2
+from alarm.trainers.sequences import Sequences
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList | None:
@@ -91,14 +92,14 @@ def recording_trunk(model: torch.nn.Module, depth: int):
 
 
 @contextmanager
-def replaying_trunk(model: torch.nn.Module, depth: int, batch: dict[str, torch.Tensor]):
+def replaying_trunk(model: torch.nn.Module, depth: int, batch: Sequences):
     """The bottom ``depth`` decoder layers return the states ``batch`` carries (``trunk_prompt`` [B, P, H] and
     ``trunk_response`` [B, T, H], what :func:`recording_trunk` kept for these sequences) instead of computing
     them; the layers above run as usual. A no-op for a batch without them."""
-    if "trunk_prompt" not in batch or not depth:
+    if batch.trunk_prompt is None or not depth:
         yield
         return
-    states = torch.cat([batch["trunk_prompt"], batch["trunk_response"]], dim=1)
+    states = torch.cat([batch.trunk_prompt, batch.trunk_response], dim=1)
     layers = decoder_layers(model)[:depth]
     own = [layer.__dict__.get("forward") for layer in layers]  # e.g. accelerate's dispatch hook: put back after
     for layer in layers:
@@ -113,11 +114,11 @@ def replaying_trunk(model: torch.nn.Module, depth: int, batch: dict[str, torch.T
                 layer.forward = forward
 
 
-def sampled_trunk(steps: list[torch.Tensor], batch: dict[str, torch.Tensor], responses: torch.Tensor) -> dict:
+def sampled_trunk(steps: list[torch.Tensor], batch: Sequences, responses: torch.Tensor) -> dict:
     """The frozen layers' output over prompt + response from PPO's decoding steps (prompt, then one position a
     step), as ``trunk_prompt`` and ``trunk_response``. The last token is never fed back; its position gets zeros,
     read by no kept output (causal). Empty unless the loop was the plain prefill-then-one-token one."""
-    P, T = batch["prompt_ids"].shape[1], responses.shape[1]
+    P, T = batch.prompt_ids.shape[1], responses.shape[1]
     widths = [s.shape[1] for s in steps]
     ends = list(accumulate(widths))  # a chunked prefill ends at P too
     prefill = ends.index(P) + 1 if P in ends else None

@@ -54,6 +54,7 @@ from alarm.trainers.runtime import (
     tracker_kwargs,
 )
 from alarm.trainers.sequences import (
+    Sequences,
     decoder_inputs,
     eos_ids,
     logprobs_from_logits,
@@ -229,13 +230,13 @@ class Policy(torch.nn.Module):
         # Bottom layers without adapters: each candidate's states there never change (docs/method.md §2.5).
         self.trunk_depth = reusable_trunk_depth(self.model, self.ref_model, config, accelerator)
 
-    def forward(self, batch: dict[str, torch.Tensor], reference: bool = False) -> torch.Tensor:
+    def forward(self, batch: Sequences, reference: bool = False) -> torch.Tensor:
         """Summed log-probs of each row's response tokens, [B]. A batch carrying the frozen layers' states
         (:meth:`VCBTrainer.frozen_trunk`) skips those layers."""
         net, ctx = policy_or_reference(self.model, self.ref_model, reference)
         with ctx, replaying_trunk(net, self.trunk_depth, batch):
             logits, _ = response_logits(net, batch, self.is_encoder_decoder)
-        return sequence_logprobs(logits, batch["responses"], batch["mask"])
+        return sequence_logprobs(logits, batch.responses, batch.mask)
 
 
 class VCBTrainer:
@@ -326,7 +327,7 @@ class VCBTrainer:
             response = response[: self.config.max_response_tokens]
         return prompt, response
 
-    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+    def collate(self, indices: list[int]) -> Sequences:
         pad = self.tokenizer.pad_token_id
         pad = self.eos_ids[0] if pad is None else pad
         prompts = [self.encoded[i][0] for i in indices]
@@ -340,21 +341,21 @@ class VCBTrainer:
                                     ([0] * (P - len(p)) if enc_dec else []) for p in prompts])
         resp = torch.tensor([r + [pad] * (T - len(r)) for r in responses])
         mask = torch.tensor([[1.0] * len(r) + [0.0] * (T - len(r)) for r in responses])
-        batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "responses": resp, "mask": mask}
+        columns = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "responses": resp, "mask": mask}
         if enc_dec:
-            batch.update(decoder_inputs(self.unwrapped.model, self.tokenizer, resp, mask))
+            columns.update(decoder_inputs(self.unwrapped.model, self.tokenizer, resp, mask))
         dev = self.accelerator.device
-        return {k: v.to(dev) for k, v in batch.items()}
+        return Sequences(**{k: v.to(dev) for k, v in columns.items()})
 
     @contextmanager
-    def frozen_trunk(self, indices: list[int], batch: dict[str, torch.Tensor]):
+    def frozen_trunk(self, indices: list[int], batch: Sequences):
         """Around one forward pass of ``batch`` (candidates ``indices``): when every candidate's frozen-layer
         states are kept, ``batch`` gets them and the pass replays them; otherwise the pass runs whole and the
         states it computes are kept, up to ``frozen_layers_max_gb`` (then a warning, and later passes of the
         candidates left out run whole)."""
         depth = self.unwrapped.trunk_depth
         if depth and all(i in self.trunk for i in indices):
-            batch.update(self._stacked_trunk(indices, batch))
+            batch.trunk_prompt, batch.trunk_response = self._stacked_trunk(indices, batch)
             yield
             return
         with recording_trunk(self.unwrapped.model, depth if self.trunk_room > 0 else 0) as states:
@@ -362,10 +363,10 @@ class VCBTrainer:
         if len(states) == 1:
             self._keep_trunk(indices, batch, states[0])
 
-    def _keep_trunk(self, indices: list[int], batch: dict[str, torch.Tensor], states: torch.Tensor) -> None:
-        P = batch["prompt_ids"].shape[1]
+    def _keep_trunk(self, indices: list[int], batch: Sequences, states: torch.Tensor) -> None:
+        P = batch.prompt_ids.shape[1]
         per_token = states.shape[-1] * states.element_size()
-        lengths = zip(batch["prompt_mask"].sum(1).tolist(), batch["mask"].sum(1).long().tolist())
+        lengths = zip(batch.prompt_mask.sum(1).tolist(), batch.mask.sum(1).long().tolist())
         for b, (i, (n_p, n_r)) in enumerate(zip(indices, lengths)):
             if i in self.trunk:
                 continue
@@ -380,9 +381,10 @@ class VCBTrainer:
             self.trunk[i] = (states[b, P - n_p : P].to("cpu", copy=True), states[b, P : P + n_r].to("cpu", copy=True))
             self.trunk_room -= size
 
-    def _stacked_trunk(self, indices: list[int], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The kept states laid out like ``batch``: prompts left-padded, responses right-padded (zeros there)."""
-        P, T = batch["prompt_ids"].shape[1], batch["responses"].shape[1]
+    def _stacked_trunk(self, indices: list[int], batch: Sequences) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kept states laid out like ``batch`` (its ``trunk_prompt`` and ``trunk_response``): prompts
+        left-padded, responses right-padded (zeros there)."""
+        P, T = batch.prompt_ids.shape[1], batch.responses.shape[1]
         first = self.trunk[indices[0]][0]
         prompt = first.new_zeros(len(indices), P, first.shape[-1])
         response = first.new_zeros(len(indices), T, first.shape[-1])
@@ -390,8 +392,8 @@ class VCBTrainer:
             p, r = self.trunk[i]
             prompt[b, P - len(p) :] = p
             response[b, : len(r)] = r
-        dev = batch["prompt_ids"].device
-        return {"trunk_prompt": prompt.to(dev), "trunk_response": response.to(dev)}
+        dev = batch.prompt_ids.device
+        return prompt.to(dev), response.to(dev)
 
     @torch.no_grad()
     def logprobs(self, indices: list[int], reference: bool = False) -> torch.Tensor:
