@@ -539,7 +539,7 @@ def test_the_docs_state_the_empty_return_and_the_group_baseline_the_code_uses():
     assert CombineConfig(holistic_weight=0.5).empty_return == -10.0
     assert CombineConfig(holistic_weight=5.0).empty_return == -50.0
     root = Path(__file__).resolve().parents[1]
-    for page in ("README.md", "docs/method.md"):
+    for page in ("docs/concepts.md", "docs/method.md"):  # the README keeps only the concepts in brief
         text = " ".join((root / page).read_text(encoding="utf-8").split())
         assert "w_h·(−10)" not in text and "−10·max(w_h, 1)" in text, page
         assert "without the −β·KL term" in text, page
