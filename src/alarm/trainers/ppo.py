@@ -41,7 +41,6 @@ from alarm.trainers.runtime import (
 )
 from alarm.trainers.sequences import (
     Sequences,
-    decoder_inputs,
     entropy_from_logits,
     eos_ids,
     logprobs_from_logits,
@@ -527,9 +526,7 @@ class PPOTrainer:
         mask = response_mask(responses, self.eos_ids)
         if mask.sum(1).min() == 0:
             raise RuntimeError("a response has no generated tokens (max_new_tokens must be ≥ 1)")
-        batch = replace(batch, responses=responses, mask=mask)
-        if self.unwrapped.is_encoder_decoder:
-            batch = replace(batch, **decoder_inputs(self.unwrapped.model, self.tokenizer, responses, mask))
+        batch = batch.with_responses(responses, mask, self.unwrapped.model, self.tokenizer)
 
         # Score: decode exactly the generated tokens, map reward positions onto them, combine.
         t0 = time.perf_counter()

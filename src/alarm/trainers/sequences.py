@@ -46,7 +46,20 @@ class Sequences:
 
     def rows(self, index) -> Self:
         """The same structure holding only rows ``index`` of every tensor."""
-        return replace(self, **{f.name: v[index] for f in fields(self) if (v := getattr(self, f.name)) is not None})
+        return self._map(lambda v: v[index])
+
+    def to(self, device) -> Self:
+        """The same structure with every tensor on ``device``."""
+        return self._map(lambda v: v.to(device))
+
+    def with_responses(self, responses: torch.Tensor, mask: torch.Tensor, model, tokenizer) -> Self:
+        """These prompts with ``responses`` and their ``mask``, and for an encoder-decoder ``model`` its
+        teacher-forcing inputs (:func:`decoder_inputs`)."""
+        teacher = decoder_inputs(model, tokenizer, responses, mask) if is_seq2seq(model) else {}
+        return replace(self, responses=responses, mask=mask, **teacher)
+
+    def _map(self, fn) -> Self:
+        return replace(self, **{f.name: fn(v) for f in fields(self) if (v := getattr(self, f.name)) is not None})
 
 
 # ---------------------------------------------------------------------------------------------- responses

@@ -55,7 +55,6 @@ from alarm.trainers.runtime import (
 )
 from alarm.trainers.sequences import (
     Sequences,
-    decoder_inputs,
     eos_ids,
     logprobs_from_logits,
     policy_or_reference,
@@ -341,11 +340,8 @@ class VCBTrainer:
                                     ([0] * (P - len(p)) if enc_dec else []) for p in prompts])
         resp = torch.tensor([r + [pad] * (T - len(r)) for r in responses])
         mask = torch.tensor([[1.0] * len(r) + [0.0] * (T - len(r)) for r in responses])
-        columns = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "responses": resp, "mask": mask}
-        if enc_dec:
-            columns.update(decoder_inputs(self.unwrapped.model, self.tokenizer, resp, mask))
-        dev = self.accelerator.device
-        return Sequences(**{k: v.to(dev) for k, v in columns.items()})
+        batch = Sequences(prompt_ids, prompt_mask).with_responses(resp, mask, self.unwrapped.model, self.tokenizer)
+        return batch.to(self.accelerator.device)
 
     @contextmanager
     def frozen_trunk(self, indices: list[int], batch: Sequences):
