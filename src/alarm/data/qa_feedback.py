@@ -47,9 +47,15 @@ class Passage:
 
 
 @dataclass(frozen=True)
-class PromptRecord:
+class Question:
+    """A question and the passages it is answered from: what the prompt shows (:func:`format_prompt`)."""
+
     question: str
     passages: tuple[Passage, ...]
+
+
+@dataclass(frozen=True)
+class PromptRecord(Question):
     answers: tuple[str, ...]
 
 
@@ -61,9 +67,7 @@ class SpanError:
 
 
 @dataclass(frozen=True)
-class FeedbackRecord:
-    question: str
-    passages: tuple[Passage, ...]
+class FeedbackRecord(Question):
     gold: str
     predictions: tuple[str, str, str, str]
     errors: tuple[SpanError, ...]  # on predictions[0] ("prediction 1")

@@ -409,6 +409,12 @@ def compare(args: argparse.Namespace) -> int:
 # argparse
 
 
+def _add_comparison_options(p: argparse.ArgumentParser) -> None:
+    """How two scores of a metric compare: the options of `alarm select` and `alarm compare` alike."""
+    p.add_argument("--lower-is-better", default=None, help="comma-separated metrics where lower is better")
+    p.add_argument("--tie-tol", type=float, default=0.0, help="differences within this count as ties")
+
+
 def add_commands(subparsers) -> None:
     p = subparsers.add_parser("generate", allow_abbrev=False, help="generate responses from a policy for a prompt set",
                               description="Generate responses (greedy by default) to a JSONL of prompts; resumable.")
@@ -464,10 +470,9 @@ def add_commands(subparsers) -> None:
     rule.add_argument("--max-conflict", type=float, default=None, help="keep conflict ≤ this (default 0.4)")
     rule.add_argument("--top-k", type=int, default=None, help="keep the k lowest conflict rates")
     p.add_argument("--min-decisive", type=float, default=0.0, help="drop aspects deciding fewer pairs than this share")
-    p.add_argument("--tie-tol", type=float, default=0.0, help="differences within this count as ties")
     p.add_argument("--samples", default=None, help="one file: the two sample numbers to pair (default 0,1)")
     p.add_argument("--sample", type=int, default=0, help="two files: the sample number to use (default 0)")
-    p.add_argument("--lower-is-better", default=None, help="comma-separated metrics where lower is better")
+    _add_comparison_options(p)
     p.add_argument("--out-dir", required=True, help="directory for selection.{json,md,png}")
     p.set_defaults(handler=select)
 
@@ -477,7 +482,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("files", nargs="+", help="scored (or plain generation) JSONL files, one per system")
     p.add_argument("--names", default=None, help="comma-separated system names (default: file names)")
     p.add_argument("--metrics", default=None, help="comma-separated metrics (default: every common score)")
-    p.add_argument("--lower-is-better", default=None, help="comma-separated metrics where lower is better")
+    _add_comparison_options(p)
     p.add_argument("--sample", type=int, default=0, help="which sample of each prompt to compare (default 0)")
     p.add_argument("--allow-missing", action="store_true", help="compare only prompts every system answered; report counts")
     p.add_argument("--ci", choices=("t", "bootstrap"), default="bootstrap",
@@ -485,7 +490,6 @@ def add_commands(subparsers) -> None:
     p.add_argument("--confidence", type=float, default=0.95, help="coverage of every interval")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples of the prompts")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
-    p.add_argument("--tie-tol", type=float, default=0.0, help="differences within this count as ties")
     p.add_argument("--out-dir", required=True, help="directory for report.md, compare.json and the plots")
     j = p.add_argument_group("LLM judge (any OpenAI-compatible chat endpoint)")
     j.add_argument("--judge-url", default=None, help="base URL, e.g. http://127.0.0.1:8080/v1")
