@@ -523,6 +523,10 @@ def main(argv=None) -> int:
         res["total_s"] = round(time.perf_counter() - t_start, 1)
         res["environment"]["load1_now"] = round(os.getloadavg()[0], 2)
         write(res)
+    if "accelerate.state" in sys.modules:  # leave no bf16 accelerator state behind (main() runs in-process in tests)
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
     print(markdown(res))
     print(f"wrote {RESULTS / (name + '.json')} and .md")
     return 0 if all(res[k]["status"] in ("ok", "skipped") for k, _, _ in sections) else 1

@@ -93,7 +93,7 @@ def test_the_removed_spellings_of_the_kl_settings_are_refused(old):
 
 
 @pytest.mark.parametrize(("override", "closest", "valid"), [
-    ("ppo.learnig_rate=1e-4", "did you mean ppo.learning_rate?", "valid in ppo: lora, lora_r"),
+    ("ppo.learnig_rate=1e-4", "did you mean ppo.learning_rate?", "valid in ppo: seed, save_every, report_to, lora"),
     ("data.pth=x", "did you mean data.path?", "valid in data: task, path, train_split"),
     ("selection.max_conflct=0.3", "did you mean selection.max_conflict?", "valid in selection: enabled"),
     ("combine.mod=hierarchical", "did you mean combine.mode?", "valid in combine: aspect_scales"),

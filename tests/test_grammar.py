@@ -185,7 +185,9 @@ def test_seq2seq_ppo_step_puts_grammar_rewards_on_the_misspelt_tokens(tmp_path, 
     T = max(len(e["input_ids"]) for e in enc) + 2
     rows = [e["input_ids"] + [eos] + [pad] * (T - len(e["input_ids"]) - 1) for e in enc]
     # Crafted responses, no sampling-pass outputs: make_experience runs the policy forward itself.
-    monkeypatch.setattr(tr, "generate", lambda batch, with_policy_outputs=False: (torch.tensor(rows), None))
+    # as the real generate: the sampling pass's outputs too only when asked for them
+    monkeypatch.setattr(tr, "generate", lambda batch, with_policy_outputs=False:
+                        (torch.tensor(rows), None) if with_policy_outputs else torch.tensor(rows))
     captured = {}
     original = tr.make_experience
 
