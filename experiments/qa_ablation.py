@@ -68,10 +68,19 @@ def jobs(args) -> list[tuple[int, str]]:
     return [(seed, aspect) for seed in args.seeds for aspect in args.aspects]
 
 
-def train_one(args, root: Path, seed: int, aspect: str) -> None:
+def saved_systems(args) -> set[str]:
+    """The trained systems whose answers the committed answers file already holds (at the full step count): an
+    earlier session's finished runs, not trained again when their run directory is gone."""
+    path = Path(args.out) / ANSWERS
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    return {r["system"] for r in rows if r["steps"] == args.steps}
+
+
+def train_one(args, root: Path, seed: int, aspect: str) -> bool:
+    """Train one run unless it is done (its last checkpoint, or its answers saved); True when it was trained."""
     out = root / system(aspect, seed)
-    if (out / "checkpoints" / f"step-{args.steps:06d}").exists():
-        return
+    if (out / "checkpoints" / f"step-{args.steps:06d}").exists() or out.name in saved_systems(args):
+        return False
     s = qc.run_settings(args, "hierarchical", seed, aspect, out)
     state = json.loads((root / "selection" / "reward_state.json").read_text())
     keep = set(s["rewards"]["aspects"]) | {"holistic"}
@@ -85,6 +94,7 @@ def train_one(args, root: Path, seed: int, aspect: str) -> None:
     run(qc.validate_recipe(s), steps=("train",), resume=True)
     earlier = float((out / "wall_seconds.txt").read_text()) if (out / "wall_seconds.txt").exists() else 0.0
     (out / "wall_seconds.txt").write_text(f"{earlier + time.perf_counter() - t0:.1f}\n")
+    return True
 
 
 def stage_train(args, root: Path) -> None:
@@ -94,9 +104,9 @@ def stage_train(args, root: Path) -> None:
     lanes = range(args.lanes) if args.lane is None else [args.lane]
     for lane in lanes:
         for seed, aspect in todo[lane:: args.lanes]:
-            train_one(args, root, seed, aspect)
             name = system(aspect, seed)
-            qc.eval_scored(args, root, "", name, str(qc._checkpoints(root / name)), seed, [])
+            if train_one(args, root, seed, aspect) or (root / name / "checkpoints").exists():
+                qc.eval_scored(args, root, "", name, str(qc._checkpoints(root / name)), seed, [])
 
 
 def collect(args, root: Path) -> list[str]:

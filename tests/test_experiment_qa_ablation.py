@@ -68,3 +68,22 @@ def test_the_table_holds_every_variant_with_intervals_beside_the_paper(tmp_path)
     assert data["table"]["factuality"]["paper"]["holistic"] == 51.93
     md = (tmp_path / "out" / "qa_ablation.md").read_text()
     assert md.count("| factuality |") == 1 and "6.0 %" in md and "(initial policy)" in md
+
+
+def test_runs_whose_answers_are_saved_are_not_trained_again(tmp_path, monkeypatch):
+    args = _args(tmp_path)
+    (tmp_path / "out").mkdir()
+    rows = [{"system": "hierarchical-factuality-s1", "seed": 1, "prompt_id": "q0", "sample": 0, "completion": "a",
+             "scores": {}, "steps": 40},
+            {"system": "hierarchical-relevance-s1", "seed": 1, "prompt_id": "q0", "sample": 0, "completion": "b",
+             "scores": {}, "steps": 12}]  # half-trained: not done
+    (tmp_path / "out" / qa_ablation.ANSWERS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    trained = []
+    monkeypatch.setattr(qa_ablation.qc, "run_settings", lambda *a: trained.append(a[3]) or (_ for _ in ()).throw(
+        RuntimeError("stop")))
+    assert qa_ablation.train_one(args, tmp_path / "runs", 1, "factuality") is False and trained == []
+    import pytest
+
+    with pytest.raises(RuntimeError, match="stop"):
+        qa_ablation.train_one(args, tmp_path / "runs", 1, "relevance")
+    assert trained == ["relevance"]
