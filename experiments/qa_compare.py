@@ -364,12 +364,12 @@ SMOKE = {"seeds": [1], "steps": 1, "rollout_batch": 2, "ppo_epochs": 1, "max_new
          "selection_prompts": 4, "eval_questions": 2, "max_prompt_tokens": 1024}  # byte-level pieces: long prompts
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage", choices=("selection", "train", "eval", "all"), default="all")
+def add_budget_arguments(ap: argparse.ArgumentParser, run_dir: str) -> None:
+    """The QA comparison's data, budget and evaluation arguments — one definition, so the ablation
+    (qa_ablation.py) trains with exactly these settings."""
     ap.add_argument("--rm-dir", default="runs/rm")
     ap.add_argument("--prompts", default="../shared/data/qa_feedback/prompts.json")
-    ap.add_argument("--run-dir", default="runs/qa_compare")
+    ap.add_argument("--run-dir", default=run_dir)
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--steps", type=int, default=40)
@@ -384,6 +384,12 @@ def main(argv=None) -> None:
     ap.add_argument("--judge-url", default=None, help="OpenAI-compatible server of the judge (llama.cpp), optional")
     ap.add_argument("--judge-prompts", type=int, default=None, help="(question, seed) units the judge reads")
     ap.add_argument("--judge-max-tokens", type=int, default=64)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stage", choices=("selection", "train", "eval", "all"), default="all")
+    add_budget_arguments(ap, "runs/qa_compare")
     ap.add_argument("--train-seeds", type=int, nargs="+", default=None,
                     help="train only these of --seeds (one process per core: e.g. --train-seeds 3 beside the main job)")
     ap.add_argument("--smoke", metavar="MODEL_DIR", default=None, help="a tiny saved policy, length rewards: seconds")
