@@ -359,7 +359,7 @@ def cmd_quickstart(args) -> int:
 
     path = resources.files("alarm") / "recipes" / "quickstart.yaml"
     args.config = str(path)
-    cuda = torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES", None) != ""
+    cuda = torch.cuda.is_available()  # False under CUDA_VISIBLE_DEVICES="" too
     bf16 = cuda and torch.cuda.is_bf16_supported()
     overrides, line = demo_budget(cuda, bf16)
     if bf16:  # accelerate's Accelerator() reads it (an explicit setting of the user's wins)
