@@ -106,7 +106,7 @@ def stage_train(args, root: Path) -> None:
         for seed, aspect in todo[lane:: args.lanes]:
             name = system(aspect, seed)
             if train_one(args, root, seed, aspect) or (root / name / "checkpoints").exists():
-                qc.eval_scored(args, root, "", name, str(qc._checkpoints(root / name)), seed, [])
+                qc.eval_scored(args, root, name, str(qc._checkpoints(root / name)), seed, [])
 
 
 def collect(args, root: Path) -> list[str]:
@@ -132,25 +132,15 @@ def stage_eval(args, root: Path) -> dict:
     """Every system's scored answers, paired by (question, seed)."""
     answers_path = Path(args.out) / ANSWERS
     saved = [json.loads(x) for x in answers_path.read_text().splitlines() if x.strip()] if answers_path.exists() else []
-    initial = qc.eval_scored(args, root, "", "initial", None, None, saved)
+    initial = qc.eval_scored(args, root, "initial", None, None, saved)
     answers = qc.answers_only(initial, None)
     per_system: dict[str, list[dict]] = {"initial": [], **{a: [] for a in args.aspects}}
     steps = {}
     for seed in args.seeds:
         per_system["initial"] += [{**r, "prompt_id": f"{r['prompt_id']}#s{seed}"} for r in initial]
         for aspect in args.aspects:
-            name, out = system(aspect, seed), root / system(aspect, seed)
-            kept = [a["steps"] for a in saved if a["system"] == name]
-            if kept and not (out / "checkpoints").exists():
-                steps[name], ckpt = kept[0], None
-            else:
-                if not (out / "checkpoints").exists():
-                    raise SystemExit(f"{out} has not been trained; run --stage train first")
-                ckpt = qc._checkpoints(out)
-                steps[name] = int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
-            if steps[name] != args.steps:  # never evaluate (and cache) a half-trained policy
-                raise SystemExit(f"{out} stopped at step {steps[name]} of {args.steps}; run --stage train first")
-            rows = qc.eval_scored(args, root, "", name, None if ckpt is None else str(ckpt), seed, saved)
+            name = system(aspect, seed)
+            rows, steps[name] = qc.trained_scored(args, root, name, seed, saved)
             answers += qc.answers_only(rows, steps[name])
             per_system[aspect] += [{**r, "prompt_id": f"{r['prompt_id']}#s{seed}"} for r in rows]
     Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -207,7 +207,7 @@ def restore_scored(saved: list[dict], records: list[dict], name: str) -> list[di
     return [{**row, "system": name, "seed": a["seed"], "scores": a["scores"]} for row, a in zip(rows, mine)]
 
 
-def eval_scored(args, root: Path, aspect: str, name: str, policy: str | None, seed: int | None,
+def eval_scored(args, root: Path, name: str, policy: str | None, seed: int | None,
                 saved: list[dict]) -> list[dict]:
     """Greedy answers of one system to the validation questions, scored (cached as a scored JSONL; rebuilt from
     the saved answers file when the run directory is gone)."""
@@ -241,27 +241,36 @@ METRICS = {"holistic.z": "holistic (z)", "factuality.share_positive": "factualit
 WIN_METRICS = ("holistic.z", "factuality.share_positive")
 
 
+def trained_scored(args, root: Path, name: str, seed: int, saved: list[dict]) -> tuple[list[dict], int]:
+    """One trained system's scored answers and its step count: from its last checkpoint, or from the saved answers
+    when its run directory is gone; a half-trained policy is never evaluated (nor cached)."""
+    out = root / name
+    kept = [a["steps"] for a in saved if a["system"] == name]
+    if kept and not (out / "checkpoints").exists():
+        steps, ckpt = kept[0], None
+    else:
+        if not (out / "checkpoints").exists():
+            raise SystemExit(f"{out} has not been trained; run --stage train first")
+        ckpt = _checkpoints(out)
+        steps = int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
+    if steps != args.steps:
+        raise SystemExit(f"{out} stopped at step {steps} of {args.steps}; run --stage train first")
+    return eval_scored(args, root, name, None if ckpt is None else str(ckpt), seed, saved), steps
+
+
 def stage_eval(args, root: Path, aspect: str, judge_url: str | None) -> dict:
     """Every system's scored answers, paired by (question, seed): initial is the same greedy policy per seed."""
     per_system: dict[str, list[dict]] = {name: [] for name in SYSTEMS}
     answers_path = Path(args.out) / ANSWERS
     saved = [json.loads(x) for x in answers_path.read_text().splitlines() if x.strip()] if answers_path.exists() else []
-    initial = eval_scored(args, root, aspect, "initial", None, None, saved)
+    initial = eval_scored(args, root, "initial", None, None, saved)
     answers = answers_only(initial, None)
     steps = {}
     for seed in args.seeds:
         per_system["initial"] += [{**r, "prompt_id": f"{r['prompt_id']}#s{seed}"} for r in initial]
         for mode in MODES:
-            name, out = f"{mode}-s{seed}", root / f"{mode}-s{seed}"
-            kept = [a["steps"] for a in saved if a["system"] == name]
-            if kept and not (out / "checkpoints").exists():
-                steps[name], ckpt = kept[0], None
-            else:
-                ckpt = _checkpoints(out)
-                steps[name] = int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
-            if steps[name] != args.steps:  # never evaluate (and cache) a half-trained policy
-                raise SystemExit(f"{out} stopped at step {steps[name]} of {args.steps}; run --stage train first")
-            rows = eval_scored(args, root, aspect, name, None if ckpt is None else str(ckpt), seed, saved)
+            name = f"{mode}-s{seed}"
+            rows, steps[name] = trained_scored(args, root, name, seed, saved)
             answers += answers_only(rows, steps[name])
             per_system[mode] += [{**r, "prompt_id": f"{r['prompt_id']}#s{seed}"} for r in rows]
     write_jsonl_atomic(answers_path, answers)
