@@ -32,6 +32,7 @@ model trained on HH reads as its first sequence) and the last Human turn as ``la
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import random
@@ -356,119 +357,39 @@ def prompt_records(dialogues: list[Dialogue], tokenizer, seq2seq: bool = False, 
 
 
 # -------------------------------------------------------------------------- the offline stand-in (generated)
+# Its vocabulary is data, not code: the tables live in the packaged hh_standin.json beside this module (one key
+# a table, one list a row; its "_columns" key names each table's columns): countries (country, capital,
+# language, currency), units (big unit, small unit, factor), foods (food, cooking time, tip), words (word,
+# meaning, example), advice (ways to ask, helpful reply), animals (animal, lifespan in years), openers (greeting,
+# answer) and unhelpful (replies for the rejected side).
+STANDIN_FILE = "hh_standin.json"
 
-_COUNTRIES = [  # country, capital, language, currency
-    ("France", "Paris", "French", "euro"), ("Japan", "Tokyo", "Japanese", "yen"),
-    ("Kenya", "Nairobi", "Swahili and English", "Kenyan shilling"), ("Peru", "Lima", "Spanish", "sol"),
-    ("Canada", "Ottawa", "English and French", "Canadian dollar"), ("Egypt", "Cairo", "Arabic", "Egyptian pound"),
-    ("Norway", "Oslo", "Norwegian", "Norwegian krone"), ("India", "New Delhi", "Hindi and English", "rupee"),
-    ("Brazil", "Brasilia", "Portuguese", "real"), ("Poland", "Warsaw", "Polish", "zloty"),
-    ("Thailand", "Bangkok", "Thai", "baht"), ("Mexico", "Mexico City", "Spanish", "Mexican peso"),
-    ("Australia", "Canberra", "English", "Australian dollar"), ("Turkey", "Ankara", "Turkish", "lira"),
-    ("Sweden", "Stockholm", "Swedish", "Swedish krona"), ("Vietnam", "Hanoi", "Vietnamese", "dong"),
-    ("Greece", "Athens", "Greek", "euro"), ("Chile", "Santiago", "Spanish", "Chilean peso"),
-    ("Morocco", "Rabat", "Arabic and Berber", "dirham"), ("Hungary", "Budapest", "Hungarian", "forint"),
-    ("Ireland", "Dublin", "English and Irish", "euro"), ("South Korea", "Seoul", "Korean", "won"),
-    ("Argentina", "Buenos Aires", "Spanish", "Argentine peso"), ("Portugal", "Lisbon", "Portuguese", "euro"),
-]
-_UNITS = [  # big unit, small unit, factor
-    ("hours", "minutes", 60), ("minutes", "seconds", 60), ("days", "hours", 24), ("weeks", "days", 7),
-    ("kilometers", "meters", 1000), ("kilograms", "grams", 1000), ("feet", "inches", 12),
-    ("liters", "milliliters", 1000), ("years", "months", 12), ("meters", "centimeters", 100),
-]
-_FOODS = [  # food, time, tip
-    ("white rice", "about 18 minutes", "Simmer it covered on low heat and let it rest for five minutes after."),
-    ("dried pasta", "8 to 12 minutes", "Salt the water well and taste a piece a minute before the packet time."),
-    ("hard-boiled eggs", "about 10 minutes", "Cool them in cold water afterwards so they peel easily."),
-    ("broccoli", "3 to 5 minutes", "Steam it rather than boil it to keep it bright green and crisp."),
-    ("potatoes", "15 to 20 minutes", "Cut them into even pieces and start them in cold salted water."),
-    ("quinoa", "about 15 minutes", "Rinse it first to remove the bitter coating."),
-    ("red lentils", "15 to 20 minutes", "They break down as they cook, which makes them good for soups."),
-    ("corn on the cob", "about 5 minutes", "Add it to water that is already boiling."),
-    ("salmon fillets", "12 to 15 minutes in a hot oven", "It is done when it flakes easily with a fork."),
-    ("chicken breast", "20 to 25 minutes in the oven", "Check that the middle reaches 74 degrees Celsius."),
-]
-_WORDS = [  # word, meaning, example
-    ("ephemeral", "lasting for a very short time", "the ephemeral beauty of a soap bubble"),
-    ("candid", "honest and direct, even about difficult things", "a candid answer about her mistakes"),
-    ("frugal", "careful not to spend more money than needed", "a frugal student who cooks at home"),
-    ("meticulous", "very careful about every small detail", "a meticulous editor who checks every comma"),
-    ("resilient", "able to recover quickly from difficulties", "a resilient team that bounced back"),
-    ("ambiguous", "open to more than one meaning", "an ambiguous sentence that confused readers"),
-    ("lethargic", "tired and lacking energy", "feeling lethargic after a heavy lunch"),
-    ("pragmatic", "dealing with problems in a practical way", "a pragmatic plan that fits the budget"),
-    ("verbose", "using more words than needed", "a verbose email that could have been one line"),
-    ("benevolent", "kind and wanting to help others", "a benevolent neighbor who shovels everyone's snow"),
-    ("tenacious", "not giving up easily", "a tenacious runner who finished despite the rain"),
-    ("obsolete", "no longer used because something newer exists", "an obsolete phone charger"),
-    ("serene", "calm and peaceful", "a serene lake at sunrise"),
-    ("gregarious", "enjoying the company of other people", "a gregarious host who knows every guest"),
-]
-_ADVICE = [  # ways to ask, helpful reply
-    (("I can't fall asleep at night. Any tips?", "How can I sleep better?", "I keep waking up tired. What helps?"),
-     "Try to keep the same bedtime every day, avoid screens for an hour before bed, and keep your room cool and "
-     "dark. Cutting caffeine after lunch also helps many people."),
-    (("How do I start running if I'm out of shape?", "I want to get into running. Where do I begin?"),
-     "Start with short run-walk intervals, such as one minute running and two minutes walking, three times a "
-     "week. Increase the running part slowly and rest between sessions."),
-    (("How can I save more money each month?", "I never have money left at the end of the month. What can I do?"),
-     "Write down what you spend for a month, then set a budget with a fixed amount moved to savings on payday. "
-     "Cancelling unused subscriptions is an easy first win."),
-    (("What's a good way to study for exams?", "How should I prepare for a big test?"),
-     "Spread your study over several days, test yourself with practice questions instead of rereading, and "
-     "explain the topics out loud. Sleep well the night before."),
-    (("How do I keep my houseplants alive?", "My plants keep dying. What am I doing wrong?"),
-     "Most houseplants die from too much water. Water only when the top of the soil is dry, use pots with "
-     "drainage holes, and put each plant in the light it needs."),
-    (("How can I prepare for a job interview?", "I have an interview next week. Any advice?"),
-     "Research the company, prepare short stories that show your skills, and practice answering common "
-     "questions out loud. Prepare two or three questions to ask them as well."),
-    (("How do I make friends in a new city?", "I just moved and don't know anyone. How can I meet people?"),
-     "Join a regular activity such as a sports club, a class or a volunteer group, so you see the same people "
-     "every week. Say yes to invitations, and invite people yourself."),
-    (("How can I stop procrastinating?", "I keep putting things off. How do I get started?"),
-     "Break the task into a first step that takes five minutes and start with just that. Put your phone in "
-     "another room and work in short timed blocks with breaks."),
-    (("How much water should I drink a day?", "Am I drinking enough water?"),
-     "A common guide is about eight glasses a day, but needs vary with heat and exercise. Drinking when you are "
-     "thirsty and having pale yellow urine are good signs."),
-    (("How do I learn a new language quickly?", "What's the best way to learn Spanish?"),
-     "Practice a little every day, learn the most common words first, and speak with native speakers as early "
-     "as you can. Listening to podcasts or shows in the language helps too."),
-    (("How can I reduce stress at work?", "Work is stressing me out. What can I do?"),
-     "Take short breaks, write a list to get tasks out of your head, and tackle the most important one first. "
-     "Talk to your manager if the workload is too much."),
-    (("How do I clean a cast iron pan?", "What's the right way to wash cast iron?"),
-     "Rinse it with hot water and scrub with a brush, using a little soap if needed. Dry it completely on the "
-     "stove and rub in a thin layer of oil."),
-]
-_ANIMALS = [("dogs", "10 to 13"), ("cats", "12 to 18"), ("horses", "25 to 30"), ("rabbits", "8 to 12"),
-            ("hamsters", "2 to 3"), ("parrots", "20 to 50"), ("goldfish", "10 to 15"), ("tortoises", "50 to 100")]
-_OPENERS = [("Hi there!", "Hello! How can I help you today?"),
-            ("Can I ask you something?", "Of course. What would you like to know?"),
-            ("I need some help with something.", "Sure, I'm happy to help. What is it?"),
-            ("Hello, are you there?", "Yes, I'm here. What can I do for you?")]
-_UNHELPFUL = ["I don't know.", "Why do you want to know that?", "You should look it up yourself.",
-              "I'd rather not talk about that.", "That's not something I can help with."]
+
+@functools.cache
+def standin_tables(name: str) -> dict:
+    """The vocabulary tables of an offline stand-in generator: the packaged JSON file ``alarm/data/{name}``, read
+    once (rows come back as lists; the generators only unpack, index and draw from them)."""
+    return json.loads((resources.files("alarm") / "data" / name).read_text(encoding="utf-8"))
 
 
 def _exchange(rng: random.Random) -> tuple[list[Turn], str, str]:
     """One generated exchange: (turns ending with the Human request, helpful reply, worse reply)."""
+    t = standin_tables(STANDIN_FILE)
     kind = rng.choice(["country", "units", "math", "food", "word", "advice", "animal"])
     if kind == "country":
-        country, capital, language, currency = rng.choice(_COUNTRIES)
+        country, capital, language, currency = rng.choice(t["countries"])
         q = rng.choice([f"What is the capital of {country}?", f"Which city is the capital of {country}?"])
         a = f"The capital of {country} is {capital}."
         follow = rng.choice([
             ("What language do people speak there?", f"Most people in {country} speak {language}."),
             ("And what currency do they use?", f"{country} uses the {currency}."),
             (None, None)])
-        wrong = rng.choice([c for c in _COUNTRIES if c[0] != country])
+        wrong = rng.choice([c for c in t["countries"] if c[0] != country])
         if follow[0] is None:
             return [("Human", q)], a, f"The capital of {country} is {wrong[1]}."
-        return [("Human", q), ("Assistant", a), ("Human", follow[0])], follow[1], rng.choice(_UNHELPFUL)
+        return [("Human", q), ("Assistant", a), ("Human", follow[0])], follow[1], rng.choice(t["unhelpful"])
     if kind == "units":
-        big, small, k = rng.choice(_UNITS)
+        big, small, k = rng.choice(t["units"])
         n = rng.randint(2, 12)
         q = rng.choice([f"How many {small} are in {n} {big}?", f"Can you convert {n} {big} to {small}?"])
         return ([("Human", q)], f"There are {n * k} {small} in {n} {big}, since each one has {k} {small}.",
@@ -482,23 +403,23 @@ def _exchange(rng: random.Random) -> tuple[list[Turn], str, str]:
         return ([("Human", q), ("Assistant", first), ("Human", f"And if I add {c} to that?")],
                 f"Adding {c} to {a * b} gives {a * b + c}.", f"That would be {a * b + c - 1}.")
     if kind == "food":
-        food, time, tip = rng.choice(_FOODS)
+        food, time, tip = rng.choice(t["foods"])
         q = rng.choice([f"How long should I cook {food}?", f"What's the cooking time for {food}?"])
         a = f"{food[0].upper() + food[1:]} takes {time}. {tip}"
-        return [("Human", q)], a, rng.choice(_UNHELPFUL)
+        return [("Human", q)], a, rng.choice(t["unhelpful"])
     if kind == "word":
-        word, meaning, example = rng.choice(_WORDS)
+        word, meaning, example = rng.choice(t["words"])
         q = rng.choice([f"What does the word {word} mean?", f"Can you explain what '{word}' means?"])
         a = f"'{word.capitalize()}' means {meaning}, as in {example}."
-        wrong = rng.choice([w for w in _WORDS if w[0] != word])
+        wrong = rng.choice([w for w in t["words"] if w[0] != word])
         return [("Human", q)], a, f"'{word.capitalize()}' means {wrong[1]}."
     if kind == "advice":
-        asks, reply = rng.choice(_ADVICE)
-        return [("Human", rng.choice(asks))], reply, rng.choice(_UNHELPFUL)
-    animal, years = rng.choice(_ANIMALS)
+        asks, reply = rng.choice(t["advice"])
+        return [("Human", rng.choice(asks))], reply, rng.choice(t["unhelpful"])
+    animal, years = rng.choice(t["animals"])
     q = rng.choice([f"How long do {animal} usually live?", f"What is the lifespan of {animal}?"])
     return [("Human", q)], f"{animal.capitalize()} usually live about {years} years, with good care.", \
-        rng.choice(_UNHELPFUL)
+        rng.choice(t["unhelpful"])
 
 
 def generate_offline(seed: int = 0, n_train: int = 200, n_test: int = 120) -> list[dict]:
@@ -510,7 +431,7 @@ def generate_offline(seed: int = 0, n_train: int = 200, n_test: int = 120) -> li
     while len(out) < n_train + n_test:
         turns, good, bad = _exchange(rng)
         if rng.random() < 0.3:
-            hello, answer = rng.choice(_OPENERS)
+            hello, answer = rng.choice(standin_tables(STANDIN_FILE)["openers"])
             turns = [("Human", hello), ("Assistant", answer), *turns]
         key = transcript(turns)
         if key in seen:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from jinja2 import TemplateError
 
-from alarm.data.hh import SourceRow, source_rows
+from alarm.data.hh import SourceRow, source_rows, standin_tables
 from alarm.errors import AlarmError
 from alarm.io import write_jsonl_atomic
 
@@ -165,122 +165,18 @@ def prompt_records(posts: list[Post], tokenizer, seq2seq: bool = False, system: 
 
 
 # -------------------------------------------------------------------------- the offline stand-in (generated)
-
-_DURATIONS = [("for about three months", "for months"), ("since last spring", "since spring"),
-              ("for almost a year", "for a year"), ("for the past few weeks", "for weeks"),
-              ("ever since we met", "since we met")]
-_TRIED = ["I brought it up with {obj} once, and things got better for about a week.",
-          "I tried dropping hints, but nothing changed.",
-          "I talked to {obj} directly and {subj} promised to change, but nothing has changed.",
-          "I haven't said anything yet because I hate confrontation."]
-_SCENARIOS = [
-    {"subreddit": "r/Advice", "who": "roommate", "pron": ("them", "they"),
-     "setup": "I share a two-bedroom apartment with my roommate",
-     "problems": [("keeps eating my groceries without asking", "eats my food without asking"),
-                  ("leaves dirty dishes in the sink for days", "leaves dishes in the sink for days"),
-                  ("has friends over until 2 am on weeknights", "has loud guests on weeknights"),
-                  ("pays their share of the rent late every month", "pays rent late")],
-     "details": ["I work early shifts, so it really affects me.", "Our lease runs until next summer.",
-                 "Otherwise we get along fine and I don't want to ruin that.",
-                 "Our other friends think I'm overreacting."],
-     "options": [("have a serious talk with them", "start looking for a new place"),
-                 ("write up house rules", "just let it go")]},
-    {"subreddit": "r/relationships", "who": "boyfriend", "pron": ("him", "he"),
-     "setup": "My boyfriend and I have been together for two years",
-     "problems": [("spends every weekend playing video games", "games all weekend"),
-                  ("checks his phone all through dinner", "is on his phone at dinner"),
-                  ("forgets the plans we make together", "forgets our plans"),
-                  ("makes jokes about my job in front of his friends", "mocks my job in front of friends")],
-     "details": ["I feel like I'm not a priority anymore.", "He is sweet in every other way.",
-                 "We live together, so I can't just avoid it.", "My sister says this is a red flag."],
-     "options": [("tell him how much it hurts me", "take a break from the relationship"),
-                 ("suggest couples counseling", "accept it as part of who he is")]},
-    {"subreddit": "r/relationships", "who": "best friend", "pron": ("her", "she"),
-     "setup": "My best friend and I have known each other since high school",
-     "problems": [("cancels our plans at the last minute", "cancels plans last minute"),
-                  ("borrowed 400 dollars and hasn't paid it back", "hasn't repaid 400 dollars"),
-                  ("only calls me when she needs a favor", "only calls when she needs something"),
-                  ("keeps sharing my secrets with other people", "shares my secrets")],
-     "details": ["She is going through a rough time at work.", "I have always been there for her.",
-                 "We have a lot of mutual friends.", "I'm starting to dread seeing her."],
-     "options": [("confront her about it", "quietly drift apart"), ("give her one more chance", "end the friendship")]},
-    {"subreddit": "r/neighbors", "who": "neighbor", "pron": ("him", "he"),
-     "setup": "I moved into a quiet street last year",
-     "problems": [("plays loud music after midnight", "plays loud music at night"),
-                  ("parks in front of my driveway", "blocks my driveway"),
-                  ("leaves his dog barking for hours while he is at work", "leaves his dog barking all day"),
-                  ("lets his trash spill into my yard", "lets trash spill into my yard")],
-     "details": ["I have a newborn who wakes up easily.", "Other neighbors have complained too.",
-                 "He seems friendly when we talk.", "I own my house, so moving is not an option."],
-     "options": [("knock on his door and talk to him", "call the city about it"),
-                 ("leave him a polite note", "ask the homeowners association to step in")]},
-    {"subreddit": "r/work", "who": "coworker", "pron": ("her", "she"),
-     "setup": "I have worked on a small marketing team for three years",
-     "problems": [("takes credit for my ideas in meetings", "takes credit for my ideas"),
-                  ("leaves early and dumps her tasks on me", "dumps her work on me"),
-                  ("talks loudly on personal calls at her desk", "takes loud personal calls"),
-                  ("keeps missing deadlines that my work depends on", "misses deadlines I depend on")],
-     "details": ["Our manager is very hands-off.", "I'm up for a promotion this year.",
-                 "She has been here longer than me.", "It is starting to affect my reviews."],
-     "options": [("raise it with our manager", "talk to her privately first"),
-                 ("document everything", "look for a job on another team")]},
-    {"subreddit": "r/personalfinance", "who": "car loan", "setup": "I just started my first full-time job",
-     "problems": [("has an interest rate of 9 percent", "is at 9 percent interest"),
-                  ("still has 12,000 dollars left on it", "has 12,000 dollars left"),
-                  ("takes almost a third of my paycheck", "takes a third of my pay"),
-                  ("was co-signed by my dad, who wants it gone", "was co-signed by my dad")],
-     "details": ["I have about 8,000 dollars in savings.", "My job offers a retirement match I don't use yet.",
-                 "I have no other debt.", "My rent is going up next month."],
-     "options": [("pay the loan off early", "put the money into savings"),
-                 ("refinance the loan", "sell the car and buy a cheaper one")]},
-    {"subreddit": "r/college", "who": "statistics class", "setup": "I'm in my second year of a biology degree",
-     "problems": [("is going badly and I failed the midterm", "is going badly after a failed midterm"),
-                  ("moves so fast that I'm lost in every lecture", "moves too fast for me"),
-                  ("has a professor who never answers emails", "has a professor who ignores emails"),
-                  ("takes up twenty hours of my week", "takes twenty hours a week")],
-     "details": ["I need the class to graduate.", "I also work part-time at a cafe.",
-                 "The drop deadline is next Friday.", "My other grades are good."],
-     "options": [("drop the class and retake it", "get a tutor and push through"),
-                 ("talk to my advisor", "switch to the evening section")]},
-    {"subreddit": "r/dogs", "who": "dog", "tried": ["I tried a few training videos online, but nothing changed.",
-                                          "Rewarding good behavior helps a little, but not enough."],
-     "setup": "I adopted a two-year-old rescue dog",
-     "problems": [("barks at every noise during the night", "barks all night"),
-                  ("pulls so hard on the leash that walks hurt", "pulls hard on the leash"),
-                  ("chews my shoes whenever I leave the house", "chews my shoes when I'm out"),
-                  ("growls at my partner when he comes home", "growls at my partner")],
-     "details": ["He is otherwise very gentle.", "I live in an apartment with thin walls.",
-                 "I work from home three days a week.", "The shelter didn't know much about his past."],
-     "options": [("hire a professional trainer", "try training him myself"),
-                 ("ask my vet for advice", "give him more time to settle in")]},
-    {"subreddit": "r/careerguidance", "who": "job offer", "setup": "I have been at my current company for four years",
-     "problems": [("pays 20 percent more but has a long commute", "pays more but has a long commute"),
-                  ("is fully remote but the company is a startup", "is remote but at a risky startup"),
-                  ("comes with a better title but longer hours", "has a better title but longer hours"),
-                  ("is in a city where I don't know anyone", "is in a new city")],
-     "details": ["I like my team a lot.", "My current salary has not changed in two years.",
-                 "I have to answer by Monday.", "My partner supports either choice."],
-     "options": [("take the new job", "stay where I am"), ("ask my boss for a raise", "accept the offer")]},
-    {"subreddit": "r/relationships", "who": "sister", "pron": ("her", "she"),
-     "setup": "My older sister lives ten minutes away from me",
-     "problems": [("borrows my car without asking", "borrows my car without asking"),
-                  ("criticizes my parenting in front of my kids", "criticizes my parenting"),
-                  ("expects me to babysit every weekend", "expects me to babysit every weekend"),
-                  ("tells our parents everything I tell her", "tells our parents everything")],
-     "details": ["We were close growing up.", "Our parents always take her side.",
-                 "She is a single mom and under a lot of stress.", "My husband is getting frustrated."],
-     "options": [("set firm boundaries with her", "keep the peace for the family"),
-                 ("talk to her honestly", "ask our parents to help")]},
-]
-_TITLES = ["My {who} {short}. What should I do?", "Need advice: my {who} {short}",
-           "How do I handle a {who} who {short}?", "My {who} {short} and I'm at a loss"]
-_THINGS = {"car loan", "statistics class", "job offer"}  # not people: different phrasing
+# Its vocabulary is data, not code: the tables live in the packaged tldr_standin.json beside this module (one key
+# a table; its "_columns" key says what each holds): durations (in the post, in the summary), tried (what the
+# poster tried), scenarios (subreddit, who, pronouns, setup, problems as (in the post, in the summary), details,
+# options, an optional own "tried"), titles (templates) and things (the scenarios' "who" that are not people).
+STANDIN_FILE = "tldr_standin.json"
 
 
 def _offline_post(rng: random.Random) -> tuple[str, str, str, str]:
     """(subreddit, title, post, summary) of one generated post."""
-    s = rng.choice(_SCENARIOS)
-    (long, short), (during, during_short) = rng.choice(s["problems"]), rng.choice(_DURATIONS)
+    t = standin_tables(STANDIN_FILE)
+    s = rng.choice(t["scenarios"])
+    (long, short), (during, during_short) = rng.choice(s["problems"]), rng.choice(t["durations"])
     opt1, opt2 = rng.choice(s["options"])
     age, sex = rng.randint(19, 45), rng.choice("MF")
     details = rng.sample(s["details"], 2)
@@ -289,14 +185,14 @@ def _offline_post(rng: random.Random) -> tuple[str, str, str, str]:
     setup = s["setup"].replace("I'm", f"I'm {me}", 1) if "I'm" in s["setup"] \
         else re.sub(r"\bI\b", f"I {me}", s["setup"], count=1)
     obj, subj = s.get("pron", ("them", "they"))
-    tried = rng.choice(s.get("tried") or _TRIED).format(obj=obj, subj=subj)
-    if who in _THINGS:
+    tried = rng.choice(s.get("tried") or t["tried"]).format(obj=obj, subj=subj)
+    if who in t["things"]:
         title = rng.choice([f"My {who} {short}. What should I do?", f"Advice needed about a {who} that {short}"])
         post = (f"{setup}. My {who} {long}. {details[0]} {details[1]} "
                 f"I keep going back and forth. Should I {opt1}, or should I {opt2}?")
         summary = f"My {who} {short}. Should I {opt1} or {opt2}?"
     else:
-        title = rng.choice(_TITLES).format(who=who, short=short)
+        title = rng.choice(t["titles"]).format(who=who, short=short)
         post = (f"{setup}. My {who} {long}, and it has been going on {during}. "
                 f"{details[0]} {details[1]} {tried} Should I {opt1}, or should I {opt2}?")
         summary = f"My {who} {short}, and it has gone on {during_short}. Should I {opt1} or {opt2}?"
