@@ -22,6 +22,7 @@ from alarm.evaluation.summary import (
     difference_rows,
     examples_markdown,
     headline,
+    per_question,
     pick_examples,
     shown_aspects,
     side_by_side,
@@ -197,3 +198,74 @@ def test_printed_summary_fits_80_columns_and_says_what_it_means():
     md = examples_markdown(pick_examples(initial, trained, "holistic.z", n=1))
     assert "word79 | with" not in md and "word79 \\| with a pipe" in md  # a pipe does not break the table
     assert "| Short. | A longer answer, still short. |" in md
+
+
+# ------------------------------------------------------------------------- sampled answers, averaged per question
+
+_maybe = st.one_of(st.none(), st.floats(-5, 5, allow_nan=False))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.tuples(_maybe, _maybe), min_size=1, max_size=4), min_size=1, max_size=6))
+def test_per_question_averages_each_score_over_a_questions_samples(questions):
+    rows = [{"prompt_id": f"q{i}", "sample": k, "completion": f"answer {i}.{k}", "question": f"Q{i}?",
+             "scores": {"h": h, "length_words": w}} for i, samples in enumerate(questions)
+            for k, (h, w) in reversed(list(enumerate(samples)))]  # sample order in the file does not matter
+    out = per_question(rows)
+    assert [r["prompt_id"] for r in out] == [f"q{i}" for i in range(len(questions))]
+    for r, samples in zip(out, questions):
+        assert r["samples"] == len(samples) and r["completion"] == f"answer {r['prompt_id'][1:]}.0"
+        for j, key in enumerate(("h", "length_words")):
+            present = [s[j] for s in samples if s[j] is not None]
+            assert r["scores"][key] == (pytest.approx(np.mean(present)) if present else None)
+
+
+def test_headline_of_sampled_answers_reads_the_mean_length_not_the_shown_text():
+    rows = []
+    for side, words in (("initial", [4, 6]), ("trained", [10, 14])):
+        rows.append([{"prompt_id": "q0", "sample": k, "completion": "one", "scores": {"h": float(k),
+                      "length_words": float(w)}} for k, w in enumerate(words)])
+    head = headline(per_question(rows[0]), per_question(rows[1]), "h")
+    assert head["length_change"]["initial_words"] == 5.0 and head["length_change"]["trained_words"] == 12.0
+    assert head["paired_difference"]["mean"] == 0.0 and head["n_prompts"] == 1
+
+
+def test_sampled_evaluation_averages_per_question_with_common_random_numbers(tmp_path):
+    """Both systems sampled with the run's seed: the same policy twice gives the same samples (every question
+    a tie, difference 0), the scored files keep every sample, and the summary says what the answers are."""
+    from contextlib import nullcontext
+
+    import tiny
+    import torch
+
+    from alarm.config import build_reward_set, validate_recipe
+    from alarm.generation import generate_texts
+    from alarm.recipes.report import evaluate_systems
+
+    model, tok = tiny.causal_lm(), tiny.tokenizer()
+    records = [{"id": f"q{i}", "prompt": f"question number {i} is", "question": f"Q{i}?"} for i in range(5)]
+    recipe = validate_recipe({"rewards": {"holistic": {"type": "length"}}, "combine": {"mode": "holistic_only"}})
+    before = torch.random.get_rng_state()
+    result = evaluate_systems(tok, build_reward_set(recipe), records, tmp_path, {"initial": (model, nullcontext),
+                              "trained": (model, nullcontext)}, max_new_tokens=6, batch_size=4, seed=3,
+                              run_label="test", samples=3, temperature=1.0)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's random state is left as it was
+    scored = [json.loads(x) for x in (tmp_path / "trained.scored.jsonl").read_text().splitlines()]
+    assert len(scored) == 15 and sorted({r["sample"] for r in scored}) == [0, 1, 2]
+    assert len({r["completion"] for r in scored}) > 1  # sampled, not greedy
+    meta = json.loads((tmp_path / "trained.jsonl.meta.json").read_text())
+    assert meta["do_sample"] is True and meta["num_samples"] == 3 and meta["seed"] == 3
+    head = result["headline"]
+    assert head["n_prompts"] == 5 and head["paired_difference"]["mean"] == 0.0 and head["win_rate"]["ties"] == 5
+    by_q = {}
+    for r in scored:
+        by_q.setdefault(r["prompt_id"], []).append(r["scores"]["holistic"])
+    assert result["means"]["trained"]["holistic"] == pytest.approx(np.mean([np.mean(v) for v in by_q.values()]))
+    text = " ".join(summary_lines(head))
+    assert "the mean over 3 sampled answers (T 1) per question of the initial and the trained policy" in text
+    shown = side_by_side(result["examples"][0])
+    assert any("INITIAL (1 of 3; scores: their mean):" in line for line in shown)
+    # another seed draws other samples
+    again = generate_texts(model, tok, [r["prompt"] for r in records], max_new_tokens=6, do_sample=True,
+                           num_samples=3, batch_size=4, seed=4)
+    assert [c for texts in again for c in texts] != [r["completion"] for r in scored]

@@ -108,11 +108,17 @@ class SampleSpec(BaseModel):
 
 
 class EvalSpec(BaseModel):
-    """The evaluation after training: greedy answers of the initial and the trained policy to the test prompts."""
+    """The evaluation after training: the initial and the trained policy's answers to the test prompts (greedy, or
+    the mean of a few samples per prompt)."""
 
     model_config = _STRICT
-    max_new_tokens: int = Field(64, ge=1, description="the longest greedy answer, in tokens")
+    max_new_tokens: int = Field(64, ge=1, description="the longest answer, in tokens")
     batch_size: int = Field(16, ge=1, description="sequences per generate() call")
+    samples: int = Field(0, ge=0, description=(
+        "0: one greedy answer per test prompt; k ≥ 1: k sampled answers per prompt (as training samples them), "
+        "each score averaged over them question by question — the policy PPO trains, with less noise per "
+        "question than one greedy answer; both policies are sampled with the same seed"))
+    temperature: float = Field(1.0, gt=0, description="the sampling temperature when samples ≥ 1")
     max_prompts: int | None = Field(None, ge=1, description="evaluate on at most this many test prompts (null: "
                                     "all)")
 

@@ -11,8 +11,15 @@ from alarm.trainers.sequences import response_mask
 
 def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, do_sample: bool = False,
                    num_samples: int = 1, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-                   batch_size: int = 16, progress: str | None = None) -> list[list[str]]:
-    """``num_samples`` completions per prompt (greedy by default), decoded up to the first EOS."""
+                   batch_size: int = 16, progress: str | None = None, seed: int | None = None) -> list[list[str]]:
+    """``num_samples`` completions per prompt (greedy by default), decoded up to the first EOS. ``seed``: sample
+    from a torch random state seeded with it (the global one is left as it was), so two policies sampled with
+    the same seed draw the same random numbers and differ only where the policies do."""
+    if seed is not None and do_sample:
+        with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return generate_texts(model, tokenizer, prompts, max_new_tokens, do_sample, num_samples, temperature,
+                                  top_p, top_k, batch_size, progress)
     seq2seq = is_seq2seq(model)
     eos = model.generation_config.eos_token_id
     if eos is None:

@@ -24,7 +24,8 @@ import numpy as np
 
 from alarm.evaluation.compare import paired_difference, win_counts
 
-__all__ = ["headline", "pick_examples", "summary_lines", "side_by_side", "examples_markdown", "shown_aspects",
+__all__ = ["per_question", "headline", "pick_examples", "answers_text", "summary_lines", "side_by_side",
+           "examples_markdown", "shown_aspects",
            "difference_rows", "verdict"]
 
 LENGTH = "length_words"
@@ -40,6 +41,25 @@ def _score(row: Mapping[str, Any], metric: str) -> float | None:
         return None
     v = float(v)
     return None if math.isnan(v) else v
+
+
+def per_question(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per question from several sampled answers each: every score averaged over the question's samples
+    (None and NaN skipped; None when no sample has it), the first sample's text and columns beside them, and
+    ``samples`` (how many were averaged). A question answered once passes through as it is, with ``samples`` 1."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(str(r["prompt_id"]), []).append(r)
+    out = []
+    for group in groups.values():
+        group = sorted(group, key=lambda r: int(r.get("sample", 0)))
+        keys = list(dict.fromkeys(k for r in group for k in (r.get("scores") or {})))
+        scores = {}
+        for k in keys:
+            vals = [v for v in (_score(r, k) for r in group) if v is not None]
+            scores[k] = float(np.mean(vals)) if vals else None
+        out.append({**group[0], "sample": 0, "scores": scores, "samples": len(group)})
+    return out
 
 
 def _interval(mean, low, high) -> dict[str, float | None]:
@@ -96,8 +116,11 @@ def headline(initial: Sequence[Mapping[str, Any]], trained: Sequence[Mapping[str
                      "losses": w.losses, "ties": w.ties},
         "aspects": {m: _interval(*paired_difference(values(b, m), values(a, m), **kw)) for m in aspects},
     }
-    words_i = [float(len(str(a[p].get("completion", "")).split())) for p in ids]
-    words_t = [float(len(str(b[p].get("completion", "")).split())) for p in ids]
+    def words(row):  # the scored length (a mean over samples for per_question rows), else the text's
+        n = _score(row, LENGTH)
+        return n if n is not None else float(len(str(row.get("completion", "")).split()))
+
+    words_i, words_t = [words(a[p]) for p in ids], [words(b[p]) for p in ids]
     d_mean, d_low, d_high = paired_difference(words_t, words_i, **kw)
     base = mean(words_i) or 0.0
 
@@ -153,10 +176,18 @@ def _f(v, digits: int = 3) -> str:
     return "n/a" if v is None else f"{v:+.{digits}f}"
 
 
+def answers_text(samples: int, temperature: float = 1.0) -> str:
+    """What the evaluated answers are, in words (``samples`` 0 or 1 unsampled: greedy)."""
+    if samples <= 0:
+        return "greedy answers"
+    return f"the mean over {samples} sampled answer{'s' if samples != 1 else ''} (T {temperature:g}) per question"
+
+
 def summary_lines(head: Mapping[str, Any], width: int = 80, described: str | None = None) -> list[str]:
     """The result in plain words, each line at most ``width`` characters: the holistic metric trained vs
     initial with the paired difference, the win rate with its ties, the aspects, the length change and the
-    length control. ``described``: what the holistic metric is (e.g. "similarity to the reference answer")."""
+    length control. ``described``: what the holistic metric is (e.g. "similarity to the reference answer");
+    ``head["answers"]`` (optional): what the answers are (:func:`answers_text`; default greedy answers)."""
     m, d, w = head["metric"], head["paired_difference"], head["win_rate"]
     ci = f"{head['confidence']:.0%}"
     what = f"{m}, {described}" if described else m
@@ -166,7 +197,8 @@ def summary_lines(head: Mapping[str, Any], width: int = 80, described: str | Non
     decided = w["wins"] + w["losses"]
     wr = "n/a" if w["low"] is None else f"{w['pct']:.1f}% [{w['low']:.1f}, {w['high']:.1f}]"
     paras = [
-        f"Result on {head['n_prompts']} test question{'s' if head['n_prompts'] != 1 else ''}, greedy answers of the initial and the trained policy "
+        f"Result on {head['n_prompts']} test question{'s' if head['n_prompts'] != 1 else ''}, "
+        f"{head.get('answers', 'greedy answers')} of the initial and the trained policy "
         f"(intervals: {ci}, bootstrap over questions):",
         f"- Holistic reward ({what}): initial {_f(head['means']['initial'])}, trained "
         f"{_f(head['means']['trained'])}; paired difference {_d(d)}: {side}.",
@@ -221,7 +253,8 @@ def pick_examples(initial: Sequence[Mapping[str, Any]], trained: Sequence[Mappin
     keys = [metric, *[k for k in shown if k != metric]]
 
     def side(r):
-        return {"completion": str(r.get("completion", "")), "scores": {k: _score(r, k) for k in keys}}
+        return {"completion": str(r.get("completion", "")), "scores": {k: _score(r, k) for k in keys},
+                "samples": int(r.get("samples", 1))}
 
     out = []
     for kind, items in (("largest gain", gains), ("largest loss", losses), ("at random", drawn)):
@@ -257,7 +290,8 @@ def side_by_side(example: Mapping[str, Any], width: int = 80, max_lines: int = 8
     columns = []
     for name in ("initial", "trained"):
         s = example[name]
-        text = textwrap.wrap(f"{name.upper()}: " + (" ".join(s["completion"].split()) or "(empty)"), width=col)
+        label = name.upper() + (f" (1 of {s['samples']}; scores: their mean)" if s.get("samples", 1) > 1 else "")
+        text = textwrap.wrap(f"{label}: " + (" ".join(s["completion"].split()) or "(empty)"), width=col)
         if len(text) > max_lines:
             last = text[max_lines - 1]
             text = text[: max_lines - 1] + [(last[: col - 2] if len(last) > col - 2 else last) + " …"]
@@ -277,8 +311,10 @@ def examples_markdown(examples: Sequence[Mapping[str, Any]]) -> str:
     lines: list[str] = []
     for ex in examples:
         metric = next(iter(ex["initial"]["scores"]))
+        k = ex["initial"].get("samples", 1)
         lines += [f"**{ex['kind']}** ({metric} {ex['difference']:+.3f}) — question `{ex['prompt_id']}`: "
-                  f"{_cell(ex['question'])}", "",
+                  f"{_cell(ex['question'])}" + (f" (one of {k} sampled answers each; the scores are the mean of "
+                                                f"the {k})" if k > 1 else ""), "",
                   f"| initial ({_scores_text(ex['initial']['scores'])}) | trained "
                   f"({_scores_text(ex['trained']['scores'])}) |", "|---|---|",
                   f"| {_cell(ex['initial']['completion'])} | {_cell(ex['trained']['completion'])} |", ""]

@@ -153,8 +153,8 @@ def train_step(recipe: Recipe, model, tokenizer, reward_set: RewardSet, records:
 
 def evaluate_step(recipe: Recipe, tokenizer, reward_set: RewardSet, records: list[dict], run_dir: Path,
                   systems: dict) -> dict:
-    """(d) Greedy outputs of each system on the test prompts, scored and compared exactly as `alarm generate`
-    + `alarm score` + `alarm compare` do (the same functions): ``eval/<system>.jsonl`` (generations),
+    """(d) Greedy outputs (or ``eval.samples`` samples per prompt) of each system on the test prompts, scored
+    and compared exactly as `alarm generate` + `alarm score` + `alarm compare` do (the same functions): ``eval/<system>.jsonl`` (generations),
     ``eval/<system>.scored.jsonl`` (every reward, raw and with the run's normalisers), ``eval/report.md`` and
     ``compare.json`` (means, win-rate matrix, intervals). ``eval.json`` summarises trained vs initial.
 
@@ -167,7 +167,7 @@ def evaluate_step(recipe: Recipe, tokenizer, reward_set: RewardSet, records: lis
                               max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, seed=recipe.seed,
                               run_label=f"run {run_dir}", rewards_config=str(run_dir / "config.yaml"),
                               normalizers=str(run_dir / "reward_state.json"),
-                              rewards_spec=recipe.rewards)
+                              rewards_spec=recipe.rewards, samples=e.samples, temperature=e.temperature)
     write_json_atomic(run_dir / "eval.json", result)
     return result
 

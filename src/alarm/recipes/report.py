@@ -1,7 +1,7 @@
 """What a run ends with, for `alarm run` / `alarm quickstart` (PPO) and `alarm vcb train` alike: the initial and
-the trained policy's greedy answers on held-out prompts, scored and compared (paired differences, win rates,
-a length control, example answers), a report.md with plots, and a summary printed for an 80-column terminal
-that leads with the result in plain words.
+the trained policy's answers on held-out prompts (greedy, or the mean of a few samples per prompt), scored and
+compared (paired differences, win rates, a length control, example answers), a report.md with plots, and a
+summary printed for an 80-column terminal that leads with the result in plain words.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from alarm.evaluation.plots import PPO_PANELS, plot_paired_differences, plot_tra
 from alarm.evaluation.scoring import generation_rows, meta_path, normalize_scores, score_records
 from alarm.evaluation.summary import (
     LENGTH,
+    answers_text,
     difference_rows,
     examples_markdown,
     headline,
+    per_question,
     pick_examples,
     shown_aspects,
     side_by_side,
@@ -46,10 +48,13 @@ def describe_holistic(rewards_spec, metric: str | None) -> str | None:
 def evaluate_systems(tokenizer, reward_set, records: list[dict], out: Path, systems: Mapping[str, Any], *,
                      max_new_tokens: int, batch_size: int, seed: int, run_label: str,
                      rewards_config: str | None = None, normalizers: str | None = None,
-                     texts: Mapping[str, list[str]] | None = None, rewards_spec=None) -> dict:
-    """Greedy outputs of each system on ``records``, scored and compared exactly as `alarm generate` + `alarm
-    score` + `alarm compare` do: ``out/<system>.jsonl``, ``out/<system>.scored.jsonl`` (every reward, raw and
-    with the reward set's normalisers, and the length in words), ``out/report.md`` and ``out/compare.json``.
+                     texts: Mapping[str, list[str]] | None = None, rewards_spec=None, samples: int = 0,
+                     temperature: float = 1.0) -> dict:
+    """Greedy outputs of each system on ``records`` (or, with ``samples`` ≥ 1, that many samples per prompt at
+    ``temperature``, every system sampled with ``seed``), scored and compared exactly as `alarm generate` +
+    `alarm score` + `alarm compare` do: ``out/<system>.jsonl``, ``out/<system>.scored.jsonl`` (every reward, raw
+    and with the reward set's normalisers, and the length in words; every sample), ``out/report.md`` and
+    ``out/compare.json`` (sampled: of each question's scores averaged over its samples, :func:`per_question`).
 
     ``systems``: name → (model, context manager factory under which that model is the system); ``texts``:
     name → answers already generated (greedy, in ``records`` order), used instead of generating. The
@@ -58,6 +63,8 @@ def evaluate_systems(tokenizer, reward_set, records: list[dict], out: Path, syst
     over initial, with paired differences), ``headline`` (:func:`alarm.evaluation.summary.headline`) and
     ``examples`` (:func:`alarm.evaluation.summary.pick_examples`). ``rewards_spec``: the recipe's rewards
     section, to say in words what the holistic reward is."""
+    if samples and texts:
+        raise ValueError("evaluate_systems: answers given as texts are greedy; samples must be 0 with them")
     scored: dict[str, list[dict]] = {}
     described_metrics: dict[str, dict] = {}
     for name, system in systems.items():
@@ -68,11 +75,14 @@ def evaluate_systems(tokenizer, reward_set, records: list[dict], out: Path, syst
             with ctx():
                 answers = generate_texts(model, tokenizer, [r["prompt"] for r in records],
                                          max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                         do_sample=samples > 0, num_samples=max(samples, 1),
+                                         temperature=temperature, seed=seed if samples else None,
                                          progress=f"evaluating {name}")
         rows = generation_rows(records, answers)
         generations = write_jsonl_atomic(out / f"{name}.jsonl", rows)
-        write_json_atomic(meta_path(generations), {"policy": f"{name} policy of {run_label}", "do_sample": False,
-                                                   "num_samples": 1, "max_new_tokens": max_new_tokens})
+        decoding = {"do_sample": samples > 0, "num_samples": max(samples, 1), "max_new_tokens": max_new_tokens,
+                    **({"temperature": temperature, "seed": seed} if samples else {})}
+        write_json_atomic(meta_path(generations), {"policy": f"{name} policy of {run_label}", **decoding})
         scores, described_metrics = score_records(reward_set, rows, batch_size=batch_size)
         described_metrics = normalize_scores(scores, described_metrics, reward_set.normalizers)
         for row, s in zip(rows, scores):
@@ -84,10 +94,13 @@ def evaluate_systems(tokenizer, reward_set, records: list[dict], out: Path, syst
                                               "normalizers": normalizers, "metrics": described_metrics})
     directions = {k: v["higher_is_better"] for k, v in described_metrics.items()}
     names = list(systems)
+    if samples > 1:  # one row per question, its samples' scores averaged: what is compared and summarised
+        scored = {n: per_question(rows) for n, rows in scored.items()}
     compared, _, _ = compare_scored({n: scored[n] for n in reversed(names)}, directions, out, seed=seed)
     metrics = compared["metrics"]
     result: dict[str, Any] = {
-        "n_prompts": len(records), "metrics": metrics, "higher_is_better": directions,
+        "n_prompts": len(records), "answers": answers_text(samples, temperature), "samples": samples,
+        "metrics": metrics, "higher_is_better": directions,
         "means": {s: {m: compared["means"][s][m]["mean"] for m in metrics} for s in names},
         "mean_ci": {s: {m: {k: compared["means"][s][m][k] for k in ("low", "high", "n")} for m in metrics}
                     for s in names},
@@ -99,7 +112,8 @@ def evaluate_systems(tokenizer, reward_set, records: list[dict], out: Path, syst
         if metric is not None:
             aspects = shown_aspects(metrics, metric)
             result["headline"] = {**headline(scored[first], scored[last], metric, aspects, seed=seed),
-                                  "described": describe_holistic(rewards_spec, metric)}
+                                  "described": describe_holistic(rewards_spec, metric),
+                                  "answers": answers_text(samples, temperature)}
             result["examples"] = pick_examples(scored[first], scored[last], metric, EXAMPLES_PER_KIND, seed=seed,
                                                shown=[*aspects, LENGTH])
     return result
@@ -141,10 +155,11 @@ def metrics_table(result: Mapping[str, Any]) -> list[str]:
 
 
 def evaluation_markdown(result: Mapping[str, Any], report_dir: Path, eval_dir: str = "eval",
-                        heading: str = "Result (greedy answers, test prompts)") -> list[str]:
+                        heading: str | None = None) -> list[str]:
     """The evaluation part of a run's report.md: the result in words, the paired-difference plot (written to
-    ``report_dir/paired_differences.png``), example answers side by side and the table of every metric."""
-    lines = [f"## {heading}", ""]
+    ``report_dir/paired_differences.png``), example answers side by side and the table of every metric.
+    ``heading`` (default: "Result (<the answers>, test prompts)")."""
+    lines = [f"## {heading or 'Result (' + result.get('answers', 'greedy answers') + ', test prompts)'}", ""]
     head = result.get("headline")
     if head:
         lines += [*summary_lines(head, width=110, described=head.get("described")), "",
@@ -158,7 +173,7 @@ def evaluation_markdown(result: Mapping[str, Any], report_dir: Path, eval_dir: s
                   "of the holistic reward, and questions drawn at random (seeded), each with its scores.", "",
                   examples_markdown(examples)]
     lines += ["## Every metric", "",
-              f"{result['n_prompts']} test prompts. Means with a 95 % percentile bootstrap interval over prompts. "
+              f"{result['n_prompts']} test prompts ({result.get('answers', 'greedy answers')}). Means with a 95 % percentile bootstrap interval over prompts. "
               "Win rate: 100·wins / (wins + losses) (ties excluded, 50 when no pair is decisive), its 95 % "
               "bootstrap interval over prompts, and the decisive pairs (wins–losses, ties). Mean difference: "
               "trained − initial question by question, with its bootstrap interval over the same draws.", "",
