@@ -46,6 +46,7 @@ def seed_result(seed: int, run_dir: Path, timing: dict) -> dict:
     head = json.loads((run_dir / "eval.json").read_text())["headline"]
     pd, wr, lc, ctrl = head["paired_difference"], head["win_rate"], head["length_change"], head["length_controlled"]
     return {"seed": seed, "metric": head["metric"], "n_prompts": head["n_prompts"],
+            "answers": head.get("answers", "greedy answers"),
             "paired_difference": {k: pd[k] for k in ("mean", "low", "high")},
             "win_rate": wr, "length_change": lc, "length_controlled": ctrl,
             "aspects": head.get("aspects", {}), "excludes_zero": ("above" if pd["low"] > 0 else
@@ -57,9 +58,11 @@ def markdown(data: dict) -> str:
     lines = [f"# The demo across seeds ({data['name']})", "",
              f"`alarm quickstart seed=N` ({data['overrides'] or 'the recipe as written'}) on {data['machine']}. "
              "Paired difference: trained − initial holistic reward (z), question by question, 95 % bootstrap "
-             "interval; length-controlled: the same over the questions whose answer length changed by < 20 %.", "",
+             "interval; length-controlled: the same over the questions whose answer length changed by < 20 %. "
+             f"Answers: {', '.join(sorted({r.get('answers', 'greedy answers') for r in data['results']}))}; "
+             "1-minute load at each seed's start in the last column.", "",
              "| seed | paired holistic difference | win rate (ties) | length change (words) | length-controlled "
-             "difference | wall | peak memory |", "|---|---|---|---|---|---|---|"]
+             "difference | wall | peak memory | load |", "|---|---|---|---|---|---|---|---|"]
     for r in data["results"]:
         pd, wr, lc, ctrl = r["paired_difference"], r["win_rate"], r["length_change"], r["length_controlled"]
         ctrl_s = ("—" if ctrl.get("mean") is None else
@@ -67,7 +70,8 @@ def markdown(data: dict) -> str:
         win = "—" if wr.get("pct") is None else f"{wr['pct']:.1f}" + (
             "" if wr.get("low") is None else f" [{wr['low']:.1f}, {wr['high']:.1f}]") + f" ({wr['ties']} ties)"
         lines.append(f"| {r['seed']} | {pd['mean']:+.3f} [{pd['low']:+.3f}, {pd['high']:+.3f}] | {win} | "
-                     f"{lc['mean']:+.1f} | {ctrl_s} | {r['wall_seconds']:.0f} s | {r['peak_rss_gb']} GB |")
+                     f"{lc['mean']:+.1f} | {ctrl_s} | {r['wall_seconds']:.0f} s | {r['peak_rss_gb']} GB | "
+                     f"{r.get('load_at_start', '—')} |")
     s = data["summary"]
     lines += ["", f"Intervals above 0: {s['above_zero']} of {s['n']}; below 0: {s['below_zero']}."]
     return "\n".join(lines) + "\n"
@@ -103,7 +107,8 @@ def main(argv=None) -> int:
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         cmd = [alarm, "quickstart", "--out", str(run_dir), "--overwrite", f"seed={seed}", *smoke, *args.overrides]
         print(f"seed {seed}: {' '.join(cmd[1:])}", flush=True)
-        timing = timed(cmd, run_dir.parent / f"seed-{seed}.log")
+        load = round(os.getloadavg()[0], 2)
+        timing = {**timed(cmd, run_dir.parent / f"seed-{seed}.log"), "load_at_start": load}
         if timing["rc"] != 0:
             raise SystemExit(f"seed {seed} failed (rc {timing['rc']}); see {run_dir.parent / f'seed-{seed}.log'}")
         data["results"] = [r for r in data["results"] if r["seed"] != seed] + [seed_result(seed, run_dir, timing)]
