@@ -260,3 +260,22 @@ def test_compare_prints_its_table(tmp_path, capsys):
     assert "| metric | better | a | b |" in out
     assert "| holistic | higher | 1.500 [" in out and "| m | higher | 1.000 [" in out
     assert "| b | 100.0 [" in out  # b's average win rate by holistic: every prompt
+
+
+def test_compare_can_average_each_prompts_samples(tmp_path, capsys):
+    """--mean-over-samples compares what a run's sampled evaluation compares: each prompt's scores averaged over
+    its samples (sample 0 alone calls b worse on both prompts; its mean is better on both)."""
+    from alarm.cli import main
+
+    a = write_jsonl(tmp_path / "a.scored.jsonl", [_rec(p, "x", k, r=1.0) for p in "01" for k in (0, 1)])
+    b = write_jsonl(tmp_path / "b.scored.jsonl", [_rec(p, "y", k, r=4.0 * k) for p in "01" for k in (0, 1)])
+    runs = {}
+    for name, extra in (("mean", ["--mean-over-samples"]), ("first", [])):
+        assert main(["compare", str(b), str(a), "--n-boot", "50", *extra, "--out-dir", str(tmp_path / name)]) == 0
+        runs[name] = json.loads((tmp_path / name / "compare.json").read_text())
+    capsys.readouterr()
+    w = runs["mean"]["pairs"]["b vs a"]["metrics"]["r"]
+    assert runs["mean"]["means"]["b"]["r"]["mean"] == pytest.approx(2.0)
+    assert (w["wins"], w["losses"], w["mean_diff"]) == (2, 0, pytest.approx(1.0))
+    w0 = runs["first"]["pairs"]["b vs a"]["metrics"]["r"]
+    assert (w0["wins"], w0["losses"], w0["mean_diff"]) == (0, 2, pytest.approx(-1.0))

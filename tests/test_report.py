@@ -222,7 +222,7 @@ def test_per_question_averages_each_score_over_a_questions_samples(questions):
 
 def test_headline_of_sampled_answers_reads_the_mean_length_not_the_shown_text():
     rows = []
-    for side, words in (("initial", [4, 6]), ("trained", [10, 14])):
+    for words in ([4, 6], [10, 14]):  # initial, trained
         rows.append([{"prompt_id": "q0", "sample": k, "completion": "one", "scores": {"h": float(k),
                       "length_words": float(w)}} for k, w in enumerate(words)])
     head = headline(per_question(rows[0]), per_question(rows[1]), "h")

@@ -27,6 +27,7 @@ from alarm.evaluation.scoring import (
     read_scored,
     score_records,
 )
+from alarm.evaluation.summary import per_question
 from alarm.generation import generate_texts
 from alarm.io import read_jsonl, read_text, write_json_atomic, write_jsonl_atomic
 from alarm.models import load_policy, policy_checkpoint
@@ -382,6 +383,8 @@ def compare(args: argparse.Namespace) -> int:
     systems, dirs = {}, []
     for n, f in zip(names, args.files):
         systems[n], d = read_scored(f, require_scores=False)
+        if args.mean_over_samples:  # one row per prompt, each score averaged over its samples
+            systems[n] = per_question(systems[n])
         dirs.append(d)
     directions = _directions(dirs, _csv(args.lower_is_better))
     out = Path(args.out_dir)
@@ -484,6 +487,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--metrics", default=None, help="comma-separated metrics (default: every common score)")
     _add_comparison_options(p)
     p.add_argument("--sample", type=int, default=0, help="which sample of each prompt to compare (default 0)")
+    p.add_argument("--mean-over-samples", action="store_true",
+                   help="compare each prompt's scores averaged over all its samples (as a run's evaluation with "
+                        "eval.samples does) instead of one sample")
     p.add_argument("--allow-missing", action="store_true", help="compare only prompts every system answered; report counts")
     p.add_argument("--ci", choices=("t", "bootstrap"), default="bootstrap",
                    help="confidence interval of means (default bootstrap over prompts; win rates always bootstrap)")
