@@ -269,3 +269,33 @@ def test_sampled_evaluation_averages_per_question_with_common_random_numbers(tmp
     again = generate_texts(model, tok, [r["prompt"] for r in records], max_new_tokens=6, do_sample=True,
                            num_samples=3, batch_size=4, seed=4)
     assert [c for texts in again for c in texts] != [r["completion"] for r in scored]
+
+
+def test_samples_of_one_prompt_share_its_prompt_pass_and_draw_the_same_answers(monkeypatch):
+    """With several samples per prompt the prompt runs once and its cache is repeated per sample: the answers are
+    exactly those of running every copy of the prompt (same positions under left padding, same random draws)."""
+    import tiny
+
+    from alarm import generation
+
+    model, tok = tiny.causal_lm(), tiny.tokenizer()
+    prompts = ["question number one is", "a much longer question number two is here", "three", "four four four"]
+    calls = []
+    shared = generation._shared_prompt_cache
+
+    def counting(model, enc, copies):
+        calls.append(enc["input_ids"].shape[0])
+        return shared(model, enc, copies)
+
+    monkeypatch.setattr(generation, "_shared_prompt_cache", counting)
+    kw = dict(max_new_tokens=8, do_sample=True, num_samples=4, batch_size=8, seed=3)
+    fast = generation.generate_texts(model, tok, prompts, **kw)
+    assert calls == [2, 2]  # two distinct prompts per batch of 8 sequences
+    monkeypatch.setattr(generation, "_shared_prompt_cache",
+                        lambda model, enc, copies: {k: v.repeat_interleave(copies, 0) for k, v in enc.items()})
+    assert generation.generate_texts(model, tok, prompts, **kw) == fast
+    assert len({t for texts in fast for t in texts}) > 4  # really sampled
+    calls.clear()
+    monkeypatch.setattr(generation, "_shared_prompt_cache", counting)
+    generation.generate_texts(model, tok, prompts, **{**kw, "batch_size": 6})  # groups cut across batches: no sharing
+    assert calls == []
