@@ -31,7 +31,7 @@ ROOT = HERE.parent
 
 
 def timed(cmd: list[str], log: Path) -> dict:
-    """Run ``cmd`` under /usr/bin/time -v (when present): rc, wall seconds and peak RSS in GB."""
+    """Run ``cmd`` under /usr/bin/time -v (when present): rc, wall seconds and peak RSS in GiB (its KiB / 2**20)."""
     timer = ["/usr/bin/time", "-v"] if Path("/usr/bin/time").exists() else []
     t0 = time.perf_counter()
     with log.open("w") as f:
@@ -70,7 +70,7 @@ def markdown(data: dict) -> str:
         win = "—" if wr.get("pct") is None else f"{wr['pct']:.1f}" + (
             "" if wr.get("low") is None else f" [{wr['low']:.1f}, {wr['high']:.1f}]") + f" ({wr['ties']} ties)"
         lines.append(f"| {r['seed']} | {pd['mean']:+.3f} [{pd['low']:+.3f}, {pd['high']:+.3f}] | {win} | "
-                     f"{lc['mean']:+.1f} | {ctrl_s} | {r['wall_seconds']:.0f} s | {r['peak_rss_gb']} GB | "
+                     f"{lc['mean']:+.1f} | {ctrl_s} | {r['wall_seconds']:.0f} s | {r['peak_rss_gb']} GiB | "
                      f"{r.get('load_at_start', '—')} |")
     s = data["summary"]
     lines += ["", f"Intervals above 0: {s['above_zero']} of {s['n']}; below 0: {s['below_zero']}."]
