@@ -279,3 +279,6 @@ def test_compare_can_average_each_prompts_samples(tmp_path, capsys):
     assert (w["wins"], w["losses"], w["mean_diff"]) == (2, 0, pytest.approx(1.0))
     w0 = runs["first"]["pairs"]["b vs a"]["metrics"]["r"]
     assert (w0["wins"], w0["losses"], w0["mean_diff"]) == (0, 2, pytest.approx(-1.0))
+    with pytest.raises(SystemExit) as stop:  # one sample or their mean, not both
+        main(["compare", str(b), str(a), "--sample", "1", "--mean-over-samples", "--out-dir", str(tmp_path / "x")])
+    assert stop.value.code == 2 and "not allowed with argument" in capsys.readouterr().err

@@ -71,12 +71,13 @@ def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int = 6
     model.eval()
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) if do_sample else \
         dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    # a prompt's samples share its pass when every batch holds whole groups of them
+    share = do_sample and num_samples > 1 and not seq2seq and batch_size % num_samples == 0
     try:
         return_freed_memory()
         with Progress(progress or "", len(flat), enabled=progress is not None) as bar:
             for i in range(0, len(flat), batch_size):
                 chunk = flat[i : i + batch_size]
-                share = do_sample and num_samples > 1 and not seq2seq and batch_size % num_samples == 0
                 enc = tokenizer(chunk[::num_samples] if share else chunk, return_tensors="pt", padding=True,
                                 add_special_tokens=seq2seq).to(model.device)
                 with torch.inference_mode():

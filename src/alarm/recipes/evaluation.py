@@ -486,8 +486,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--names", default=None, help="comma-separated system names (default: file names)")
     p.add_argument("--metrics", default=None, help="comma-separated metrics (default: every common score)")
     _add_comparison_options(p)
-    p.add_argument("--sample", type=int, default=0, help="which sample of each prompt to compare (default 0)")
-    p.add_argument("--mean-over-samples", action="store_true",
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--sample", type=int, default=0, help="which sample of each prompt to compare (default 0)")
+    which.add_argument("--mean-over-samples", action="store_true",
                    help="compare each prompt's scores averaged over all its samples (as a run's evaluation with "
                         "eval.samples does) instead of one sample")
     p.add_argument("--allow-missing", action="store_true", help="compare only prompts every system answered; report counts")

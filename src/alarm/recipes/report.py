@@ -65,6 +65,7 @@ def evaluate_systems(tokenizer, reward_set, records: list[dict], out: Path, syst
     section, to say in words what the holistic reward is."""
     if samples and texts:
         raise ValueError("evaluate_systems: answers given as texts are greedy; samples must be 0 with them")
+    answers_are = answers_text(samples, temperature)
     scored: dict[str, list[dict]] = {}
     described_metrics: dict[str, dict] = {}
     for name, system in systems.items():
@@ -76,7 +77,7 @@ def evaluate_systems(tokenizer, reward_set, records: list[dict], out: Path, syst
                 answers = generate_texts(model, tokenizer, [r["prompt"] for r in records],
                                          max_new_tokens=max_new_tokens, batch_size=batch_size,
                                          do_sample=samples > 0, num_samples=max(samples, 1),
-                                         temperature=temperature, seed=seed if samples else None,
+                                         temperature=temperature, seed=seed,
                                          progress=f"evaluating {name}")
         rows = generation_rows(records, answers)
         generations = write_jsonl_atomic(out / f"{name}.jsonl", rows)
@@ -99,7 +100,7 @@ def evaluate_systems(tokenizer, reward_set, records: list[dict], out: Path, syst
     compared, _, _ = compare_scored({n: scored[n] for n in reversed(names)}, directions, out, seed=seed)
     metrics = compared["metrics"]
     result: dict[str, Any] = {
-        "n_prompts": len(records), "answers": answers_text(samples, temperature), "samples": samples,
+        "n_prompts": len(records), "answers": answers_are, "samples": samples,
         "metrics": metrics, "higher_is_better": directions,
         "means": {s: {m: compared["means"][s][m]["mean"] for m in metrics} for s in names},
         "mean_ci": {s: {m: {k: compared["means"][s][m][k] for k in ("low", "high", "n")} for m in metrics}
@@ -113,7 +114,7 @@ def evaluate_systems(tokenizer, reward_set, records: list[dict], out: Path, syst
             aspects = shown_aspects(metrics, metric)
             result["headline"] = {**headline(scored[first], scored[last], metric, aspects, seed=seed),
                                   "described": describe_holistic(rewards_spec, metric),
-                                  "answers": answers_text(samples, temperature)}
+                                  "answers": answers_are}
             result["examples"] = pick_examples(scored[first], scored[last], metric, EXAMPLES_PER_KIND, seed=seed,
                                                shown=[*aspects, LENGTH])
     return result
@@ -173,7 +174,8 @@ def evaluation_markdown(result: Mapping[str, Any], report_dir: Path, eval_dir: s
                   "of the holistic reward, and questions drawn at random (seeded), each with its scores.", "",
                   examples_markdown(examples)]
     lines += ["## Every metric", "",
-              f"{result['n_prompts']} test prompts ({result.get('answers', 'greedy answers')}). Means with a 95 % percentile bootstrap interval over prompts. "
+              f"{result['n_prompts']} test prompts ({result.get('answers', 'greedy answers')}). Means with a 95 % "
+              "percentile bootstrap interval over prompts. "
               "Win rate: 100·wins / (wins + losses) (ties excluded, 50 when no pair is decisive), its 95 % "
               "bootstrap interval over prompts, and the decisive pairs (wins–losses, ties). Mean difference: "
               "trained − initial question by question, with its bootstrap interval over the same draws.", "",
