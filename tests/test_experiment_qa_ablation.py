@@ -5,6 +5,7 @@ import argparse
 import importlib.util
 import json
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -68,6 +69,10 @@ def test_the_table_holds_every_variant_with_intervals_beside_the_paper(tmp_path)
     assert data["table"]["factuality"]["paper"]["holistic"] == 51.93
     md = (tmp_path / "out" / "qa_ablation.md").read_text()
     assert md.count("| factuality |") == 1 and "6.0 %" in md and "(initial policy)" in md
+    cell = data["win_rate_matrices"]["holistic"]["cells"]["factuality"]["length"]
+    assert f"| factuality vs length | {cell['win_rate_pct']:.1f} [" in md  # the head-to-head lines, each pair once
+    pairs = [line for line in md.splitlines() if re.match(r"^\| (factuality|relevance|length) vs ", line)]
+    assert len(pairs) == 3 and "| length vs factuality |" not in md
 
 
 def test_runs_whose_answers_are_saved_are_not_trained_again(tmp_path, monkeypatch):
