@@ -6,8 +6,8 @@
 
 Does the aspect reward selection keeps make ALaRM work best? For each aspect — factuality (the one selection keeps),
 relevance and length; completeness only once a completeness model clears its trivial baseline cross-validated,
-which none does (`completeness_probe.py`) — PPO trains the hierarchical combination of the holistic reward and that aspect alone, with
-exactly the QA comparison's settings (`qa_compare.py`: SmolLM2-135M-Instruct + LoRA, 40 steps × 4 prompts, the
+which none does (`completeness_probe.py`) — PPO trains the hierarchical combination of the holistic reward and
+that aspect alone, with exactly the QA comparison's settings (`qa_compare.py`: SmolLM2-135M-Instruct + LoRA, 40 steps × 4 prompts, the
 same selection run's normalisers and ε, 3 seeds, the same 80 validation questions no reward model trained on).
 
 Stages (every one resumable):
