@@ -110,23 +110,35 @@ def stage_train(args, root: Path) -> None:
                 qc.eval_scored(args, root, name, str(qc._checkpoints(root / name)), seed, [])
 
 
+def merge_answers(saved: list[dict], fresh: list[dict]) -> list[dict]:
+    """The answers file's rows: every system of ``fresh`` replaces its saved rows, every other saved system is
+    kept (a run over other seeds never drops the answers already committed); ordered by system."""
+    by_system: dict[str, list[dict]] = {}
+    for a in saved:
+        by_system.setdefault(a["system"], []).append(a)
+    renewed: dict[str, list[dict]] = {}
+    for a in fresh:
+        renewed.setdefault(a["system"], []).append(a)
+    by_system.update(renewed)
+    return [a for name in sorted(by_system) for a in by_system[name]]
+
+
 def collect(args, root: Path) -> list[str]:
     """The answers file from every evaluated system so far (and the systems it already holds), written atomically:
     what a session that ends before the last run can commit, and a later one restores from."""
     path = Path(args.out) / ANSWERS
     saved = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
-    by_system = {}
-    for a in saved:
-        by_system.setdefault(a["system"], []).append(a)
+    fresh = []
     for f in sorted((root / "eval").glob("*.scored.jsonl")):
         name = f.name.removesuffix(".scored.jsonl")
         rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
         steps = None if name == "initial" else int(json.loads(
             (qc._checkpoints(root / name) / "trainer_state.json").read_text())["step"])
-        by_system[name] = qc.answers_only(rows, steps)
+        fresh += qc.answers_only(rows, steps)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    write_jsonl_atomic(path, [a for name in sorted(by_system) for a in by_system[name]])
-    return sorted(by_system)
+    merged = merge_answers(saved, fresh)
+    write_jsonl_atomic(path, merged)
+    return sorted({a["system"] for a in merged})
 
 
 def stage_eval(args, root: Path) -> dict:
@@ -145,7 +157,7 @@ def stage_eval(args, root: Path) -> dict:
             answers += qc.answers_only(rows, steps[name])
             per_system[aspect] += [{**r, "prompt_id": f"{r['prompt_id']}#s{seed}"} for r in rows]
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    write_jsonl_atomic(answers_path, answers)
+    write_jsonl_atomic(answers_path, merge_answers(saved, answers))  # other seeds' answers stay
     directions = dict.fromkeys(METRICS, True)
     clusters = {r["prompt_id"]: r["prompt_id"].rsplit("#s", 1)[0] for r in per_system["initial"]}
     result, _, _ = compare_scored(per_system, directions, root / "eval" / "compare", metrics=list(METRICS), seed=0,
@@ -170,8 +182,10 @@ def write_results(args, root: Path, selection: dict, evaluated: dict) -> dict:
                 "factuality": variants["matrices"]["factuality.share_positive"]}
     if judge:
         matrices["judge"] = judge["matrix"]
-    walls = {p.parent.name: float(p.read_text()) for p in root.glob("hierarchical-*-s*/wall_seconds.txt")}
-    earlier = Path(args.out) / "qa_ablation.json"
+    runs = {system(aspect, seed) for seed, aspect in jobs(args)}
+    walls = {p.parent.name: float(p.read_text()) for p in root.glob("hierarchical-*-s*/wall_seconds.txt")
+             if p.parent.name in runs}  # this report's seeds only
+    earlier = Path(args.out) / f"{args.report}.json"
     if not walls and earlier.exists():  # evaluated from the saved answers: the runs' times are the earlier report's
         walls = json.loads(earlier.read_text())["train_wall_seconds"]
     sel = selection["aspects"]
@@ -193,7 +207,7 @@ def write_results(args, root: Path, selection: dict, evaluated: dict) -> dict:
             "interval": "95% bootstrap over questions (each drawn with all its seeds)"}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "qa_ablation.json", json.loads(json.dumps(data, default=str)))
+    write_json_atomic(out / f"{args.report}.json", json.loads(json.dumps(data, default=str)))
     lines = ["# Which aspect should ALaRM be built on? The paper's Table 5 on QA-Feedback", "",
              f"Hierarchical ALaRM on the holistic reward and one aspect, SmolLM2-135M-Instruct + LoRA PPO, {args.steps} "
              f"steps × {args.rollout_batch} prompts, seeds {args.seeds}; greedy answers to {args.eval_questions} "
@@ -229,7 +243,7 @@ def write_results(args, root: Path, selection: dict, evaluated: dict) -> dict:
               f"Training: {len(walls)} runs of one thread, two at a time on 2 cores; recorded wall time per run "
               f"{min(walls.values(), default=0) / 60:.0f}–{max(walls.values(), default=0) / 60:.0f} min (a run killed "
               "and resumed records its last part only; most shared the cores with other jobs)."]
-    write_text_atomic(out / "qa_ablation.md", "\n".join(lines) + "\n")
+    write_text_atomic(out / f"{args.report}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return data
 
@@ -244,6 +258,8 @@ def main() -> None:
     ap.add_argument("--lane", type=int, default=None, help="train only this lane's jobs (one process per core)")
     ap.add_argument("--lanes", type=int, default=2)
     ap.add_argument("--aspects", nargs="+", default=list(ASPECTS), choices=ASPECTS)
+    ap.add_argument("--report", default="qa_ablation",
+                    help="the table's file name under --out, NAME.{json,md} (e.g. a replication on other --seeds)")
     qc.add_budget_arguments(ap, "runs/qa_ablation")  # the QA comparison's budget, unchanged
     args = ap.parse_args()
     if args.lane is not None and not 0 <= args.lane < args.lanes:
@@ -252,7 +268,7 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     # the seeds are not part of a run's settings: a later start may add seeds, or evaluate the ones done
     budget = {k: v for k, v in vars(args).items()
-              if k not in ("stage", "lane", "judge_url", "judge_prompts", "out", "seeds")}
+              if k not in ("stage", "lane", "judge_url", "judge_prompts", "out", "seeds", "report")}
     saved = root / "ablation_args.yaml"
     if saved.exists() and yaml.safe_load(saved.read_text()) != budget:
         old = yaml.safe_load(saved.read_text())

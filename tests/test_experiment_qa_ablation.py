@@ -18,7 +18,7 @@ _spec.loader.exec_module(qa_ablation)
 
 def _args(tmp_path, **kw):
     base = dict(seeds=[1, 2, 3], aspects=list(qa_ablation.ASPECTS), lanes=2, steps=40, rollout_batch=4,
-                eval_questions=6, out=str(tmp_path / "out"), judge_url=None)
+                eval_questions=6, out=str(tmp_path / "out"), judge_url=None, report="qa_ablation")
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -92,3 +92,41 @@ def test_runs_whose_answers_are_saved_are_not_trained_again(tmp_path, monkeypatc
     with pytest.raises(RuntimeError, match="stop"):
         qa_ablation.train_one(args, tmp_path / "runs", 1, "relevance")
     assert trained == ["relevance"]
+
+
+def test_answers_of_other_seeds_are_kept_when_a_run_writes_its_own():
+    row = lambda system, seed, text: {"system": system, "seed": seed, "prompt_id": "q0", "sample": 0,  # noqa: E731
+                                      "completion": text, "scores": {}, "steps": 40}
+    saved = [row("initial", None, "i"), row("hierarchical-length-s1", 1, "old"), row("hierarchical-factuality-s1", 1, "f")]
+    fresh = [row("initial", None, "i"), row("hierarchical-length-s4", 4, "new"), row("hierarchical-length-s1", 1, "redo")]
+    merged = qa_ablation.merge_answers(saved, fresh)
+    assert [(a["system"], a["completion"]) for a in merged] == [
+        ("hierarchical-factuality-s1", "f"), ("hierarchical-length-s1", "redo"), ("hierarchical-length-s4", "new"),
+        ("initial", "i")]
+
+
+def test_a_replication_on_other_seeds_writes_its_own_report_and_times(tmp_path):
+    rng = random.Random(1)
+    args = _args(tmp_path, seeds=[4, 5, 6], report="qa_ablation_replication")
+    per = {"initial": [], **{a: [] for a in args.aspects}}
+    for seed in args.seeds:
+        per["initial"] += _scored("initial", seed, 0.0, rng)
+        for a in args.aspects:
+            per[a] += _scored(a, seed, 0.0, rng)
+    clusters = {r["prompt_id"]: r["prompt_id"].rsplit("#s", 1)[0] for r in per["initial"]}
+    directions = dict.fromkeys(qa_ablation.METRICS, True)
+    result, _, _ = qa_ablation.compare_scored(per, directions, tmp_path / "c1", metrics=list(qa_ablation.METRICS),
+                                              clusters=clusters)
+    table5, _, _ = qa_ablation.compare_scored({k: v for k, v in per.items() if k != "initial"}, directions,
+                                              tmp_path / "c2", metrics=list(qa_ablation.WIN_METRICS), clusters=clusters)
+    root = tmp_path / "runs"
+    for name, wall in (("hierarchical-length-s1", "999.0"), ("hierarchical-length-s4", "60.0")):
+        (root / name).mkdir(parents=True)
+        (root / name / "wall_seconds.txt").write_text(wall)
+    selection = {"kept": ["factuality"], "aspects": {}}
+    qa_ablation.write_results(args, root, selection, {"result": result, "variants": table5, "judge": None, "steps": {}})
+    out = tmp_path / "out"
+    assert not (out / "qa_ablation.json").exists()  # the main report is not overwritten
+    saved = json.loads((out / "qa_ablation_replication.json").read_text())
+    assert saved["seeds"] == [4, 5, 6] and saved["train_wall_seconds"] == {"hierarchical-length-s4": 60.0}
+    assert (out / "qa_ablation_replication.md").exists()
