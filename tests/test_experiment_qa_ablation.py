@@ -36,14 +36,13 @@ def _scored(name, seed, shift, rng):
                                       "length_tokens": float(rng.randint(10, 40))}} for i in range(6)]
 
 
-def test_the_table_holds_every_variant_with_intervals_beside_the_paper(tmp_path):
-    rng = random.Random(0)
-    args = _args(tmp_path)
+def _evaluated(args, tmp_path, rng, shift) -> dict:
+    """What stage_eval hands write_results, from synthetic scored answers: aspect k's holistic mean is shift·k."""
     per = {"initial": [], **{a: [] for a in args.aspects}}
     for seed in args.seeds:
         per["initial"] += _scored("initial", seed, 0.0, rng)
         for k, a in enumerate(args.aspects):
-            per[a] += _scored(a, seed, 0.5 * k, rng)  # length (k = 2) is made the best by the holistic model
+            per[a] += _scored(a, seed, shift * k, rng)
     clusters = {r["prompt_id"]: r["prompt_id"].rsplit("#s", 1)[0] for r in per["initial"]}
     directions = dict.fromkeys(qa_ablation.METRICS, True)
     result, _, _ = qa_ablation.compare_scored(per, directions, tmp_path / "c1", metrics=list(qa_ablation.METRICS),
@@ -51,13 +50,18 @@ def test_the_table_holds_every_variant_with_intervals_beside_the_paper(tmp_path)
     variants = {k: v for k, v in per.items() if k != "initial"}
     table5, _, _ = qa_ablation.compare_scored(variants, directions, tmp_path / "c2",
                                               metrics=list(qa_ablation.WIN_METRICS), clusters=clusters)
+    return {"result": result, "variants": table5, "judge": None, "steps": {}}
+
+
+def test_the_table_holds_every_variant_with_intervals_beside_the_paper(tmp_path):
+    args = _args(tmp_path)
+    evaluated = _evaluated(args, tmp_path, random.Random(0), 0.5)  # length (k = 2) made the best by the holistic model
     selection = {"kept": ["factuality"], "aspects": {
         "factuality": {"conflict": 0.06, "n_conflicts": 6, "n_holistic_decisive": 100, "win_rate": None, "kept": True},
         "relevance": {"conflict": 0.3, "n_conflicts": 30, "n_holistic_decisive": 100, "win_rate": None, "kept": False}}}
     root = tmp_path / "runs"
     root.mkdir()
-    data = qa_ablation.write_results(args, root, selection, {"result": result, "variants": table5, "judge": None,
-                                                              "steps": {}})
+    data = qa_ablation.write_results(args, root, selection, evaluated)
     saved = json.loads((tmp_path / "out" / "qa_ablation.json").read_text())
     assert saved["seeds"] == [1, 2, 3] and saved["steps"] == 40 and saved["aspects"] == list(qa_ablation.ASPECTS)
     assert saved["eval_questions"] == 6 and saved["eval_units"] == 18
@@ -106,25 +110,14 @@ def test_answers_of_other_seeds_are_kept_when_a_run_writes_its_own():
 
 
 def test_a_replication_on_other_seeds_writes_its_own_report_and_times(tmp_path):
-    rng = random.Random(1)
     args = _args(tmp_path, seeds=[4, 5, 6], report="qa_ablation_replication")
-    per = {"initial": [], **{a: [] for a in args.aspects}}
-    for seed in args.seeds:
-        per["initial"] += _scored("initial", seed, 0.0, rng)
-        for a in args.aspects:
-            per[a] += _scored(a, seed, 0.0, rng)
-    clusters = {r["prompt_id"]: r["prompt_id"].rsplit("#s", 1)[0] for r in per["initial"]}
-    directions = dict.fromkeys(qa_ablation.METRICS, True)
-    result, _, _ = qa_ablation.compare_scored(per, directions, tmp_path / "c1", metrics=list(qa_ablation.METRICS),
-                                              clusters=clusters)
-    table5, _, _ = qa_ablation.compare_scored({k: v for k, v in per.items() if k != "initial"}, directions,
-                                              tmp_path / "c2", metrics=list(qa_ablation.WIN_METRICS), clusters=clusters)
+    evaluated = _evaluated(args, tmp_path, random.Random(1), 0.0)
     root = tmp_path / "runs"
     for name, wall in (("hierarchical-length-s1", "999.0"), ("hierarchical-length-s4", "60.0")):
         (root / name).mkdir(parents=True)
         (root / name / "wall_seconds.txt").write_text(wall)
     selection = {"kept": ["factuality"], "aspects": {}}
-    qa_ablation.write_results(args, root, selection, {"result": result, "variants": table5, "judge": None, "steps": {}})
+    qa_ablation.write_results(args, root, selection, evaluated)
     out = tmp_path / "out"
     assert not (out / "qa_ablation.json").exists()  # the main report is not overwritten
     saved = json.loads((out / "qa_ablation_replication.json").read_text())
